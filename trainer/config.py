@@ -1,0 +1,155 @@
+"""The pretraining configuration: flat, documented defaults that reproduce the CIFAR-10 recipe.
+
+Layers, later wins: these defaults < a TOML file (`--config`) < command-line flags.
+The defaults are the SGD recipe of lightly's and dkobak/simclr-cifar10's CIFAR-10
+benchmarks (ResNet-18, batch 512, lr 0.06 x batch/128, wd 5e-4, temperature 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import UserError
+
+
+def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class Config:
+    # data
+    data_dir: str = _opt("data/cifar10", "CIFAR-10 root (torchvision layout, downloaded when missing), "
+                         "an image folder train/<class>/* [test/<class>/*], or a folder of unlabelled images")
+    eval_data_dir: str | None = _opt(None, "labelled image folder or CIFAR-10 root for the kNN monitor "
+                                     "(default: --data-dir when it is labelled)")
+    download: bool = _opt(True, "download CIFAR-10 into --data-dir when it holds no data")
+    cache_dir: str = _opt("~/.cache/simclr-cifar", "where decoded image arrays are cached between runs")
+    image_size: int = _opt(32, "training resolution; images of other sizes are resized to it")
+    limit_train: int | None = _opt(None, "train on a class-balanced subset of N training images")
+    limit_eval: int | None = _opt(None, "kNN monitor on a class-balanced subset of N test images")
+    # model
+    backbone: str = _opt("resnet18", "torchvision ResNet with the CIFAR stem", ("resnet18", "resnet34", "resnet50"))
+    width: int = _opt(1, "ResNet width multiplier (every stage's channels times this)")
+    proj_hidden_dim: int | None = _opt(None, "projector hidden size (default: the representation size)")
+    proj_dim: int = _opt(128, "projection (loss) dimension")
+    # objective and optimisation
+    temperature: float = _opt(0.5, "NT-Xent temperature")
+    epochs: int = _opt(500, "pretraining epochs")
+    batch_size: int = _opt(512, "global batch size (pairs of views per step, over all processes)")
+    optimizer: str = _opt("sgd", "sgd (momentum 0.9), lars (SimCLR's) or adam", ("sgd", "lars", "adam"))
+    lr: float | None = _opt(None, "peak learning rate (default: sgd 0.06 x batch/128, lars 1.0 x batch/256 "
+                            "as google-research/simclr's CIFAR setting, adam 1e-3)")
+    weight_decay: float | None = _opt(None, "weight decay (default: sgd 5e-4, lars 1e-4, adam 1e-6)")
+    warmup_epochs: float = _opt(10, "linear warmup epochs before the cosine decay")
+    blur: bool = _opt(False, "Gaussian blur augmentation (seed 001; off for CIFAR as in SimCLR)")
+    # run
+    out: str = _opt("runs/simclr", "run directory: checkpoints, metrics, plots, config")
+    device: str | None = _opt(None, "cpu or cuda (default: cuda when available)", ("cpu", "cuda"))
+    precision: str | None = _opt(None, "bf16 autocast (default on CUDA), fp16 with a grad scaler, or fp32 "
+                                 "(default on CPU)", ("bf16", "fp16", "fp32"))
+    compile: bool = _opt(False, "torch.compile the model")
+    seed: int = _opt(0, "random seed (data order, augmentations, initialisation)")
+    deterministic: bool = _opt(False, "deterministic algorithms (slower; exact resumes)")
+    checkpoint_every: int = _opt(10, "save a checkpoint every N epochs (and always at the end)")
+    keep_checkpoints: int = _opt(2, "how many of the newest checkpoints to keep")
+    knn_every: int = _opt(10, "run the kNN monitor every N epochs (and at the end); 0 disables it")
+    knn_k: int = _opt(200, "neighbours of the kNN monitor")
+    knn_temperature: float = _opt(0.1, "temperature of the kNN monitor's weighted votes")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.batch_size >= 2, "--batch-size must be at least 2"),
+            (self.image_size >= 8, "--image-size must be at least 8"),
+            (self.width >= 1, "--width must be at least 1"),
+            (self.temperature > 0, "--temperature must be positive"),
+            (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
+            (self.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1"),
+            (self.knn_every >= 0, "--knn-every must be 0 or more"),
+            (self.warmup_epochs >= 0, "--warmup-epochs must be 0 or more"),
+            (self.limit_train is None or self.limit_train >= 2, "--limit-train must be at least 2"),
+            (self.limit_eval is None or self.limit_eval >= 1, "--limit-eval must be at least 1"),
+        ]
+        for f in dataclasses.fields(self):
+            choices = f.metadata["choices"]
+            value = getattr(self, f.name)
+            if choices and value is not None and value not in choices:
+                raise UserError(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, not {value!r}")
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+    @property
+    def peak_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return {"sgd": 0.06 * self.batch_size / 128, "lars": 1.0 * self.batch_size / 256, "adam": 1e-3}[self.optimizer]
+
+    @property
+    def wd(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return {"sgd": 5e-4, "lars": 1e-4, "adam": 1e-6}[self.optimizer]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _base_type(annotation: str) -> type:
+    """`int | None` -> int, for argparse."""
+    hint = eval(annotation, {}, {})  # annotations are strings under `from __future__ import annotations`
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """One flag per Config field; unset flags stay absent so a TOML file or a resumed run can fill them."""
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.pretrain", description=description, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", help="TOML file of options (keys as below, with _ or -); flags override it")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its latest checkpoint, with its saved config")
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        kind = _base_type(f.type)
+        help_text = f.metadata["help"] + f" (default: {f.default})"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, choices=f.metadata["choices"], metavar=f.name.upper(),
+                                help=help_text)
+    return parser
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {path} is not valid TOML: {e}") from None
+    return {k.replace("-", "_"): v for k, v in raw.items()}
+
+
+def make_config(*layers: dict[str, Any]) -> Config:
+    """Merge option dicts (later wins) over the defaults; unknown keys and wrong types are user errors."""
+    names = {f.name: f for f in dataclasses.fields(Config)}
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key not in names:
+                raise UserError(f"unknown option {key!r}")
+            kind = _base_type(names[key].type)
+            if value is not None and not isinstance(value, kind) and not (kind is float and isinstance(value, int)):
+                raise UserError(f"option {key!r} must be {kind.__name__}, not {value!r}")
+            merged[key] = float(value) if kind is float and value is not None else value
+    return Config(**merged)

@@ -1,0 +1,201 @@
+"""Image data as uint8 tensors, decoded once, cached on disk, and served from the training device.
+
+Three sources, told apart by the folder's contents:
+- an image folder `train/<class>/*` with optional `test/<class>/*` (like the offline CIFAR-10 copy);
+- torchvision's CIFAR-10 layout (`cifar-10-batches-py/`), downloaded into an empty or missing folder;
+- any other folder of images, unlabelled (label -1), for pretraining without labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+from tqdm import tqdm
+
+from trainer.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+_CACHE_VERSION = 1
+
+
+@dataclass
+class ImageSet:
+    """images: uint8 (N, 3, S, S); labels: int64 (N,), -1 where unlabelled; classes: label -> name."""
+
+    images: Tensor
+    labels: Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.classes) and bool((self.labels >= 0).all())
+
+    def subset(self, indices: Tensor) -> ImageSet:
+        return ImageSet(self.images[indices], self.labels[indices], self.classes)
+
+    def to(self, device: torch.device | str) -> ImageSet:
+        return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
+
+
+def is_labelled_folder(root: Path) -> bool:
+    return (root / "train").is_dir()
+
+
+def load_split(root: str | Path, split: str, image_size: int = 32, download: bool = True,
+               cache_dir: str | Path | None = None) -> ImageSet | None:
+    """The `split` ("train" or "test") of the data set at `root`; None when it has no such split."""
+    root = Path(root).expanduser()
+    if is_labelled_folder(root):
+        folder = root / split
+        if not folder.is_dir():
+            return None
+        classes = None if split == "train" else _folder_classes(root / "train")
+        return _cached(folder, image_size, cache_dir, lambda files: _decode_labelled(folder, files, classes))
+    if (root / "cifar-10-batches-py").is_dir() or not root.exists() or not any(root.iterdir()):
+        return _torchvision_cifar10(root, split, image_size, download)
+    if split != "train":
+        return None
+    return _cached(root, image_size, cache_dir, lambda files: _decode_unlabelled(root, files))
+
+
+def balanced_subset(data: ImageSet, n: int, seed: int = 0) -> ImageSet:
+    """n images with the classes as equally represented as n allows, chosen reproducibly by seed."""
+    if n > len(data):
+        raise UserError(f"asked for a subset of {n} images but the data set has only {len(data)}")
+    g = torch.Generator().manual_seed(seed)
+    if not data.labelled:
+        return data.subset(torch.randperm(len(data), generator=g)[:n].sort().values)
+    per_class = [torch.nonzero(data.labels == c).squeeze(1) for c in range(len(data.classes))]
+    per_class = [idx[torch.randperm(len(idx), generator=g)] for idx in per_class]
+    # Round-robin over classes: class counts differ by at most one (unless a class runs out).
+    order = torch.cat([torch.stack([idx[i] for idx in per_class if i < len(idx)])
+                       for i in range(max(len(idx) for idx in per_class))])
+    return data.subset(order[:n].sort().values)
+
+
+def _folder_classes(train_dir: Path) -> list[str]:
+    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise UserError(f"{train_dir} has no class folders: expected {train_dir}/<class>/<image>")
+    return classes
+
+
+def _image_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def _cached(root: Path, image_size: int, cache_dir: str | Path | None, decode) -> ImageSet:
+    """Decode the images under root once; later runs read the arrays from cache_dir, keyed by the
+    file list (names, sizes, modification times) and the resolution."""
+    files = _image_files(root)
+    if not files:
+        raise UserError(f"{root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    key = hashlib.sha256(json.dumps([_CACHE_VERSION, str(root.resolve()), image_size] + [
+        (str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode()).hexdigest()[:24]
+    cache = Path(cache_dir).expanduser() / f"{key}.npz" if cache_dir else None
+    if cache and cache.exists():
+        with np.load(cache) as z:
+            return ImageSet(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]),
+                            [str(c) for c in z["classes"]])
+    images, labels, classes = decode(files)
+    array = np.stack([_decode(f, image_size) for f in tqdm(images, desc=f"decoding {root}", unit="img",
+                                                             mininterval=2)])
+    data = ImageSet(torch.from_numpy(array).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels), classes)
+    if cache:
+        _write_cache(cache, data)
+    return data
+
+
+def _decode_labelled(folder: Path, files: list[Path], classes: list[str] | None):
+    found = _folder_classes(folder)
+    classes = classes or found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise UserError(f"{folder} has classes the training split lacks: {', '.join(unknown)}")
+    by_class = {c: [f for f in files if f.relative_to(folder).parts[0] == c] for c in found}
+    empty = [c for c, fs in by_class.items() if not fs]
+    if empty:
+        raise UserError(f"class folder {folder / empty[0]} has no images")
+    index = {c: i for i, c in enumerate(classes)}
+    images = [f for c in found for f in by_class[c]]
+    return images, [index[c] for c in found for _ in by_class[c]], classes
+
+
+def _decode_unlabelled(root: Path, files: list[Path]):
+    return files, [-1] * len(files), []
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    """RGB uint8 (size, size, 3): other sizes are resized on the shorter side and centre-cropped."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                img = ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC)
+            return np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
+
+
+def _write_cache(path: Path, data: ImageSet) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, images=data.images.numpy(), labels=data.labels.numpy(), classes=np.array(data.classes))
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only cache dir costs decode time, nothing else
+        print(f"warning: could not cache decoded images in {path.parent}: {e}")
+
+
+def _torchvision_cifar10(root: Path, split: str, image_size: int, download: bool) -> ImageSet:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(str(root), train=split == "train", download=download)
+    except Exception as e:  # torchvision raises RuntimeError, URLError, OSError ... depending on the failure
+        how = "could not be downloaded" if download else "is not there and --no-download was given"
+        raise UserError(
+            f"CIFAR-10 {how} in {root} ({type(e).__name__}: {e}); point --data-dir at an image folder "
+            f"laid out as train/<class>/*.jpg [test/<class>/*.jpg] instead") from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    if image_size != images.shape[-1]:
+        images = torch.nn.functional.interpolate(images.float(), size=image_size, mode="bilinear",
+                                                 antialias=True).round().clamp(0, 255).to(torch.uint8)
+    return ImageSet(images, torch.tensor(ds.targets), list(ds.classes))
+
+
+class DeviceLoader:
+    """Batches of indices into a data set that lives on the training device, from a seeded permutation
+    per epoch; under DDP every rank draws the same permutation and takes its own slice of each batch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        if batch_size > n:
+            raise UserError(f"--batch-size {batch_size} is larger than the data set ({n} images)")
+        if batch_size % world_size:
+            raise UserError(f"--batch-size {batch_size} must divide evenly over {world_size} processes")
+        self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size  # drop the last, smaller batch: NT-Xent wants full batches
+
+    def __iter__(self):
+        perm = torch.randperm(self.n, generator=self.generator)
+        local = self.batch_size // self.world_size
+        for step in range(len(self)):
+            start = step * self.batch_size + self.rank * local
+            yield perm[start:start + local]

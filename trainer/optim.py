@@ -1,0 +1,88 @@
+"""Optimizers (SGD, LARS, Adam) with SimCLR's parameter groups, and the warmup-cosine schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise trust ratios (You et al. 2017), as SimCLR uses it.
+
+    Per parameter: g <- g + wd * p; then, unless the group says `lars_exclude`, g <- g * eta * |p| / |g|;
+    then momentum SGD. SimCLR excludes BatchNorm and bias parameters from both decay and adaptation.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 1e-3):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
+                                      lars_exclude=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad.clone()
+                if not group["lars_exclude"]:
+                    p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
+                    trust = torch.where((p_norm > 0) & (g_norm > 0), group["eta"] * p_norm / g_norm,
+                                        torch.ones_like(p_norm))
+                    grad.mul_(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = grad
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool) -> list[dict]:
+    """Two groups: weights of conv and linear layers, and the rest (BatchNorm scales and shifts, biases),
+    the latter without weight decay when exclude_bn_bias."""
+    weights = [p for p in model.parameters() if p.ndim > 1]
+    others = [p for p in model.parameters() if p.ndim <= 1]
+    return [
+        {"params": weights, "weight_decay": weight_decay},
+        {"params": others, "weight_decay": 0.0 if exclude_bn_bias else weight_decay},
+    ]
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """sgd and adam decay every parameter, as the CIFAR recipes they come from; lars follows SimCLR."""
+    if name == "lars":
+        weights, others = parameter_groups(model, weight_decay, exclude_bn_bias=True)
+        return LARS([weights, {**others, "lars_exclude": True}], lr=lr)
+    groups = parameter_groups(model, weight_decay, exclude_bn_bias=False)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier per step: linear from 1/warmup to 1 over warmup_steps, then cosine to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int,
+                    warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Stepped once per optimisation step (not per epoch)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps))
+

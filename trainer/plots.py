@@ -1,0 +1,99 @@
+"""PNG figures a person would rather look at than read: training curves and augmented views.
+
+    python -m trainer.plots views --data-dir ~/data/cifar10 --out views.png   # originals beside two views
+    python -m trainer.plots curves --run runs/simclr                          # loss / lr / kNN curves
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from trainer.augment import simclr_view, to_float  # noqa: E402
+from trainer.errors import UserError  # noqa: E402
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def save_curves(rows: list[dict], out: Path) -> None:
+    """Loss, learning rate and kNN accuracy against epoch."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    epochs = [r["epoch"] for r in rows]
+    axes[0].plot(epochs, [r["loss"] for r in rows])
+    axes[0].set(title="NT-Xent loss", xlabel="epoch")
+    axes[1].plot(epochs, [r["lr"] for r in rows])
+    axes[1].set(title="learning rate (end of epoch)", xlabel="epoch")
+    knn = [(r["epoch"], 100 * r["knn_top1"]) for r in rows if "knn_top1" in r]
+    if knn:
+        axes[2].plot(*zip(*knn), marker="o")
+    axes[2].set(title="kNN top-1 accuracy (%)", xlabel="epoch")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def save_view_grid(images: torch.Tensor, out: Path, size: int = 32, blur: bool = False, seed: int = 0) -> None:
+    """One row per image: the original, then two independently augmented views."""
+    g = torch.Generator().manual_seed(seed)
+    columns = [to_float(images), simclr_view(images, g, size, blur), simclr_view(images, g, size, blur)]
+    if images.shape[-1] != size:
+        columns[0] = torch.nn.functional.interpolate(columns[0], size=size, mode="bilinear", antialias=True)
+    fig, axes = plt.subplots(len(images), 3, figsize=(4.5, 1.5 * len(images)), squeeze=False)
+    for col, title in enumerate(["original", "view 1", "view 2"]):
+        axes[0, col].set_title(title, fontsize=9)
+        for row in range(len(images)):
+            axes[row, col].imshow(columns[col][row].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            axes[row, col].axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trainer.data import load_split
+
+    parser = argparse.ArgumentParser(prog="python -m trainer.plots", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    views = sub.add_parser("views", help="a grid of training images beside two SimCLR views of each")
+    views.add_argument("--data-dir", required=True, help="any data set the trainer accepts")
+    views.add_argument("--out", default="views.png", help="PNG to write (default: views.png)")
+    views.add_argument("--count", type=int, default=8, help="images in the grid (default: 8)")
+    views.add_argument("--image-size", type=int, default=32, help="view resolution (default: 32)")
+    views.add_argument("--blur", action="store_true", help="include the Gaussian blur")
+    views.add_argument("--seed", type=int, default=0, help="which images and views (default: 0)")
+    curves = sub.add_parser("curves", help="loss, learning-rate and kNN curves of a run")
+    curves.add_argument("--run", required=True, help="run directory with metrics.jsonl")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "views":
+            data = load_split(args.data_dir, "train", args.image_size, download=False)
+            pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))[:args.count]
+            save_view_grid(data.images[pick], Path(args.out), args.image_size, args.blur, args.seed)
+            print(f"wrote {args.out}")
+        else:
+            metrics = Path(args.run) / "metrics.jsonl"
+            if not metrics.is_file():
+                raise UserError(f"{metrics} does not exist")
+            save_curves(read_metrics(metrics), Path(args.run) / "curves.png")
+            print(f"wrote {Path(args.run) / 'curves.png'}")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
