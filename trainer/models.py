@@ -39,7 +39,7 @@ def resnet_encoder(name: str = "resnet18", width: int = 1) -> nn.Module:
     net.conv1 = nn.Conv2d(3, stem, kernel_size=3, stride=1, padding=1, bias=False)
     net.bn1 = nn.BatchNorm2d(stem)
     net.maxpool = nn.Identity()
-    net.feature_dim = net.fc.in_features
+    net.feature_dim = 512 * block.expansion * width
     net.fc = nn.Identity()
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision's init
     return net
