@@ -111,10 +111,18 @@ def _base_type(annotation: str) -> type:
     return hint
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Bad flags get one line on stderr and exit status 2, like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     """One flag per Config field; unset flags stay absent so a TOML file or a resumed run can fill them."""
-    parser = argparse.ArgumentParser(
-        prog="python -m trainer.pretrain", description=description, argument_default=argparse.SUPPRESS)
+    parser = OneLineErrorParser(
+        prog="python -m trainer.pretrain", description=description, argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="TOML file of options (keys as below, with _ or -); flags override it")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its latest checkpoint, with its saved config")

@@ -111,8 +111,8 @@ def _cached(root: Path, image_size: int, cache_dir: str | Path | None, decode) -
             return ImageSet(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]),
                             [str(c) for c in z["classes"]])
     images, labels, classes = decode(files)
-    array = np.stack([_decode(f, image_size) for f in tqdm(images, desc=f"decoding {root}", unit="img",
-                                                             mininterval=2)])
+    with tqdm(images, desc=f"decoding {root}", unit="img", mininterval=2) as bar:  # closed before any error
+        array = np.stack([_decode(f, image_size) for f in bar])
     data = ImageSet(torch.from_numpy(array).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels), classes)
     if cache:
         _write_cache(cache, data)

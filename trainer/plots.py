@@ -28,10 +28,11 @@ def read_metrics(path: Path) -> list[dict]:
 def save_curves(rows: list[dict], out: Path) -> None:
     """Loss, learning rate and kNN accuracy against epoch."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    epochs = [r["epoch"] for r in rows]
-    axes[0].plot(epochs, [r["loss"] for r in rows])
+    trained = [r for r in rows if "loss" in r]  # epoch 0 holds only the untrained network's kNN accuracy
+    epochs = [r["epoch"] for r in trained]
+    axes[0].plot(epochs, [r["loss"] for r in trained])
     axes[0].set(title="NT-Xent loss", xlabel="epoch")
-    axes[1].plot(epochs, [r["lr"] for r in rows])
+    axes[1].plot(epochs, [r["lr"] for r in trained])
     axes[1].set(title="learning rate (end of epoch)", xlabel="epoch")
     knn = [(r["epoch"], 100 * r["knn_top1"]) for r in rows if "knn_top1" in r]
     if knn:

@@ -170,13 +170,15 @@ def _train(config: Config, resume: bool, device: torch.device, proc: distributed
         _truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
+        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1 if start_epoch else None)
         print(f"SimCLR {config.backbone} (x{config.width}): {count_parameters(model.encoder) / 1e6:.2f}M encoder + "
               f"{count_parameters(model.projector) / 1e6:.2f}M projector parameters, "
               f"{flops_per_image(model.encoder, config.image_size) / 1e9:.3f} GFLOPs per image (encoder forward); "
               f"{len(train_set)} training images, {steps_per_epoch} steps of {config.batch_size} per epoch on "
               f"{device.type} x{proc.world_size}, {precision}")
 
+    if monitor and start_epoch == 0:  # the same network untrained: the floor the training must beat
+        _log(run_dir, writer, dict(zip(["epoch", "knn_top1", "knn_top5"], [0, *monitor(model.encoder).values()])))
     aug = torch.Generator(device=device)
     row: dict[str, Any] = {}
     for epoch in range(start_epoch, config.epochs):
@@ -215,6 +217,8 @@ def _train(config: Config, resume: bool, device: torch.device, proc: distributed
                "images_per_second": steps_per_epoch * config.batch_size / seconds}
         if monitor and (done % config.knn_every == 0 or done == config.epochs):
             row["knn_top1"], row["knn_top5"] = monitor(model.encoder).values()
+        if proc.is_main:  # logged before the checkpoint: a resume drops rows past its checkpoint, never misses one
+            _log(run_dir, writer, row)
         if done % config.checkpoint_every == 0 or done == config.epochs:
             if proc.is_main:
                 checkpoint.save(run_dir, done, {
@@ -222,8 +226,6 @@ def _train(config: Config, resume: bool, device: torch.device, proc: distributed
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": done,
                     "step": done * steps_per_epoch, "rng": torch.get_rng_state(), "config": config.to_dict(),
                     "classes": (bank if bank is not None else train_set).classes}, keep=config.keep_checkpoints)
-        if proc.is_main:
-            _log(run_dir, writer, row)
     if proc.is_main:
         writer.close()
         save_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "curves.png")
@@ -238,15 +240,17 @@ def _log(run_dir: Path, writer, row: dict[str, Any]) -> None:
         if key != "epoch":
             writer.add_scalar(key, value, row["epoch"])
     writer.flush()
+    train = (f"  loss {row['loss']:.4f}  lr {row['lr']:.4f}  {row['images_per_second']:.0f} img/s  "
+             f"{row['epoch_seconds']:.1f} s" if "loss" in row else "  (untrained)")
     knn = f"  kNN top-1 {100 * row['knn_top1']:.2f}% top-5 {100 * row['knn_top5']:.2f}%" if "knn_top1" in row else ""
-    tqdm.write(f"epoch {row['epoch']:4d}  loss {row['loss']:.4f}  lr {row['lr']:.4f}  "
-               f"{row['images_per_second']:.0f} img/s  {row['epoch_seconds']:.1f} s{knn}")
+    tqdm.write(f"epoch {row['epoch']:4d}{train}{knn}")
 
 
 def _truncate_metrics(path: Path, epochs_kept: int) -> None:
-    """Drop rows of epochs after the checkpoint being resumed: they will be trained and logged again."""
+    """Drop rows of epochs after the checkpoint being resumed (all of them on a fresh start): they will be
+    trained and logged again."""
     if path.exists():
-        kept = [json.dumps(r) + "\n" for r in read_metrics(path) if r["epoch"] <= epochs_kept]
+        kept = [json.dumps(r) + "\n" for r in read_metrics(path) if r["epoch"] <= epochs_kept] if epochs_kept else []
         checkpoint.atomic_write(path, lambda f: f.write("".join(kept).encode()))
 
 
