@@ -1,0 +1,55 @@
+import pytest
+
+from trainer.config import Config, build_parser, load_toml, make_config
+from trainer.errors import UserError
+
+
+def test_defaults_are_the_cifar_recipe():
+    c = Config()
+    assert (c.backbone, c.batch_size, c.epochs, c.temperature, c.optimizer, c.proj_dim) == (
+        "resnet18", 512, 500, 0.5, "sgd", 128)
+    assert c.peak_lr == pytest.approx(0.24) and c.wd == 5e-4 and not c.blur
+
+
+def test_optimizer_defaults_follow_their_recipes():
+    assert make_config({"optimizer": "lars"}).peak_lr == pytest.approx(2.0)  # 1.0 x 512 / 256
+    assert make_config({"optimizer": "lars"}).wd == 1e-4
+    assert (make_config({"optimizer": "adam"}).peak_lr, make_config({"optimizer": "adam"}).wd) == (1e-3, 1e-6)
+    assert make_config({"lr": 0.5, "batch_size": 256}).peak_lr == 0.5
+
+
+def test_flags_override_file_override_defaults(tmp_path):
+    toml = tmp_path / "recipe.toml"
+    toml.write_text('batch-size = 256\nepochs = 100\nbackbone = "resnet34"\ntemperature = 1\n')
+    args = vars(build_parser().parse_args(["--epochs", "7", "--no-download"]))
+    c = make_config(load_toml(toml), args)
+    assert (c.batch_size, c.epochs, c.backbone, c.temperature, c.download) == (256, 7, "resnet34", 1.0, False)
+
+
+def test_help_documents_every_option_with_its_default():
+    text = " ".join(build_parser().format_help().split())  # undo line wrapping
+    for flag in ["--data-dir", "--out", "--epochs", "--batch-size", "--backbone", "--device", "--limit-train",
+                 "--resume", "--config", "--eval-data-dir", "--temperature", "--optimizer", "--width", "--blur"]:
+        assert flag in text
+    assert "(default: 512)" in text and "(default: resnet18)" in text
+
+
+@pytest.mark.parametrize("layer, message", [
+    ({"epochs": 0}, "--epochs"),
+    ({"backbone": "vgg"}, "resnet18, resnet34, resnet50"),
+    ({"bogus": 1}, "unknown option 'bogus'"),
+    ({"epochs": "ten"}, "must be int"),
+    ({"temperature": -1.0}, "--temperature"),
+])
+def test_bad_options_are_user_errors(layer, message):
+    with pytest.raises(UserError, match=message):
+        make_config(layer)
+
+
+def test_bad_toml(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = = 3")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_toml(bad)
+    with pytest.raises(UserError, match="does not exist"):
+        load_toml(tmp_path / "missing.toml")
