@@ -33,8 +33,10 @@ class Config:
     download: bool = _opt(True, "download CIFAR-10 into --data-dir when it holds no data")
     cache_dir: str = _opt("~/.cache/simclr-cifar", "where decoded image arrays are cached between runs")
     image_size: int = _opt(32, "training resolution; images of other sizes are resized to it")
-    limit_train: int | None = _opt(None, "train on a class-balanced subset of N training images")
-    limit_eval: int | None = _opt(None, "kNN monitor on a class-balanced subset of N test images")
+    limit_train: int | None = _opt(None, "train on a class-balanced subset of N training images "
+                                   "(default: all)")
+    limit_eval: int | None = _opt(None, "kNN monitor on a class-balanced subset of N test images "
+                                  "(default: all)")
     # model
     backbone: str = _opt("resnet18", "torchvision ResNet with the CIFAR stem", ("resnet18", "resnet34", "resnet50"))
     width: int = _opt(1, "ResNet width multiplier (every stage's channels times this)")
@@ -53,8 +55,8 @@ class Config:
     # run
     out: str = _opt("runs/simclr", "run directory: checkpoints, metrics, plots, config")
     device: str | None = _opt(None, "cpu or cuda (default: cuda when available)", ("cpu", "cuda"))
-    precision: str | None = _opt(None, "bf16 autocast (default on CUDA), fp16 with a grad scaler, or fp32 "
-                                 "(default on CPU)", ("bf16", "fp16", "fp32"))
+    precision: str | None = _opt(None, "bf16 autocast, fp16 with a grad scaler, or fp32 "
+                                 "(default: bf16 on CUDA, fp32 on CPU)", ("bf16", "fp16", "fp32"))
     compile: bool = _opt(False, "torch.compile the model")
     seed: int = _opt(0, "random seed (data order, augmentations, initialisation)")
     deterministic: bool = _opt(False, "deterministic algorithms (slower; exact resumes)")
@@ -129,12 +131,15 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         kind = _base_type(f.type)
-        help_text = f.metadata["help"] + f" (default: {f.default})"
+        help_text = f.metadata["help"]
+        if "(default:" not in help_text:
+            help_text += f" (default: {f.default})"
+        choices = f.metadata["choices"]
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            parser.add_argument(flag, type=kind, choices=f.metadata["choices"], metavar=f.name.upper(),
-                                help=help_text)
+            parser.add_argument(flag, type=kind, choices=choices,
+                                metavar="{" + ",".join(choices) + "}" if choices else f.name.upper(), help=help_text)
     return parser
 
 
