@@ -165,12 +165,18 @@ def to_float(images: Tensor) -> Tensor:
     return images.float().div_(255)
 
 
-def simclr_view(images: Tensor, g: torch.Generator, size: int, blur: bool = False) -> Tensor:
-    """One augmented view of a uint8 batch, in [0, 1] (not yet normalised)."""
+def random_crop_flip(images: Tensor, g: torch.Generator, size: int,
+                     scale: tuple[float, float] = (0.08, 1.0)) -> Tensor:
+    """RandomResizedCrop(size, scale) and a horizontal flip with p 0.5 of a uint8 batch, in [0, 1]."""
     x = to_float(images)
     n, _, height, width = x.shape
-    x = resized_crop_flip(x, crop_boxes(n, height, width, g, x.device), _bernoulli(0.5, n, g, x.device), size)
-    x = random_grayscale(color_jitter(x, g), g)
+    boxes = crop_boxes(n, height, width, g, x.device, scale=scale)
+    return resized_crop_flip(x, boxes, _bernoulli(0.5, n, g, x.device), size)
+
+
+def simclr_view(images: Tensor, g: torch.Generator, size: int, blur: bool = False) -> Tensor:
+    """One augmented view of a uint8 batch, in [0, 1] (not yet normalised)."""
+    x = random_grayscale(color_jitter(random_crop_flip(images, g, size), g), g)
     return gaussian_blur(x, g) if blur else x
 
 

@@ -74,15 +74,20 @@ def balanced_subset(data: ImageSet, n: int, seed: int = 0) -> ImageSet:
     """n images with the classes as equally represented as n allows, chosen reproducibly by seed."""
     if n > len(data):
         raise UserError(f"asked for a subset of {n} images but the data set has only {len(data)}")
-    g = torch.Generator().manual_seed(seed)
     if not data.labelled:
-        return data.subset(torch.randperm(len(data), generator=g)[:n].sort().values)
-    per_class = [torch.nonzero(data.labels == c).squeeze(1) for c in range(len(data.classes))]
+        return data.subset(torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].sort().values)
+    return data.subset(balanced_indices(data.labels, n, seed))
+
+
+def balanced_indices(labels: Tensor, n: int, seed: int = 0) -> Tensor:
+    """Sorted indices of n labels, the classes as equally represented as n allows, chosen reproducibly by seed."""
+    g = torch.Generator().manual_seed(seed)
+    per_class = [torch.nonzero(labels == c).squeeze(1) for c in labels.unique().tolist()]
     per_class = [idx[torch.randperm(len(idx), generator=g)] for idx in per_class]
     # Round-robin over classes: class counts differ by at most one (unless a class runs out).
     order = torch.cat([torch.stack([idx[i] for idx in per_class if i < len(idx)])
                        for i in range(max(len(idx) for idx in per_class))])
-    return data.subset(order[:n].sort().values)
+    return order[:n].sort().values
 
 
 def _folder_classes(train_dir: Path) -> list[str]:

@@ -11,8 +11,9 @@ from trainer.augment import normalize, to_float
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images: Tensor, batch_size: int = 512,
-                     device: torch.device | str | None = None) -> Tensor:
-    """L2-normalised representations (N, D), float32, of un-augmented uint8 images (N, 3, H, W).
+                     device: torch.device | str | None = None, l2_normalize: bool = True) -> Tensor:
+    """Representations (N, D), float32, L2-normalised unless asked otherwise, of un-augmented uint8 images
+    (N, 3, H, W).
 
     The encoder runs in eval mode (BatchNorm uses its running statistics) and its mode is restored after.
     """
@@ -25,7 +26,8 @@ def extract_features(encoder: nn.Module, images: Tensor, batch_size: int = 512,
         x = normalize(to_float(images[start:start + batch_size].to(device, non_blocking=True)))
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
                             enabled=torch.device(device).type == "cuda"):
-            chunks.append(F.normalize(encoder(x.contiguous(memory_format=torch.channels_last)).float(), dim=1))
+            h = encoder(x.contiguous(memory_format=torch.channels_last)).float()
+        chunks.append(F.normalize(h, dim=1) if l2_normalize else h)
     encoder.train(was_training)
     return torch.cat(chunks)
 

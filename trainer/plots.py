@@ -1,4 +1,4 @@
-"""PNG figures a person would rather look at than read: training curves and augmented views.
+"""PNG figures a person would rather look at than read: training curves, augmented views, confusion matrices.
 
     python -m trainer.plots views --data-dir ~/data/cifar10 --out views.png   # originals beside two views
     python -m trainer.plots curves --run runs/simclr                          # loss / lr / kNN curves
@@ -38,6 +38,44 @@ def save_curves(rows: list[dict], out: Path) -> None:
     if knn:
         axes[2].plot(*zip(*knn), marker="o")
     axes[2].set(title="kNN top-1 accuracy (%)", xlabel="epoch")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def save_confusion(confusion: list[list[int]], classes: list[str], out: Path, title: str = "") -> None:
+    """Confusion matrix, rows normalised to the fraction of each true class, counts printed in the cells."""
+    counts = torch.tensor(confusion, dtype=torch.float64)
+    rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    size = max(4.0, 0.6 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(classes))
+    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true", title=title)
+    ax.set_xticklabels(classes, rotation=45, ha="right")
+    ax.set_yticklabels(classes)
+    if len(classes) <= 20:
+        for i in ticks:
+            for j in ticks:
+                ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def save_head_curves(history: list[dict], out: Path) -> None:
+    """The classifier's training loss and, when a validation split was held out, its validation accuracy."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [r["epoch"] for r in history]
+    axes[0].plot(epochs, [r["loss"] for r in history])
+    axes[0].set(title="classifier training loss", xlabel="epoch")
+    if "val_top1" in history[0]:
+        axes[1].plot(epochs, [100 * r["val_top1"] for r in history])
+    axes[1].set(title="validation top-1 accuracy (%)", xlabel="epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
