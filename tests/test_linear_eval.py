@@ -1,0 +1,197 @@
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import PATTERNS, pattern_images, write_image_folder
+from trainer import checkpoint, linear_eval
+from trainer.data import load_split
+from trainer.knn import extract_features
+from trainer.linear_eval import EvalOptions, main, split_indices, train_head
+from trainer.models import SimCLR
+from trainer.pretrain import main as pretrain_main
+
+HEAD = dict(epochs=30, lr=0.1, weight_decay=0.0, batch_size=64, schedule_step="step", seed=0)
+
+
+def blobs(n_per_class: int, classes: int, dim: int, seed: int, shift: float):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=torch.Generator().manual_seed(99)) * shift
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    return centres[y] + torch.randn(len(y), dim, generator=g), y
+
+
+def accuracy(head, x, y):
+    with torch.no_grad():
+        return (head(x).argmax(1) == y).float().mean().item()
+
+
+def test_linear_head_separates_separable_features():
+    x, y = blobs(100, 5, 32, seed=0, shift=3.0)
+    x_test, y_test = blobs(50, 5, 32, seed=1, shift=3.0)
+    head, history = train_head(x * 7 + 40, y, 5, **HEAD)  # raw features far from standardised: folding matters
+    assert accuracy(head, x_test * 7 + 40, y_test) >= 0.98
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_head_on_random_labels_stays_near_chance():
+    x, _ = blobs(100, 5, 32, seed=0, shift=0.0)
+    y = torch.randint(0, 5, (len(x),), generator=torch.Generator().manual_seed(1))
+    x_test, _ = blobs(200, 5, 32, seed=2, shift=0.0)
+    y_test = torch.randint(0, 5, (len(x_test),), generator=torch.Generator().manual_seed(3))
+    head, _ = train_head(x, y, 5, **HEAD)
+    assert accuracy(head, x, y) > 0.3  # it fits the training set above chance ...
+    assert abs(accuracy(head, x_test, y_test) - 0.2) < 0.08  # ... and learns nothing that transfers
+
+
+def test_mlp_head_trains_and_keeps_its_best_validation_epoch():
+    x, y = blobs(60, 3, 16, seed=0, shift=2.0)
+    x_val, y_val = blobs(30, 3, 16, seed=1, shift=2.0)
+    head, history = train_head(x, y, 3, hidden_dim=64, dropout=0.5, val=(x_val, y_val), **{**HEAD, "epochs": 8})
+    best = max(r["val_top1"] for r in history)
+    assert accuracy(head.eval(), x_val, y_val) == pytest.approx(best)
+    assert [type(m).__name__ for m in head] == ["Linear", "ReLU", "Dropout", "Linear"]
+
+
+def test_schedule_steps_per_step_or_per_epoch():
+    x, y = blobs(64, 2, 8, seed=0, shift=1.0)
+    settings = {**HEAD, "epochs": 4, "batch_size": 16}  # 8 steps per epoch
+    _, per_step = train_head(x, y, 2, **{**settings, "schedule_step": "step"})
+    _, per_epoch = train_head(x, y, 2, **{**settings, "schedule_step": "epoch"})
+    assert per_epoch[0]["lr_first"] == per_epoch[0]["lr_last"] == 0.1  # constant within an epoch
+    assert [r["lr_first"] for r in per_epoch] == pytest.approx([0.1 * 0.5 * (1 + torch.cos(torch.tensor(
+        3.14159265 * e / 4)).item()) for e in range(4)], rel=1e-4)
+    assert per_step[0]["lr_first"] == 0.1 and per_step[0]["lr_last"] < per_step[0]["lr_first"]
+    assert per_step[-1]["lr_last"] == pytest.approx(0.1 * 0.5 * (1 + torch.cos(torch.tensor(3.14159265 * 31 / 32)).item()),
+                                                    rel=1e-3)
+
+
+def test_label_fractions_are_class_balanced_reproducible_and_disjoint_from_validation():
+    labels = torch.arange(10).repeat_interleave(500)[torch.randperm(5000, generator=torch.Generator().manual_seed(0))]
+    val, train = split_indices(labels, 0.1, 0.1, seed=3)
+    assert torch.bincount(labels[val]).tolist() == [50] * 10
+    assert torch.bincount(labels[train]).tolist() == [45] * 10
+    assert not set(val.tolist()) & set(train.tolist())
+    again_val, again_train = split_indices(labels, 0.1, 0.1, seed=3)
+    assert torch.equal(val, again_val) and torch.equal(train, again_train)
+    _, other = split_indices(labels, 0.1, 0.1, seed=4)
+    assert not torch.equal(train, other)
+    _, one_percent = split_indices(labels, 0.0, 0.01, seed=0)
+    assert torch.bincount(labels[one_percent]).tolist() == [5] * 10
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """One epoch of pretraining on the pattern images, shared by this module's tests (each copies it)."""
+    root = tmp_path_factory.mktemp("pretrained")
+    write_image_folder(root / "patterns", "train", *pattern_images(16, seed=0))
+    write_image_folder(root / "patterns", "test", *pattern_images(8, seed=1))
+    assert pretrain_main(["--data-dir", str(root / "patterns"), "--out", str(root / "run"), "--image-size", "16",
+                          "--batch-size", "32", "--epochs", "1", "--device", "cpu", "--knn-every", "0",
+                          "--cache-dir", str(root / "cache"), "--no-download"]) == 0
+    return root
+
+
+@pytest.fixture
+def tiny_run(tmp_path, pretrained) -> Path:
+    shutil.copytree(pretrained, tmp_path, dirs_exist_ok=True)
+    return tmp_path / "run"
+
+
+def eval_args(run: Path, *extra: str) -> list[str]:
+    return ["--run", str(run), "--epochs", "5", "--batch-size", "16", "--device", "cpu", "--knn-k", "10",
+            "--cache-dir", str(run.parent / "cache"), *extra]
+
+
+def test_end_to_end_on_a_tiny_run(tiny_run, capsys):
+    assert main(eval_args(tiny_run)) == 0
+    printed = capsys.readouterr().out
+    assert f"Top 1 Accuracy of class  0 ({sorted(PATTERNS)[0]}) is" in printed and "Top 3 accuracy of the network" in printed
+    out = tiny_run / "eval"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["units"] == "fraction" and metrics["count"] == 32 and metrics["checkpoint"] == "checkpoints/epoch_0001.pt"
+    assert 0 <= metrics["top1"] <= metrics["top3"] <= metrics["top5"] <= 1 and 0 <= metrics["knn_top1"] <= 1
+    assert metrics["protocol"]["encoder"] == "frozen" and metrics["protocol"]["train_images"] == 64
+    assert [r["name"] for r in metrics["per_class"]] == sorted(PATTERNS)
+    assert {p.name for p in out.iterdir()} >= {"metrics.json", "report.txt", "confusion.png", "head_curves.png",
+                                               "classifier.safetensors", "classifier.json"}
+
+    # The saved head, on the raw representation of the checkpoint's encoder, gives the reported accuracy.
+    spec = json.loads((out / "classifier.json").read_text())
+    assert spec["classes"] == sorted(PATTERNS) and spec["hidden_dims"] == [] and spec["input_dim"] == 512
+    head = torch.nn.Sequential(torch.nn.Linear(512, 4))
+    head.load_state_dict(load_file(out / "classifier.safetensors"))
+    model = SimCLR()
+    model.load_state_dict(checkpoint.load(tiny_run / spec["checkpoint"])["model"])
+    test = load_split(tiny_run.parent / "patterns", "test", image_size=16, cache_dir=None)
+    with torch.no_grad():
+        predictions = head(extract_features(model.encoder, test.images, l2_normalize=False)).argmax(1)
+    assert (predictions == test.labels).sum().item() == metrics["top1_correct"]
+
+
+def test_the_encoder_is_frozen(tiny_run, monkeypatch):
+    seen = {}
+    original = linear_eval.load_encoder
+
+    def spy(*args):
+        encoder, source = original(*args)
+        seen["encoder"], seen["before"] = encoder, copy.deepcopy(encoder.state_dict())
+        return encoder, source
+
+    monkeypatch.setattr(linear_eval, "load_encoder", spy)
+    assert main(eval_args(tiny_run, "--val-fraction", "0.25", "--weight-decay", "0", "1e-3")) == 0
+    after = seen["encoder"].state_dict()
+    assert any("running_mean" in name for name in after)  # BatchNorm statistics are compared too
+    for name, value in seen["before"].items():
+        assert torch.equal(value, after[name]), name
+    assert not any(p.requires_grad for p in seen["encoder"].parameters())
+    metrics = json.loads((tiny_run / "eval" / "metrics.json").read_text())
+    assert metrics["protocol"]["val_images"] == 16 and len(metrics["validation"]) == 2
+    assert metrics["protocol"]["weight_decay"] in (0.0, 1e-3)
+
+
+def test_random_init_label_fraction_and_finetune_write_their_own_folders(tiny_run):
+    assert main(eval_args(tiny_run, "--random-init")) == 0
+    assert json.loads((tiny_run / "eval-random-init" / "metrics.json").read_text())["checkpoint"].startswith("random")
+    assert main(eval_args(tiny_run, "--label-fraction", "0.5")) == 0
+    assert json.loads((tiny_run / "eval-labels0.5" / "metrics.json").read_text())["protocol"]["train_images"] == 32
+    assert main(eval_args(tiny_run, "--finetune", "--epochs", "1")) == 0
+    finetuned = tiny_run / "eval-finetune"
+    assert json.loads((finetuned / "metrics.json").read_text())["protocol"]["encoder"] == "fine-tuned"
+    assert not (finetuned / "classifier.safetensors").exists()  # its encoder is not the run's: nothing to export
+    assert not (tiny_run / "eval").exists()
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, tiny_run, capsys):
+    def error(argv):
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and "Traceback" not in err
+        return err.splitlines()[-1]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text((tiny_run / "config.json").read_text())
+    assert "has no checkpoint" in error(eval_args(empty))
+    assert "does not exist" in error(eval_args(tmp_path / "nowhere"))
+    assert "--val-fraction" in error(eval_args(tiny_run, "--weight-decay", "0", "1e-4"))
+    assert "--label-fraction" in error(eval_args(tiny_run, "--label-fraction", "0"))
+
+    other = tmp_path / "other"
+    other.mkdir()
+    config = json.loads((tiny_run / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "backbone": "resnet34"}))
+    ckpt = checkpoint.latest(tiny_run)
+    assert "does not fit" in error(eval_args(other, "--checkpoint", str(ckpt)))
+
+    mixed = tmp_path / "mixed"
+    write_image_folder(mixed, "train", *pattern_images(4, seed=0))
+    write_image_folder(mixed, "test", *pattern_images(2, seed=1), classes=("a", "b", "c", "d"))
+    assert "classes" in error(eval_args(tiny_run, "--data-dir", str(mixed)))
