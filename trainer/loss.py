@@ -8,13 +8,29 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+class _AllGather(torch.autograd.Function):
+    """all_gather whose backward hands each process the gradient of its own slice summed over processes:
+    every process's loss reads every slice. (torch.distributed.nn's all_gather does the same but is
+    deprecated in recent torch releases.)"""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> tuple[Tensor, ...]:
+        gathered = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, x.contiguous())
+        return tuple(gathered)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> Tensor:
+        summed = torch.stack(grads)
+        dist.all_reduce(summed)
+        return summed[dist.get_rank()]
+
+
 def gather_with_grad(x: Tensor) -> Tensor:
     """Concatenate x over all processes (rank order); gradients flow back to each process's own slice."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x), dim=0)
+    return torch.cat(_AllGather.apply(x), dim=0)
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
