@@ -50,6 +50,8 @@ def save(run_dir: Path, epoch: int, state: dict[str, Any], keep: int) -> Path:
     atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
+    for stale in path.parent.glob(".epoch_*.tmp"):  # left by a process killed mid-write; never a checkpoint
+        stale.unlink(missing_ok=True)
     return path
 
 
