@@ -1,0 +1,107 @@
+"""Dynamic batching: concurrent requests' images are coalesced into one inference call.
+
+Requests wait in a queue; one worker takes up to max_batch_size images, first waiting at most max_wait for
+more to arrive, and runs the model in its own thread so the event loop keeps accepting requests. While a
+batch runs, the next one fills up, so under load batches grow by themselves and an idle server adds at most
+max_wait to a lone request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Generic, Protocol, TypeVar
+
+import torch
+from torch import Tensor
+
+from service.metrics import Metrics
+
+
+class Sliceable(Protocol):
+    def __getitem__(self, rows: slice) -> "Sliceable": ...
+
+
+T = TypeVar("T", bound=Sliceable)
+
+
+class Batcher(Generic[T]):
+    """submit(images) -> fn(images) rows, with fn called on batches of many submissions in one thread."""
+
+    def __init__(self, fn: Callable[[Tensor], T], max_batch_size: int, max_wait_s: float,
+                 metrics: Metrics | None = None):
+        self.fn, self.max_batch_size, self.max_wait_s, self.metrics = fn, max_batch_size, max_wait_s, metrics
+        self._pending: deque[tuple[Tensor, asyncio.Future]] = deque()
+        self._rows = 0
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._worker:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, images: Tensor) -> T:
+        """fn's output for images (N, ...), computed in a batch with whatever else is waiting."""
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((images, future))
+        self._add_rows(len(images))
+        self._wake.set()
+        return await future
+
+    def _add_rows(self, n: int) -> None:
+        self._rows += n
+        if self.metrics:
+            self.metrics.queue_depth.set(self._rows)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            deadline = loop.time() + self.max_wait_s
+            while self._rows < self.max_batch_size and (left := deadline - loop.time()) > 0:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), left)
+                except TimeoutError:
+                    break
+            batch = self._take()
+            if not self._pending:
+                self._wake.clear()
+            batch = [(x, f) for x, f in batch if not f.done()]  # drop requests whose client went away
+            if not batch:
+                continue
+            images = batch[0][0] if len(batch) == 1 else torch.cat([x for x, _ in batch])
+            started = loop.time()
+            try:
+                out = await loop.run_in_executor(self._executor, self.fn, images)
+            except Exception as e:  # the requests fail, the worker lives on
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            if self.metrics:
+                self.metrics.batch_size.observe(len(images))
+                self.metrics.inference.observe(loop.time() - started)
+            start = 0
+            for x, future in batch:
+                if not future.done():
+                    future.set_result(out[start:start + len(x)])
+                start += len(x)
+
+    def _take(self) -> list[tuple[Tensor, asyncio.Future]]:
+        """Submissions from the front of the queue, up to max_batch_size images (at least one submission)."""
+        batch, rows = [], 0
+        while self._pending and (not batch or rows + len(self._pending[0][0]) <= self.max_batch_size):
+            x, future = self._pending.popleft()
+            batch.append((x, future))
+            rows += len(x)
+        self._add_rows(-rows)
+        return batch
+

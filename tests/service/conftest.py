@@ -1,0 +1,39 @@
+"""Fixtures: a run, its bundle, an image folder and its index (session-scoped: they cost seconds on CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from factories import colour_images, make_run, write_folder
+
+from service.build_index import build
+from trainer.export import export
+from trainer.models import SimCLR
+
+
+@pytest.fixture(scope="session")
+def run_and_model(tmp_path_factory) -> tuple[Path, SimCLR]:
+    return make_run(tmp_path_factory.mktemp("run") / "run")
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(run_and_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    export(run_and_model[0], out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images") / "colours"
+    write_folder(root, "train", *colour_images(6, seed=0))
+    write_folder(root, "test", *colour_images(2, seed=1))
+    return root
+
+
+@pytest.fixture(scope="session")
+def index_dir(bundle_dir, image_folder, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("index") / "index"
+    build(str(bundle_dir), [str(image_folder)], str(out), ["train"])
+    return out

@@ -1,0 +1,106 @@
+"""The dynamic batcher: concurrent submissions share inference calls, each gets back its own rows."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import torch
+
+from service.batching import Batcher
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+class Recorder:
+    """An inference function that records its batch sizes and the thread it ran in."""
+
+    def __init__(self, fail_on: int | None = None):
+        self.sizes, self.threads, self.fail_on = [], set(), fail_on
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(x))
+        self.threads.add(threading.get_ident())
+        if self.fail_on is not None and (x == self.fail_on).any():
+            raise ValueError("bad row")
+        return x * 10
+
+
+async def submit_all(batcher: Batcher, inputs: list[torch.Tensor]) -> list:
+    batcher.start()
+    try:
+        return await asyncio.gather(*(batcher.submit(x) for x in inputs), return_exceptions=True)
+    finally:
+        await batcher.stop()
+
+
+def test_concurrent_submissions_share_one_batch_and_get_their_own_rows():
+    fn = Recorder()
+    inputs = [torch.full((n,), float(i)) for i, n in enumerate([1, 3, 2, 1])]
+    results = run(submit_all(Batcher(fn, max_batch_size=64, max_wait_s=0.05), inputs))
+    assert fn.sizes == [7]
+    for x, y in zip(inputs, results):
+        torch.testing.assert_close(y, x * 10)
+    assert threading.get_ident() not in fn.threads  # inference ran off the event loop's thread
+
+
+def test_batches_never_exceed_the_maximum():
+    fn = Recorder()
+    inputs = [torch.full((1,), float(i)) for i in range(10)]
+    results = run(submit_all(Batcher(fn, max_batch_size=4, max_wait_s=0.05), inputs))
+    assert sum(fn.sizes) == 10 and max(fn.sizes) == 4
+    assert [r.item() for r in results] == [10.0 * i for i in range(10)]
+
+
+def test_a_lone_request_does_not_wait_for_company_when_max_wait_is_zero():
+    fn = Recorder()
+    run(submit_all(Batcher(fn, max_batch_size=64, max_wait_s=0), [torch.ones(2)]))
+    assert fn.sizes == [2]
+
+
+def test_a_failing_batch_fails_its_requests_and_the_worker_lives_on():
+    fn = Recorder(fail_on=-1)
+
+    async def scenario():
+        batcher = Batcher(fn, max_batch_size=64, max_wait_s=0.05)
+        batcher.start()
+        try:
+            first = await asyncio.gather(batcher.submit(torch.tensor([-1.0])), batcher.submit(torch.tensor([2.0])),
+                                         return_exceptions=True)
+            second = await batcher.submit(torch.tensor([3.0]))
+        finally:
+            await batcher.stop()
+        return first, second
+
+    (bad, also_bad), good = run(scenario())
+    assert isinstance(bad, ValueError) and isinstance(also_bad, ValueError)
+    assert good.item() == 30.0
+
+
+def test_a_cancelled_request_is_skipped():
+    fn = Recorder()
+
+    async def scenario():
+        batcher = Batcher(fn, max_batch_size=64, max_wait_s=0.05)
+        batcher.start()
+        try:
+            gone = asyncio.ensure_future(batcher.submit(torch.tensor([1.0])))
+            kept = asyncio.ensure_future(batcher.submit(torch.tensor([2.0])))
+            await asyncio.sleep(0)
+            gone.cancel()
+            return await kept
+        finally:
+            await batcher.stop()
+
+    assert run(scenario()).item() == 20.0
+    assert fn.sizes == [1]
+
+
+@pytest.mark.parametrize("max_batch_size", [1, 3])
+def test_a_request_larger_than_the_maximum_still_runs(max_batch_size):
+    fn = Recorder()
+    (result,) = run(submit_all(Batcher(fn, max_batch_size=max_batch_size, max_wait_s=0), [torch.arange(5.0)]))
+    torch.testing.assert_close(result, torch.arange(5.0) * 10)

@@ -1,0 +1,129 @@
+"""trainer.export writes the bundle; service.bundle reads it: the round trip pins the format."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from factories import CLASSES, SIZE, colour_images, make_run
+from safetensors.torch import load_file
+
+from service.bundle import load_bundle
+from service.model import Model, decode_image
+from trainer.augment import normalize, to_float
+from trainer.export import export, main
+from trainer.heads import classifier_head
+
+
+@pytest.mark.parametrize("backbone, width, hidden", [("resnet18", 1, ()), ("resnet18", 2, (24,)),
+                                                     ("resnet50", 1, ())])
+def test_service_model_equals_trainer_model(tmp_path, backbone, width, hidden):
+    run, model = make_run(tmp_path / "run", backbone=backbone, width=width, hidden_dims=hidden)
+    export(run, tmp_path / "bundle")
+    served = Model(load_bundle(tmp_path / "bundle"))
+    images = torch.from_numpy(colour_images(2)[0]).permute(0, 3, 1, 2)
+
+    out = served.infer(images)
+    with torch.no_grad():
+        x = normalize(to_float(images))
+        h = model.encoder(x)
+        z = model.projector(h)
+        head = classifier_head(model.feature_dim, len(CLASSES), hidden[0] if hidden else None)
+        head.load_state_dict(load_file(run / "eval" / "classifier.safetensors"))
+        p = F.softmax(head.eval()(h), dim=1)
+    torch.testing.assert_close(out.representation, h, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.projection, z, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.probabilities, p, atol=1e-5, rtol=0)
+
+
+def test_manifest_describes_the_run(tmp_path, run_and_model):
+    run, model = run_and_model
+    manifest = export(run, tmp_path / "bundle")
+    on_disk = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert on_disk == manifest
+    assert manifest["format"] == "simclr-bundle" and manifest["format_version"] == 1
+    arch = manifest["architecture"]
+    assert (arch["backbone"], arch["width"], arch["stem"], arch["representation_dim"]) == ("resnet18", 1, "cifar", 512)
+    assert arch["projection"] == {"hidden_dim": 64, "out_dim": 32}
+    assert arch["classifier"] == {"hidden_dims": [], "num_classes": 4}
+    assert manifest["input"] == {"size": SIZE, "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616],
+                                 "resize": "fit-bicubic"}
+    assert manifest["classes"] == list(CLASSES)
+    assert manifest["metrics"]["top1"] == 0.5 and set(manifest["metrics"]) >= {"top3", "knn_top1", "per_class"}
+    assert manifest["training"]["checkpoint_epoch"] == 1 and manifest["training"]["batch_size"] == 16
+    assert set(manifest["files"]) == {"encoder.safetensors", "projector.safetensors", "classifier.safetensors"}
+
+
+def test_unevaluated_run_has_no_classifier(tmp_path):
+    run, _ = make_run(tmp_path / "run", evaluated=False)
+    out = tmp_path / "bundle"
+    (out).mkdir()
+    (out / "classifier.safetensors").write_bytes(b"stale, from an earlier export")
+    manifest = export(run, out)
+    assert manifest["metrics"] is None and manifest["architecture"]["classifier"] is None
+    assert not (out / "classifier.safetensors").exists()
+    assert load_bundle(out).classifier is None
+
+
+def test_export_refuses_a_head_of_another_checkpoint(tmp_path, run_and_model):
+    run, model = make_run(tmp_path / "run")
+    other = run / "checkpoints" / "epoch_0002.pt"
+    other.write_bytes((run / "checkpoints" / "epoch_0001.pt").read_bytes())
+    result = _cli("--run", str(run), "--out", str(tmp_path / "b"), "--checkpoint", str(other))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "evaluated checkpoints/epoch_0001.pt" in result.stderr
+    assert not (tmp_path / "b" / "manifest.json").exists()
+
+
+def test_export_refuses_a_head_that_does_not_fit(tmp_path):
+    run, _ = make_run(tmp_path / "run")
+    spec = json.loads((run / "eval" / "classifier.json").read_text())
+    (run / "eval" / "classifier.json").write_text(json.dumps({**spec, "classes": ["a", "b"]}))
+    result = _cli("--run", str(run), "--out", str(tmp_path / "b"))
+    assert result.returncode == 2 and "does not match its classifier.json" in result.stderr
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda tmp: ["--run", str(tmp / "nowhere")], "is not a pretraining run"),
+    (lambda tmp: ["--run", str(tmp / "run"), "--checkpoint", str(tmp / "run" / "missing.pt")], "does not exist"),
+])
+def test_cli_errors_are_one_line(tmp_path, make_args, message):
+    make_run(tmp_path / "run", evaluated=False)
+    result = _cli(*make_args(tmp_path), "--out", str(tmp_path / "b"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and message in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_cli_writes_a_loadable_bundle(tmp_path, run_and_model):
+    result = _cli("--run", str(run_and_model[0]), "--out", str(tmp_path / "b"))
+    assert result.returncode == 0, result.stderr
+    assert "with a classifier" in result.stdout
+    assert load_bundle(tmp_path / "b").manifest.classes == list(CLASSES)
+
+
+def test_preprocessing_matches_the_trainers_decoder(tmp_path):
+    """The service decodes files exactly as trainer.data did for the evaluation, resize included."""
+    from PIL import Image
+
+    from trainer.data import _decode
+
+    rng = np.random.default_rng(0)
+    for i, (mode, size) in enumerate([("RGB", (40, 24)), ("L", (16, 16)), ("RGBA", (9, 31)), ("P", (50, 50))]):
+        image = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+        path = tmp_path / f"{i}.png"
+        image.save(path)
+        np.testing.assert_array_equal(decode_image(path.read_bytes(), SIZE, 10**6), _decode(path, SIZE))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """main() in this process (importing torch again per call costs seconds), its output captured."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())

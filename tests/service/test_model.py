@@ -1,0 +1,70 @@
+"""Preprocessing: any image size and mode becomes the evaluation's input; bad bytes are refused with a status."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from factories import png_bytes
+from PIL import Image, ImageOps
+
+from service.model import ImageError, decode_image
+
+rng = np.random.default_rng(0)
+RGB = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+
+
+def test_rgb_at_the_input_size_is_untouched():
+    image = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(decode_image(png_bytes(image), 16, 10**6), image)
+
+
+def test_other_sizes_are_fitted_on_the_shorter_side_and_centre_cropped():
+    expected = np.asarray(ImageOps.fit(Image.fromarray(RGB), (16, 16), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(decode_image(png_bytes(RGB), 16, 10**6), expected)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "1"])
+def test_every_mode_becomes_rgb(mode):
+    image = Image.fromarray(RGB).convert(mode)
+    out = decode_image(png_bytes(image, "TIFF" if mode == "CMYK" else "PNG"), 8, 10**6)
+    assert out.shape == (8, 8, 3) and out.dtype == np.uint8
+    expected = np.asarray(ImageOps.fit(image.convert("RGB"), (8, 8), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped():
+    values = np.array([[0, 256 * 100, 65535, 256 * 7]], dtype=np.uint16).repeat(4, axis=0)
+    image = Image.fromarray(values)  # mode I;16
+    out = decode_image(png_bytes(image), 4, 10**6)
+    np.testing.assert_array_equal(out[0, :, 0], [0, 100, 255, 7])
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+
+
+def test_animated_images_give_their_first_frame():
+    frames = [Image.new("RGB", (8, 8), colour) for colour in [(255, 0, 0), (0, 0, 255)]]
+    data = io.BytesIO()
+    frames[0].save(data, format="GIF", save_all=True, append_images=frames[1:], duration=100)
+    out = decode_image(data.getvalue(), 8, 10**6)
+    assert out[..., 0].min() > 200 and out[..., 2].max() < 50
+
+
+@pytest.mark.parametrize("data, status, message", [
+    (b"", 422, "empty"),
+    (b"certainly not an image", 415, "not an image in a supported format"),
+    (png_bytes(Image.new("RGB", (8, 8)), "PCX"), 415, "supported format"),  # a format Pillow knows, not allowed
+    (png_bytes(RGB)[:60], 422, "corrupt or truncated"),
+    (png_bytes(Image.new("L", (3000, 2000))), 413, "over the limit"),  # small file, 6M pixels
+])
+def test_bad_bytes_are_refused_with_a_status(data, status, message):
+    with pytest.raises(ImageError, match=message) as caught:
+        decode_image(data, 16, 1_000_000)
+    assert caught.value.status == status
+
+
+def test_pillows_own_bomb_check_is_a_413_too(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageError, match="decompression bomb") as caught:
+        decode_image(png_bytes(Image.new("L", (40, 30))), 16, 10**6)  # 1200 pixels: over Pillow's limit only
+    assert caught.value.status == 413
