@@ -1,13 +1,17 @@
-"""Fixtures: a run, its bundle, an image folder and its index (session-scoped: they cost seconds on CPU)."""
+"""Fixtures: a run, its bundle, an image folder and its index, and a test client serving them (session- or
+module-scoped: they cost seconds on CPU)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from factories import colour_images, make_run, write_folder
+from factories import colour_images, make_run, wait_ready, write_folder
+from fastapi.testclient import TestClient
 
+from service.app import create_app
 from service.build_index import build
+from service.settings import Settings
 from trainer.export import export
 from trainer.models import SimCLR
 
@@ -37,3 +41,12 @@ def index_dir(bundle_dir, image_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("index") / "index"
     build(str(bundle_dir), [str(image_folder)], str(out), ["train"])
     return out
+
+
+@pytest.fixture(scope="module")
+def client(bundle_dir, index_dir):
+    settings = Settings(bundle=bundle_dir, index=index_dir, max_images=8, max_request_bytes=200_000,
+                        max_image_pixels=1_000_000, torch_threads=2)
+    with TestClient(create_app(settings)) as client:
+        assert wait_ready(client)["ready"]
+        yield client

@@ -1,0 +1,45 @@
+"""The FastAPI application: routers, error handlers, body limit, metrics, and background loading.
+
+    app = create_app(Settings(bundle="bundles/r18", index="indexes/cifar10-train"))
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from service import problems
+from service.limits import BodyLimit
+from service.metrics import Metrics, MetricsMiddleware
+from service.routes import classify, embed, images, ops, page, search
+from service.routes.page import STATIC
+from service.settings import Settings
+from service.state import ServiceState
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+    state = ServiceState(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Loading runs beside the server: /healthz answers at once, /readyz turns 200 when loading ends.
+        loading = asyncio.create_task(state.load(), name="load")
+        yield
+        loading.cancel()
+        await asyncio.gather(loading, return_exceptions=True)
+        await state.close()
+
+    app = FastAPI(title="SimCLR CIFAR-10 service", lifespan=lifespan,
+                  description="Embeddings, top-k classes and similar-image search from a SimCLR model bundle.")
+    app.state.service = state
+    problems.install(app)
+    for router in (embed.router, classify.router, search.router, images.router, ops.router, page.router):
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last: outermost, so it sees every answer
+    return app

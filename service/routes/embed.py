@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import torch.nn.functional as F
+from fastapi import APIRouter
+
+from service.dependencies import Ready
+from service.routes import PROBLEMS
+from service.schemas import Embedding, EmbedResponse
+from service.uploads import OPENAPI_BODY, Images
+
+router = APIRouter(tags=["model"])
+
+
+@router.post("/embed", response_model=EmbedResponse, responses=PROBLEMS, openapi_extra=OPENAPI_BODY)
+async def embed(images: Images, state: Ready, normalize: bool = True, projection: bool = False) -> EmbedResponse:
+    """Per image the encoder's representation (L2-normalised unless normalize=false) and, with
+    projection=true, the projection head's output."""
+    out = await state.batcher.submit(images)
+    h = F.normalize(out.representation, dim=1) if normalize else out.representation
+    z = out.projection.tolist() if projection else [None] * len(h)
+    arch = state.model.bundle.manifest.architecture
+    return EmbedResponse(model=state.model.bundle.name, representation_dim=arch.representation_dim,
+                         projection_dim=arch.projection.out_dim, normalized=normalize,
+                         embeddings=[Embedding(representation=r, projection=p) for r, p in zip(h.tolist(), z)])

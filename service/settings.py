@@ -1,0 +1,29 @@
+"""Service settings: defaults < environment variables (SIMCLR_*) < command-line flags (python -m service)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIMCLR_", cli_kebab_case=True, cli_prog_name="python -m service")
+
+    bundle: Path = Field(description="model bundle directory (python -m trainer.export)")
+    index: Path | None = Field(None, description="index directory (python -m service.build_index); without it "
+                               "/search answers 503")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    max_request_bytes: int = Field(16 * 2**20, gt=0, description="largest request body; larger ones get 413")
+    max_images: int = Field(64, gt=0, description="most images in one request")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="largest image (width x height) decoded; "
+                                  "larger ones get 413, which also stops decompression bombs")
+    max_batch_size: int = Field(64, gt=0, description="most images in one inference batch")
+    max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits for more requests once one came")
+    # Inference gets every core: one batch runs at a time and torch parallelises inside it.
+    torch_threads: int = Field(os.cpu_count() or 1, gt=0, description="torch intra-op threads")
+    # One thread per search: a single query is too small to split, and more threads would fight torch for cores.
+    faiss_threads: int = Field(1, gt=0, description="FAISS OpenMP threads")

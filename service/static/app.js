@@ -1,0 +1,59 @@
+// Send the chosen image to /classify and /search and draw the answers.
+const $ = (id) => document.getElementById(id);
+
+async function post(route, file) {
+  const form = new FormData();
+  form.append("images", file);
+  const response = await fetch(route, { method: "POST", body: form });
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.detail || response.statusText);
+  return body;
+}
+
+function showPredictions(predictions) {
+  $("predictions").replaceChildren(...predictions.map((p) => {
+    const item = document.createElement("li");
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.style.width = `${(100 * p.probability).toFixed(1)}%`;
+    item.append(p.class_name, bar, `${(100 * p.probability).toFixed(1)}%`);
+    return item;
+  }));
+}
+
+function showNeighbours(neighbours) {
+  $("grid").replaceChildren(...neighbours.map((n) => {
+    const figure = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = n.image_url;
+    img.alt = n.class_name || n.source;
+    const caption = document.createElement("figcaption");
+    caption.textContent = `${n.class_name || n.split} ${n.score.toFixed(2)}`;
+    figure.append(img, caption);
+    return figure;
+  }));
+}
+
+async function analyse(file) {
+  $("error").hidden = true;
+  $("preview").src = URL.createObjectURL(file);
+  const jobs = [post("/classify", file).then((r) => showPredictions(r.classifications[0].predictions)),
+                post("/search?k=12", file).then((r) => showNeighbours(r.results[0].neighbours))];
+  for (const result of await Promise.allSettled(jobs)) {
+    if (result.status === "rejected") {
+      $("error").textContent = result.reason.message;
+      $("error").hidden = false;
+    }
+  }
+}
+
+$("file").addEventListener("change", (e) => e.target.files[0] && analyse(e.target.files[0]));
+const drop = $("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("over");
+  if (e.dataTransfer.files[0]) analyse(e.dataTransfer.files[0]);
+});
+fetch("/version").then((r) => r.ok && r.json()).then((v) => v && ($("model").textContent = v.model));

@@ -1,0 +1,262 @@
+"""Every route and every error case through the ASGI test client."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+import torch
+from factories import CLASSES, colour_images, make_run, png_bytes, wait_ready
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.bundle import load_bundle
+from service.model import Model
+from service.settings import Settings
+from trainer.export import export
+
+IMAGES, LABELS = colour_images(6, seed=0)  # the indexed training images, in index order (class by class)
+PROBLEM = "application/problem+json"
+
+
+def files(*images: bytes, field: str = "images") -> list:
+    return [(field, (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+
+
+def assert_problem(response, status: int, *words: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    for word in words:
+        assert word in body["detail"], body["detail"]
+    return body
+
+
+# -- the routes ---------------------------------------------------------------------------------------------
+
+def test_health_readiness_version(client, bundle_dir):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"ready": True, "bundle": True, "index": True, "error": None}
+    version = client.get("/version").json()
+    assert version["manifest"]["format"] == "simclr-bundle"
+    assert version["manifest"]["classes"] == list(CLASSES)
+    assert version["bundle_fingerprint"] == load_bundle(bundle_dir).fingerprint
+    assert version["index"]["count"] == len(IMAGES)
+
+
+def test_embed_multipart(client, bundle_dir):
+    response = client.post("/embed", files=files(png_bytes(IMAGES[0]), png_bytes(IMAGES[7])))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["representation_dim"], body["projection_dim"], body["normalized"]) == (512, 32, True)
+    assert body["model"] == load_bundle(bundle_dir).name
+    vectors = np.array([e["representation"] for e in body["embeddings"]])
+    assert vectors.shape == (2, 512) and all(e["projection"] is None for e in body["embeddings"])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_embed_raw_and_projection_equal_the_model(client, bundle_dir):
+    response = client.post("/embed?normalize=false&projection=true", files=files(png_bytes(IMAGES[3])))
+    embedding = response.json()["embeddings"][0]
+    expected = Model(load_bundle(bundle_dir)).infer(torch.from_numpy(IMAGES[3:4]).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(embedding["representation"], expected.representation[0], atol=1e-4)
+    np.testing.assert_allclose(embedding["projection"], expected.projection[0], atol=1e-4)
+
+
+def test_embed_json_base64_and_data_urls(client):
+    data = png_bytes(IMAGES[0])
+    plain = base64.b64encode(data).decode()
+    response = client.post("/embed", json={"images": [plain, "data:image/png;base64," + plain]})
+    assert response.status_code == 200, response.text
+    a, b = (e["representation"] for e in response.json()["embeddings"])
+    assert a == b
+    multipart = client.post("/embed", files=files(data)).json()["embeddings"][0]["representation"]
+    np.testing.assert_allclose(a, multipart, atol=1e-6)
+
+
+def test_any_size_and_mode_is_accepted(client):
+    big = Image.fromarray(np.kron(IMAGES[0], np.ones((5, 7, 1), dtype=np.uint8)))  # 80x112
+    sixteen_bit = Image.fromarray((np.arange(16 * 16, dtype=np.uint16) * 200).reshape(16, 16))
+    uploads = [png_bytes(big), png_bytes(big.convert("L")), png_bytes(big.convert("RGBA")),
+               png_bytes(big.convert("P")), png_bytes(sixteen_bit), png_bytes(big, "JPEG")]
+    response = client.post("/classify", files=files(*uploads))
+    assert response.status_code == 200, response.text
+    assert len(response.json()["classifications"]) == len(uploads)
+
+
+def test_classify_top_k(client):
+    body = client.post("/classify", files=files(png_bytes(IMAGES[0]), png_bytes(IMAGES[20]))).json()
+    for result in body["classifications"]:
+        predictions = result["predictions"]
+        assert len(predictions) == 3
+        probabilities = [p["probability"] for p in predictions]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert all(CLASSES[p["class_id"]] == p["class_name"] for p in predictions)
+    every = client.post("/classify?k=10", files=files(png_bytes(IMAGES[0]))).json()["classifications"][0]
+    assert len(every["predictions"]) == len(CLASSES)  # k beyond the number of classes gives them all
+    assert sum(p["probability"] for p in every["predictions"]) == pytest.approx(1, abs=1e-5)
+
+
+def test_search_finds_the_indexed_image_first(client):
+    body = client.post("/search?k=5", files=files(png_bytes(IMAGES[9]))).json()
+    assert body["index_size"] == len(IMAGES)
+    neighbours = body["results"][0]["neighbours"]
+    assert len(neighbours) == 5 and neighbours[0]["id"] == 9
+    assert neighbours[0]["score"] == pytest.approx(1, abs=1e-4)
+    assert [n["score"] for n in neighbours] == sorted((n["score"] for n in neighbours), reverse=True)
+    first = neighbours[0]
+    assert (first["label"], first["class_name"], first["split"]) == (LABELS[9], CLASSES[LABELS[9]], "train")
+    assert first["source"] == f"train/{CLASSES[LABELS[9]]}/0009.png" and first["image_url"] == "/images/9"
+
+
+def test_search_filtered_by_class(client):
+    body = client.post("/search?k=100&class_name=blue", files=files(png_bytes(IMAGES[0]))).json()
+    neighbours = body["results"][0]["neighbours"]
+    assert len(neighbours) == int((LABELS == CLASSES.index("blue")).sum())
+    assert {n["class_name"] for n in neighbours} == {"blue"}
+
+
+def test_search_from_an_indexed_image_leaves_it_out(client):
+    by_id = client.get("/search?id=9&k=4").json()["results"][0]["neighbours"]
+    by_upload = client.post("/search?k=5", files=files(png_bytes(IMAGES[9]))).json()["results"][0]["neighbours"]
+    assert [n["id"] for n in by_id] == [n["id"] for n in by_upload[1:]]
+
+
+def test_images_are_served_as_indexed(client):
+    response = client.get("/images/9")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(response.content))), IMAGES[9])
+
+
+def test_page_docs_and_openapi(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"] and "/static/app.js" in page.text
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/docs").status_code == 200
+    body = client.get("/openapi.json").json()["paths"]["/embed"]["post"]["requestBody"]["content"]
+    assert set(body) == {"multipart/form-data", "application/json"}
+
+
+def test_metrics(client):
+    client.post("/embed", files=files(png_bytes(IMAGES[0])))
+    client.get("/images/99999")
+    text = client.get("/metrics").text
+    assert 'http_requests_total{method="POST",route="/embed",status="200"}' in text
+    assert 'http_requests_total{method="GET",route="/images/{id}",status="404"}' in text
+    for name in ("http_request_duration_seconds_bucket", "inference_batch_size_bucket", "inference_queue_depth",
+                 "inference_seconds_count", "search_seconds_count"):
+        assert name in text
+
+
+# -- bad input: a 4xx problem, and the server keeps serving ---------------------------------------------------
+
+def chunks(data: bytes, size: int = 10_000):
+    for start in range(0, len(data), size):
+        yield data[start:start + size]
+
+
+@pytest.mark.parametrize("send, status, words", [
+    (lambda c: c.post("/embed", files=files(b"not an image at all")), 415, ["images[0] (0.png)", "supported format"]),
+    (lambda c: c.post("/embed", files=files(png_bytes(Image.new("RGB", (8, 8)), "PCX"))), 415, ["supported format"]),
+    (lambda c: c.post("/embed", files=files(b"")), 422, ["empty"]),
+    (lambda c: c.post("/embed", files=files(png_bytes(IMAGES[0])[:70])), 422, ["corrupt or truncated"]),
+    (lambda c: c.post("/embed", files=files(png_bytes(Image.new("L", (2000, 1000))))), 413, ["pixels"]),
+    (lambda c: c.post("/embed", files=files(*[png_bytes(IMAGES[0])] * 9)), 413, ["at most 8"]),
+    (lambda c: c.post("/embed", json={"images": [base64.b64encode(png_bytes(IMAGES[0])).decode()] * 9}), 413,
+     ["too many images"]),
+    (lambda c: c.post("/embed", content=b"x" * 300_000, headers={"content-type": "application/json"}), 413,
+     ["over the limit of 200000"]),
+    (lambda c: c.post("/embed", content=chunks(b"x" * 300_000), headers={"content-type": "application/json"}),
+     413, ["over the limit"]),
+    (lambda c: c.post("/embed", files=files(b"x" * 300_000)), 413, ["over the limit"]),
+    (lambda c: c.post("/embed", json={"images": ["%%%not base64%%%"]}), 422, ["images[0]", "base64"]),
+    (lambda c: c.post("/embed", content=b"{not json", headers={"content-type": "application/json"}), 422,
+     ["invalid JSON"]),
+    (lambda c: c.post("/embed", json={"pictures": []}), 422, ["images"]),
+    (lambda c: c.post("/embed", json={"images": []}), 422, ["images"]),
+    (lambda c: c.post("/embed", json=["a list"]), 422, ["invalid JSON"]),
+    (lambda c: c.post("/embed", content=b"hello", headers={"content-type": "text/plain"}), 415, ["content type"]),
+    (lambda c: c.post("/embed"), 415, ["content type"]),
+    (lambda c: c.post("/embed", data={"images": "a string"}, files=files(png_bytes(IMAGES[0]))), 422,
+     ["not a file"]),
+    (lambda c: c.post("/embed", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"}), 400,
+     ["boundary"]),
+    (lambda c: c.post("/classify?k=0", files=files(png_bytes(IMAGES[0]))), 422, ["k"]),
+    (lambda c: c.post("/classify?k=11", files=files(png_bytes(IMAGES[0]))), 422, ["k"]),
+    (lambda c: c.post("/classify?k=three", files=files(png_bytes(IMAGES[0]))), 422, ["k"]),
+    (lambda c: c.post("/search?k=101", files=files(png_bytes(IMAGES[0]))), 422, ["k"]),
+    (lambda c: c.post("/search?class_name=cat", files=files(png_bytes(IMAGES[0]))), 422, ["unknown class_name"]),
+    (lambda c: c.get("/search?id=24"), 404, ["no indexed image has id 24"]),
+    (lambda c: c.get("/search?id=-1"), 422, ["id"]),
+    (lambda c: c.get("/search"), 422, ["id"]),
+    (lambda c: c.get("/images/24"), 404, ["no indexed image"]),
+    (lambda c: c.get("/images/-3"), 422, ["id"]),
+    (lambda c: c.get("/images/abc"), 422, ["id"]),
+    (lambda c: c.get("/images/..%2F..%2Fetc%2Fpasswd"), 404, []),
+    (lambda c: c.get("/images/../../etc/passwd"), 404, []),
+    (lambda c: c.get("/static/../service/app.py"), 404, []),
+    (lambda c: c.get("/no/such/route"), 404, ["not found"]),
+    (lambda c: c.delete("/embed"), 405, ["method not allowed"]),
+])
+def test_bad_input_is_a_problem_and_the_server_keeps_serving(client, send, status, words):
+    assert_problem(send(client), status, *words)
+    assert client.post("/classify", files=files(png_bytes(IMAGES[0]))).status_code == 200
+
+
+def test_validation_problems_list_the_errors(client):
+    body = assert_problem(client.post("/classify?k=0", files=files(png_bytes(IMAGES[0]))), 422)
+    assert body["errors"][0]["loc"] == ["query", "k"]
+
+
+# -- loading, and what a partial service answers ----------------------------------------------------------------
+
+def test_not_ready_until_loading_ends(bundle_dir, index_dir, monkeypatch):
+    import threading
+
+    import service.state
+
+    release = threading.Event()
+    real = service.state.load_bundle
+    monkeypatch.setattr(service.state, "load_bundle", lambda path: release.wait(30) and real(path))
+    with TestClient(create_app(Settings(bundle=bundle_dir, index=index_dir))) as client:
+        assert client.get("/healthz").status_code == 200
+        readiness = client.get("/readyz")
+        assert readiness.status_code == 503 and readiness.json()["ready"] is False
+        assert_problem(client.post("/embed", files=files(png_bytes(IMAGES[0]))), 503, "still loading")
+        release.set()
+        assert wait_ready(client)["ready"]
+        assert client.post("/embed", files=files(png_bytes(IMAGES[0]))).status_code == 200
+
+
+def test_unevaluated_bundle_embeds_but_does_not_classify(tmp_path):
+    run, _ = make_run(tmp_path / "run", evaluated=False)
+    export(run, tmp_path / "bundle")
+    with TestClient(create_app(Settings(bundle=tmp_path / "bundle"))) as client:
+        assert wait_ready(client)["ready"]
+        assert client.post("/embed", files=files(png_bytes(IMAGES[0]))).status_code == 200
+        assert_problem(client.post("/classify", files=files(png_bytes(IMAGES[0]))), 503, "not evaluated")
+        assert_problem(client.post("/search", files=files(png_bytes(IMAGES[0]))), 503, "no similar-image index")
+        assert_problem(client.get("/images/0"), 503, "no similar-image index")
+
+
+def test_an_index_of_another_bundle_is_refused(tmp_path, index_dir):
+    run, _ = make_run(tmp_path / "run", seed=1)
+    export(run, tmp_path / "bundle")
+    with TestClient(create_app(Settings(bundle=tmp_path / "bundle", index=index_dir))) as client:
+        assert "built with another bundle" in wait_ready(client)["error"]
+        assert client.get("/readyz").status_code == 503
+        assert_problem(client.post("/embed", files=files(png_bytes(IMAGES[0]))), 503, "built with another bundle")
+
+
+def test_a_tampered_bundle_is_refused(tmp_path, bundle_dir):
+    import shutil
+
+    shutil.copytree(bundle_dir, tmp_path / "bundle")
+    weights = tmp_path / "bundle" / "projector.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with TestClient(create_app(Settings(bundle=tmp_path / "bundle"))) as client:
+        assert "does not match its sha256" in wait_ready(client)["error"]
