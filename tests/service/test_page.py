@@ -1,0 +1,79 @@
+"""The demo page in headless Chromium: upload an image, see the top-3 classes and the grid of similar images."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+
+import httpx2
+import pytest
+import uvicorn
+from factories import colour_images, png_bytes, wait_ready
+
+from service.app import create_app
+from service.settings import Settings
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def base_url(bundle_dir, index_dir):
+    """The app served by uvicorn in a thread of this process, on a free loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(Settings(bundle=bundle_dir, index=index_dir)),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.05)
+    with httpx2.Client(base_url=url) as client:
+        assert wait_ready(client)["ready"]
+    yield url
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def page(base_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page()
+        yield page
+        browser.close()
+
+
+def test_upload_shows_predictions_and_similar_images(page, base_url, tmp_path):
+    image = tmp_path / "query.png"
+    image.write_bytes(png_bytes(colour_images(1, size=48, seed=5)[0][2]))  # grey, another size
+    page.goto(base_url + "/")
+    page.set_input_files("#file", str(image))
+    page.wait_for_function("document.querySelectorAll('#grid img').length === 12")
+    predictions = page.locator("#predictions li")
+    assert predictions.count() == 3
+    assert "%" in predictions.nth(0).inner_text()
+    page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth)")
+    assert page.locator("#grid img").first.evaluate("i => i.naturalWidth") == 16
+    assert page.locator("#grid figcaption").first.inner_text().startswith("grey")
+    assert page.locator("#model").inner_text().startswith("simclr-resnet18")
+    assert page.locator("#error").is_hidden()
+
+
+def test_a_bad_file_shows_the_problem(page, base_url, tmp_path):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"this is not an image")
+    page.goto(base_url + "/")
+    page.set_input_files("#file", str(junk))
+    error = page.locator("#error")
+    error.wait_for(state="visible")
+    assert "not an image in a supported format" in error.inner_text()
