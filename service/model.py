@@ -56,7 +56,7 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
         raise ImageError(f"the image data is corrupt or truncated ({e})") from None
     if img.size != (size, size):
         img = ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC)
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only arrays
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
