@@ -53,10 +53,15 @@ class SearchIndex:
         if counts != {self.info["count"]}:
             raise SearchIndexError(f"index {path} is inconsistent: {sorted(counts)} entries in its files")
         labels = np.asarray(self.labels)
-        # A selector per class, made once: filtering happens inside FAISS's search, so k hits are always found.
+        # A selector per class, made once: filtering happens inside the search, so k hits are always found.
         self._by_class = {name: faiss.IDSelectorBatch(np.flatnonzero(labels == i).astype("int64"))
                           for i, name in enumerate(self.classes)}
-        self.ef_search = self.info.get("ef_search")
+        # A class filter searches exactly: a graph walk restricted to one class of ten misses many neighbours
+        # (recall@10 0.88 on CIFAR-10), while a flat scan that skips the other classes is as fast as the graph.
+        self._exact = self.faiss
+        if isinstance(self.faiss, faiss.IndexHNSW):
+            self.faiss.hnsw.efSearch = self.info["ef_search"]
+            self._exact = faiss.downcast_index(self.faiss.storage)
 
     @property
     def count(self) -> int:
@@ -78,20 +83,18 @@ class SearchIndex:
         """The k best hits per query (Q, D) unit vectors, best first, optionally only of one class and never
         the ids in exclude[q] (a query image need not find itself)."""
         extra = 1 if exclude else 0
-        params = self._params(class_name)
-        scores, ids = self.faiss.search(np.ascontiguousarray(queries, dtype="float32"), k + extra, params=params)
+        queries = np.ascontiguousarray(queries, dtype="float32")
+        if class_name is not None:
+            params = faiss.SearchParameters(sel=self._by_class[class_name])
+            scores, ids = self._exact.search(queries, k + extra, params=params)
+        else:
+            scores, ids = self.faiss.search(queries, k + extra)
         results = []
         for q, (row_scores, row_ids) in enumerate(zip(scores, ids)):
             hits = [self.hit(int(i), float(s)) for s, i in zip(row_scores, row_ids)
                     if i >= 0 and not (exclude and i == exclude[q])]
             results.append(hits[:k])
         return results
-
-    def _params(self, class_name: str | None) -> faiss.SearchParameters | None:
-        selector = self._by_class[class_name] if class_name is not None else None
-        if isinstance(self.faiss, faiss.IndexHNSW):
-            return faiss.SearchParametersHNSW(efSearch=self.ef_search, sel=selector)
-        return faiss.SearchParameters(sel=selector) if selector is not None else None
 
 
 def read_info(path: Path, bundle_fingerprint: str | None = None) -> dict[str, Any]:
