@@ -9,9 +9,11 @@ import asyncio
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from service import problems
+from service.auth import ApiKey
 from service.limits import BodyLimit
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import classify, embed, images, ops, page, search
@@ -41,5 +43,10 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    if settings.api_key is not None:  # outside the body limit: a request without the key is refused unread
+        app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
+    if settings.cors_origins:  # outside the key check: preflight requests carry no credentials
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type", "X-API-Key", "Authorization"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last: outermost, so it sees every answer
     return app

@@ -1,0 +1,40 @@
+"""The optional API key: when settings.api_key is set, every request but the health, readiness and metrics
+probes must carry it, as `X-API-Key: KEY` or `Authorization: Bearer KEY`; otherwise a 401 problem.
+
+The check is ASGI middleware, so a refused request is answered before its body is read.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.problems import problem_response
+
+# Probes stay open: orchestrators and Prometheus scrape them without credentials, and they reveal no data.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class ApiKey:
+    """ASGI middleware: 401 unless the request carries the key (or its path is in OPEN_PATHS)."""
+
+    def __init__(self, app: ASGIApp, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._presented(scope):
+            return await self.app(scope, receive, send)
+        response = problem_response(401, "this service needs an API key: send it as the X-API-Key header or as "
+                                    "Authorization: Bearer KEY", scope["path"])
+        response.headers["WWW-Authenticate"] = "Bearer"
+        await response(scope, receive, send)
+
+    def _presented(self, scope: Scope) -> bool:
+        headers = dict(scope["headers"])
+        candidate = headers.get(b"x-api-key")
+        if candidate is None:
+            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+            candidate = token.strip() if scheme.lower() == b"bearer" else b""
+        # Constant time: how long a wrong key takes to refuse must not tell how much of it was right.
+        return hmac.compare_digest(candidate, self.key)
