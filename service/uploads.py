@@ -26,7 +26,7 @@ from service.schemas import ImagesJSON
 # The request body both content types take, for the OpenAPI docs (the route reads the body itself).
 OPENAPI_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["images"], "properties": {
-        "images": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+        "images": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}}}}},
     "application/json": {"schema": ImagesJSON.model_json_schema()},
 }}}
 

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from service.dependencies import Index, Ready
 from service.index import Hit, SearchIndex
 from service.problems import Problem
-from service.routes import PROBLEMS
+from service.routes import NOT_FOUND, PROBLEMS
 from service.schemas import MAX_SEARCH_K, Neighbour, SearchResponse, SearchResult
 from service.uploads import OPENAPI_BODY, Images
 
@@ -29,7 +29,7 @@ async def search_images(images: Images, state: Ready, index: Index, k: K = 10,
     return await _search(state, index, queries, k, class_name)
 
 
-@router.get("/search", response_model=SearchResponse, responses=PROBLEMS)
+@router.get("/search", response_model=SearchResponse, responses={**PROBLEMS, **NOT_FOUND})
 async def search_by_id(state: Ready, index: Index,
                        id: Annotated[int, Query(ge=0, description="an indexed image's id")], k: K = 10,
                        class_name: ClassName = None) -> SearchResponse:
