@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The stack for real: build the service image, `docker compose up` with a bundle from a tiny real training run,
-# wait until /readyz, check /classify and /search over HTTP from the host, show that the service runs as a
-# non-root user with the bundle read-only, and tear it all down, volumes too. Any failure: non-zero exit.
+# wait until /readyz, check /classify (401 without the API key) and /search over HTTP from the host, show that
+# the service runs as a non-root user with the bundle read-only, and tear it all down, volumes too. Any
+# failure: non-zero exit.
 #
 #   docker/smoke-test.sh              # a running Docker engine with compose, and BASE_IMAGE pullable or local
 #   docker/smoke-test.sh --prepare    # (or SMOKE_PREPARE=1) as root: first start an engine and make a base
@@ -85,6 +86,8 @@ chmod 755 "$work"  # the container's user reads the bundle and the images throug
 teardown() {
     say "tearing down"
     docker compose down --volumes --remove-orphans >/dev/null 2>&1 || true
+    # The images earlier runs of this test left untagged: with vfs each one holds gigabytes of disk.
+    docker image prune -f --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" >/dev/null 2>&1 || true
     rm -rf "$work"
 }
 trap teardown EXIT
@@ -114,6 +117,9 @@ chmod -R a+rX "$work/bundle" "$work/data"
 
 # --- build and start -----------------------------------------------------------------------------------------
 export BUNDLE_DIR=$work/bundle CIFAR10_DIR=$work/data
+# An API key, as a deployment would set one: checks that SIMCLR_* settings reach the service.
+SIMCLR_API_KEY=$("$PYTHON" -c 'import secrets; print(secrets.token_hex(16))')
+export SIMCLR_API_KEY
 PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export PORT
 say "building the service image (base ${BASE_IMAGE:-python:3.11-slim}, torch from ${TORCH_INDEX_URL:-the CPU index})"
@@ -123,7 +129,7 @@ say "built in $(( $(date +%s) - started )) s: $(docker image inspect -f '{{.Size
     | awk '{printf "%.2f GB", $1 / 1e9}')"
 
 started=$(date +%s.%N)
-docker compose up -d service >/dev/null 2>&1 || { docker compose logs; fail "docker compose up"; }
+docker compose up -d service >"$work/up.log" 2>&1 || { cat "$work/up.log"; docker compose logs; fail "docker compose up"; }
 base=http://127.0.0.1:$PORT
 not_ready_seen=0
 while :; do
@@ -142,8 +148,11 @@ docker compose logs service | grep -E 'entrypoint|embedding|index of|ready' | se
 
 # --- over real HTTP from the host ---------------------------------------------------------------------------
 query=$(find "$work/data/train/cat" -type f | sort | sed -n 1p)
-curl -sf -F "images=@$query" "$base/classify" >"$work/classify.json" || fail "POST /classify"
-curl -sf -F "images=@$query" "$base/search?k=5" >"$work/search.json" || fail "POST /search"
+code=$(curl -s -o /dev/null -w '%{http_code}' -F "images=@$query" "$base/classify")
+[ "$code" = 401 ] || fail "POST /classify without the API key answered $code, not 401"
+key=(-H "X-API-Key: $SIMCLR_API_KEY")
+curl -sf "${key[@]}" -F "images=@$query" "$base/classify" >"$work/classify.json" || fail "POST /classify"
+curl -sf "${key[@]}" -F "images=@$query" "$base/search?k=5" >"$work/search.json" || fail "POST /search"
 # The answers, checked: 3 classes best first with probabilities, and an indexed image finds itself first.
 "$PYTHON" - "$work" "${query#"$work/data/"}" <<'EOF' || fail "the answers are wrong"
 import json, sys
@@ -157,7 +166,7 @@ assert len(hits) == 5 and hits[0]["source"] == source and hits[0]["score"] > 0.9
 print("  /search:", ", ".join(f"#{h['id']} {h['class_name']} {h['score']:.3f}" for h in hits))
 open(f"{work}/first_image_url", "w").write(hits[0]["image_url"])
 EOF
-curl -sf -o /dev/null "$base$(cat "$work/first_image_url")" || fail "GET the found image"
+curl -sf "${key[@]}" -o /dev/null "$base$(cat "$work/first_image_url")" || fail "GET the found image"
 
 # --- non-root, read-only bundle, health check ------------------------------------------------------------
 uid=$(docker compose exec -T service id -u)
