@@ -19,17 +19,18 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import seed as hypothesis_seed
+from hypothesis.errors import Unsatisfiable
 from schemathesis import APIOperation, Case, GenerationMode
 from schemathesis.core.failures import FailureGroup
-from hypothesis import HealthCheck, given, seed as hypothesis_seed, settings
-from hypothesis.errors import Unsatisfiable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "service")]
-from fuzzing import EXCLUDED_CHECKS, load_schema  # noqa: E402
+from fuzzing import EXCLUDED_CHECKS, load_schema
 
-from service.app import create_app  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from service.app import create_app
+from service.settings import Settings
 
 
 def tiny_bundle(root: Path) -> tuple[Path, Path]:
