@@ -29,15 +29,16 @@ RUN --mount=type=secret,id=pip_ca --mount=type=bind,source=pyproject.toml,target
     && pip install -r /tmp/requirements.txt
 
 # The project itself, not editable (the sources stay behind), and pip goes: nothing installs at run time.
-# The index and data folders are made here owned by the service's uid: an empty named volume mounted on one
-# starts with its owner.
+# An empty named volume mounted on a folder starts with its owner and mode: the indexes belong to the
+# service's uid; the data folder is world-writable (sticky, like /tmp) as in the trainer image, because the
+# two share the cifar10 volume and either may create it.
 RUN --mount=type=secret,id=pip_ca --mount=type=bind,target=/src,rw \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi; \
     pip install --no-deps /src \
     && pip uninstall -y pip \
     && cp /src/docker/entrypoint.py /opt/simclr/ \
     && mkdir -p /opt/simclr/indexes /opt/simclr/data/cifar10 \
-    && chown 10001:10001 /opt/simclr/indexes /opt/simclr/data/cifar10
+    && chown 10001:10001 /opt/simclr/indexes && chmod 1777 /opt/simclr/data/cifar10
 
 
 FROM ${BASE_IMAGE}
