@@ -24,9 +24,24 @@ READY_TIMEOUT=${SMOKE_READY_TIMEOUT:-600}
 PREPARE=${SMOKE_PREPARE:-0}
 [ "${1:-}" = --prepare ] && PREPARE=1
 export COMPOSE_PROJECT_NAME=simclr-smoke  # never touches the user's own stack
+engine_pid= work=
 
 say() { echo "smoke-test: $*" >&2; }
 fail() { say "FAILED: $*"; exit 1; }
+
+teardown() {
+    say "tearing down"
+    docker compose down --volumes --remove-orphans >/dev/null 2>&1 || true
+    # The images earlier runs of this test left untagged: with vfs each one holds gigabytes of disk.
+    docker image prune -f --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" >/dev/null 2>&1 || true
+    [ -z "$work" ] || rm -rf "$work"
+    if [ -n "$engine_pid" ]; then
+        kill "$engine_pid" 2>/dev/null || true
+        for _ in $(seq 30); do kill -0 "$engine_pid" 2>/dev/null || break; sleep 1; done
+    fi
+}
+trap teardown EXIT
+trap 'exit 143' TERM INT  # timeout(1) and Ctrl-C tear down too
 
 # --- the engine and the base image (--prepare) ------------------------------------------------------------
 prepare() {
@@ -39,7 +54,12 @@ prepare() {
                 >/tmp/smoke-apt.log 2>&1 || { say "$why: apt-get failed (/tmp/smoke-apt.log)"; exit 77; }
         fi
         say "starting dockerd (vfs storage, /tmp/dockerd; log /tmp/dockerd.log)"
-        setsid dockerd --data-root /tmp/dockerd --storage-driver vfs >/tmp/dockerd.log 2>&1 </dev/null &
+        # vfs stores every cached build layer as a full copy: the builder's garbage collector bounds the cache
+        # (one build of the service image needs about 12 GB of it with CUDA torch).
+        echo '{"builder": {"gc": {"enabled": true, "defaultKeepStorage": "15GB"}}}' >/tmp/smoke-dockerd.json
+        setsid dockerd --config-file /tmp/smoke-dockerd.json --data-root /tmp/dockerd --storage-driver vfs \
+            >/tmp/dockerd.log 2>&1 </dev/null &
+        engine_pid=$!  # stopped again at the end; its images stay in /tmp/dockerd for the next run
         for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
         docker info >/dev/null 2>&1 || { say "$why: dockerd did not come up (/tmp/dockerd.log)"; exit 77; }
     fi
@@ -83,15 +103,6 @@ docker compose version >/dev/null 2>&1 || fail "no docker compose plugin; --prep
 # --- the data and the bundle ---------------------------------------------------------------------------------
 work=$(mktemp -d)
 chmod 755 "$work"  # the container's user reads the bundle and the images through bind mounts
-teardown() {
-    say "tearing down"
-    docker compose down --volumes --remove-orphans >/dev/null 2>&1 || true
-    # The images earlier runs of this test left untagged: with vfs each one holds gigabytes of disk.
-    docker image prune -f --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" >/dev/null 2>&1 || true
-    rm -rf "$work"
-}
-trap teardown EXIT
-trap 'exit 143' TERM INT  # timeout(1) and Ctrl-C tear down too
 
 [ -d "$SOURCE/train" ] || { say "cannot run here: $SOURCE is not a CIFAR-10 image folder (train/<class>/*): set SMOKE_CIFAR10"; exit 77; }
 say "data: $PER_CLASS train and 10 test images per class from $SOURCE"
