@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Generic, Protocol, TypeVar
+from typing import Callable, Generic, Iterable, Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -26,6 +26,10 @@ class Sliceable(Protocol):
 T = TypeVar("T", bound=Sliceable)
 
 
+class BatcherStopped(RuntimeError):
+    """The batcher was stopped (the service is shutting down): the request will not be answered by it."""
+
+
 class Batcher(Generic[T]):
     """submit(images) -> fn(images) rows, with fn called on batches of many submissions in one thread."""
 
@@ -37,18 +41,26 @@ class Batcher(Generic[T]):
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._worker: asyncio.Task | None = None
+        self._stopped = False
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="batcher")
 
     async def stop(self) -> None:
+        """End the worker; whoever still waits gets BatcherStopped rather than waiting forever."""
+        self._stopped = True
         if self._worker:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
+        self._fail(self._pending, BatcherStopped("the service is shutting down"))
+        self._pending.clear()
+        self._add_rows(-self._rows)
         self._executor.shutdown(wait=True)
 
     async def submit(self, images: Tensor) -> T:
         """fn's output for images (N, ...), computed in a batch with whatever else is waiting."""
+        if self._stopped:
+            raise BatcherStopped("the service is shutting down")
         future = asyncio.get_running_loop().create_future()
         self._pending.append((images, future))
         self._add_rows(len(images))
@@ -81,10 +93,11 @@ class Batcher(Generic[T]):
             started = loop.time()
             try:
                 out = await loop.run_in_executor(self._executor, self.fn, images)
+            except asyncio.CancelledError:  # stopped mid-batch: its requests fail as the queued ones do
+                self._fail(batch, BatcherStopped("the service is shutting down"))
+                raise
             except Exception as e:  # the requests fail, the worker lives on
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(e)
+                self._fail(batch, e)
                 continue
             if self.metrics:
                 self.metrics.batch_size.observe(len(images))
@@ -94,6 +107,12 @@ class Batcher(Generic[T]):
                 if not future.done():
                     future.set_result(out[start:start + len(x)])
                 start += len(x)
+
+    @staticmethod
+    def _fail(batch: Iterable[tuple[Tensor, asyncio.Future]], error: BaseException) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(error)
 
     def _take(self) -> list[tuple[Tensor, asyncio.Future]]:
         """Submissions from the front of the queue, up to max_batch_size images (at least one submission)."""

@@ -55,5 +55,6 @@ class ServiceState:
         return model, index
 
     async def close(self) -> None:
-        if self.batcher:
-            await self.batcher.stop()
+        batcher, self.batcher = self.batcher, None  # not ready from here on: new requests get a 503
+        if batcher:
+            await batcher.stop()

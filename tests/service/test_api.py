@@ -232,6 +232,17 @@ def test_not_ready_until_loading_ends(bundle_dir, index_dir, monkeypatch):
         assert client.post("/embed", files=files(png_bytes(IMAGES[0]))).status_code == 200
 
 
+def test_a_shut_down_service_is_not_ready_and_a_restart_serves_again(bundle_dir, index_dir):
+    # A request that reaches a stopped batcher would wait forever: shutting down must end readiness first.
+    app = create_app(Settings(bundle=bundle_dir, index=index_dir))
+    with TestClient(app) as client:
+        assert wait_ready(client)["ready"]
+    assert app.state.service.ready is False
+    with TestClient(app) as client:  # a second lifespan on the same app loads again
+        assert wait_ready(client)["ready"]
+        assert client.post("/embed", files=files(png_bytes(IMAGES[0]))).status_code == 200
+
+
 def test_unevaluated_bundle_embeds_but_does_not_classify(tmp_path):
     run, _ = make_run(tmp_path / "run", evaluated=False)
     export(run, tmp_path / "bundle")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 import torch
 
-from service.batching import Batcher
+from service.batching import Batcher, BatcherStopped
 
 
 def run(coroutine):
@@ -104,3 +105,28 @@ def test_a_request_larger_than_the_maximum_still_runs(max_batch_size):
     fn = Recorder()
     (result,) = run(submit_all(Batcher(fn, max_batch_size=max_batch_size, max_wait_s=0), [torch.arange(5.0)]))
     torch.testing.assert_close(result, torch.arange(5.0) * 10)
+
+
+def test_stopping_fails_queued_and_running_requests_and_refuses_new_ones():
+    started = threading.Event()
+
+    def slow(x: torch.Tensor) -> torch.Tensor:
+        started.set()
+        time.sleep(0.2)
+        return x
+
+    async def scenario():
+        batcher = Batcher(slow, max_batch_size=1, max_wait_s=0)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit(torch.tensor([1.0])))
+        await asyncio.to_thread(started.wait, 5)
+        queued = asyncio.ensure_future(batcher.submit(torch.tensor([2.0])))
+        await asyncio.sleep(0)
+        await batcher.stop()
+        # Both answered at once rather than left waiting on a worker that is gone.
+        outcomes = await asyncio.wait_for(asyncio.gather(running, queued, return_exceptions=True), 1)
+        with pytest.raises(BatcherStopped):
+            await batcher.submit(torch.tensor([3.0]))
+        return outcomes
+
+    assert [type(outcome) for outcome in run(scenario())] == [BatcherStopped, BatcherStopped]
