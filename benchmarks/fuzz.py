@@ -19,15 +19,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import seed as hypothesis_seed
-from hypothesis.errors import Unsatisfiable
-from schemathesis import APIOperation, Case, GenerationMode
-from schemathesis.core.failures import FailureGroup
+from schemathesis import APIOperation, GenerationMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "service")]
-from fuzzing import EXCLUDED_CHECKS, load_schema
+from fuzzing import fuzz_operation, load_schema
 
 from service.app import create_app
 from service.settings import Settings
@@ -51,27 +47,12 @@ def run_slot(operation: APIOperation, mode: GenerationMode, budget: int, seed: i
              statuses: Counter[str], failures: dict[tuple[str, str], str]) -> bool:
     """Up to budget cases of one operation in one mode; True when it used them all (it may have more)."""
     label = f"{operation.label} ({mode.value})"
-    before = tried[label]
-
-    @hypothesis_seed(seed)
-    @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=budget, database=None, deadline=None, suppress_health_check=list(HealthCheck))
-    def run(case: Case) -> None:
-        tried[label] += 1
-        try:
-            response = case.call_and_validate(excluded_checks=EXCLUDED_CHECKS)
-            statuses[f"{response.status_code // 100}xx"] += 1
-        except FailureGroup as group:  # kept, not raised: the run goes on
-            for failure in group.exceptions:
-                failures.setdefault((label, failure.title), case.as_curl_command())
-
     started = time.perf_counter()
-    try:
-        run()
-    except Unsatisfiable:  # no invalid input exists for an operation without parameters
-        return False
-    print(f"{label:40s} {tried[label] - before:6d} cases  {time.perf_counter() - started:6.1f} s", flush=True)
-    return tried[label] - before >= budget
+    ran = fuzz_operation(operation, mode, budget, seed, statuses, failures)
+    tried[label] += ran
+    if ran:
+        print(f"{label:40s} {ran:6d} cases  {time.perf_counter() - started:6.1f} s", flush=True)
+    return ran >= budget
 
 
 def fuzz(settings_: Settings, cases: int, seed: int) -> int:
