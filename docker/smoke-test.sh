@@ -84,6 +84,7 @@ prepare() {
                 || fail "debootstrap failed (/tmp/smoke-debootstrap.log)"
             rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/doc/* \
                 "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/*
+            chmod 755 "$rootfs"  # mktemp's 0700 would become the image's /, closed to non-root users
             tar -C "$rootfs" -c . | docker import - "$BASE_IMAGE" >/dev/null
             rm -rf "$rootfs"
         fi
