@@ -112,7 +112,7 @@ def _cached(root: Path, image_size: int, cache_dir: str | Path | None, decode) -
         (str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode()).hexdigest()[:24]
     cache = Path(cache_dir).expanduser() / f"{key}.npz" if cache_dir else None
     if cache and cache.exists():
-        with np.load(cache) as z:
+        with np.load(cache, allow_pickle=False) as z:
             return ImageSet(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]),
                             [str(c) for c in z["classes"]])
     images, labels, classes = decode(files)
@@ -170,6 +170,7 @@ def _torchvision_cifar10(root: Path, split: str, image_size: int, download: bool
     from torchvision.datasets import CIFAR10
 
     try:
+        # torchvision unpickles the batches, but only after checking each file's MD5 against the published one.
         ds = CIFAR10(str(root), train=split == "train", download=download)
     except Exception as e:  # torchvision raises RuntimeError, URLError, OSError ... depending on the failure
         how = "could not be downloaded" if download else "is not there and --no-download was given"
