@@ -17,8 +17,6 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from service.bundle import load_bundle  # noqa: E402
@@ -61,8 +59,8 @@ def main() -> None:
     vectors = served.faiss.reconstruct_n(0, served.count)
     files = sorted(Path(args.data_dir, "test").rglob("*.*"))
     files = files[::max(1, len(files) // args.queries)][:args.queries]
-    images = torch.stack([model.preprocess(f.read_bytes(), 10**8) for f in files])
-    queries = np.concatenate([F.normalize(model.infer(images[i:i + 256]).representation, dim=1).numpy()
+    images = model.batch([model.preprocess(f.read_bytes(), 10**8) for f in files])
+    queries = np.concatenate([model.infer(images[i:i + 256]).unit.numpy()
                               for i in range(0, len(images), 256)])
     print(f"{len(vectors)} indexed {vectors.shape[1]}-d vectors, {len(queries)} queries from {args.data_dir}/test, "
           f"k={args.k}, FAISS {faiss.__version__} on 1 thread")

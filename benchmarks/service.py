@@ -119,7 +119,7 @@ def main() -> None:
     bodies = [multipart(f.read_bytes()) for f in files]
     torch.set_num_threads(os.cpu_count())
     model = Model(load_bundle(args.bundle))
-    images = torch.stack([model.preprocess(f.read_bytes(), 10**8) for f in files[:64]])
+    images = model.batch([model.preprocess(f.read_bytes(), 10**8) for f in files[:64]]).contiguous()
     print(f"{os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
           f"{model.bundle.name}, input {model.size}px")
     with socket.socket() as s:

@@ -34,12 +34,13 @@ class Batcher(Generic[T]):
     """submit(images) -> fn(images) rows, with fn called on batches of many submissions in one thread."""
 
     def __init__(self, fn: Callable[[Tensor], T], max_batch_size: int, max_wait_s: float,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, executor: ThreadPoolExecutor | None = None):
+        """fn runs in executor's one thread (default: a thread of the batcher's own); stop() shuts it down."""
         self.fn, self.max_batch_size, self.max_wait_s, self.metrics = fn, max_batch_size, max_wait_s, metrics
         self._pending: deque[tuple[Tensor, asyncio.Future]] = deque()
         self._rows = 0
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._worker: asyncio.Task | None = None
         self._stopped = False
 
@@ -89,10 +90,9 @@ class Batcher(Generic[T]):
             batch = [(x, f) for x, f in batch if not f.done()]  # drop requests whose client went away
             if not batch:
                 continue
-            images = batch[0][0] if len(batch) == 1 else torch.cat([x for x, _ in batch])
             started = loop.time()
             try:
-                out = await loop.run_in_executor(self._executor, self.fn, images)
+                out = await loop.run_in_executor(self._executor, self._call, [x for x, _ in batch])
             except asyncio.CancelledError:  # stopped mid-batch: its requests fail as the queued ones do
                 self._fail(batch, BatcherStopped("the service is shutting down"))
                 raise
@@ -100,13 +100,17 @@ class Batcher(Generic[T]):
                 self._fail(batch, e)
                 continue
             if self.metrics:
-                self.metrics.batch_size.observe(len(images))
+                self.metrics.batch_size.observe(sum(len(x) for x, _ in batch))
                 self.metrics.inference.observe(loop.time() - started)
             start = 0
             for x, future in batch:
                 if not future.done():
                     future.set_result(out[start:start + len(x)])
                 start += len(x)
+
+    def _call(self, inputs: list[Tensor]) -> T:
+        # Concatenated here, in the executor's thread, not on the event loop: see service.state.
+        return self.fn(inputs[0] if len(inputs) == 1 else torch.cat(inputs))
 
     @staticmethod
     def _fail(batch: Iterable[tuple[Tensor, asyncio.Future]], error: BaseException) -> None:

@@ -68,16 +68,18 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 @dataclass
 class Outputs:
-    """Per image: raw representation (N, D), projection (N, P), class probabilities (N, C) or None."""
+    """Per image: raw representation (N, D), the same L2-normalised, projection (N, P), class probabilities
+    (N, C) or None."""
 
     representation: Tensor
+    unit: Tensor
     projection: Tensor
     probabilities: Tensor | None
 
     def __getitem__(self, rows: slice) -> Outputs:
         """The outputs of some of the images: how the batcher hands each request its own rows."""
         probabilities = self.probabilities[rows] if self.probabilities is not None else None
-        return Outputs(self.representation[rows], self.projection[rows], probabilities)
+        return Outputs(self.representation[rows], self.unit[rows], self.projection[rows], probabilities)
 
 
 class Model:
@@ -90,16 +92,22 @@ class Model:
         self.mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
         self.std = torch.tensor(spec.std).view(1, 3, 1, 1)
 
-    def preprocess(self, data: bytes, max_pixels: int) -> Tensor:
-        """uint8 (3, S, S) from encoded image bytes; raises ImageError."""
-        return torch.from_numpy(decode_image(data, self.size, max_pixels)).permute(2, 0, 1).contiguous()
+    def preprocess(self, data: bytes, max_pixels: int) -> np.ndarray:
+        """uint8 (S, S, 3) from encoded image bytes; raises ImageError."""
+        return decode_image(data, self.size, max_pixels)
+
+    @staticmethod
+    def batch(images: list[np.ndarray]) -> Tensor:
+        """uint8 (N, 3, S, S), a view of the images stacked by numpy: no torch kernel runs here (see infer)."""
+        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
 
     @torch.inference_mode()
     def infer(self, images: Tensor) -> Outputs:
-        """Outputs of uint8 images (N, 3, S, S). The heads cost almost nothing next to the encoder, so every
-        output is computed and each route takes what it needs."""
-        x = (images.float() / 255 - self.mean) / self.std
+        """Outputs of uint8 images (N, 3, S, S), any strides. The heads cost almost nothing next to the encoder,
+        so every output is computed and each route takes what it needs. All of it runs in the service's one
+        inference thread: see service.state for why no other thread runs torch's parallel kernels."""
+        x = (images.contiguous().float() / 255 - self.mean) / self.std
         h = self.bundle.encoder(x)
         z = self.bundle.projector(h)
         head = self.bundle.classifier
-        return Outputs(h, z, F.softmax(head(h), dim=1) if head is not None else None)
+        return Outputs(h, F.normalize(h, dim=1), z, F.softmax(head(h), dim=1) if head is not None else None)

@@ -10,7 +10,6 @@ import base64
 import binascii
 from typing import Annotated
 
-import torch
 from fastapi import Depends, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -56,7 +55,7 @@ async def read_images(request: Request, state: Ready) -> Tensor:
                 images.append(model.preprocess(data, max_pixels))
             except ImageError as e:
                 raise Problem(e.status, f"{name}: {e}") from None
-        return torch.stack(images)
+        return model.batch(images)
 
     return await run_in_threadpool(decode)
 

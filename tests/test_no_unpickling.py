@@ -12,8 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted(p for folder in ("trainer", "service", "docker", "benchmarks") for p in (ROOT / folder).rglob("*.py"))
 # Call name -> the keyword that must be passed, with its value; None: never allowed.
-RULES = {"torch.load": ("weights_only", True), "np.load": ("allow_pickle", False), "numpy.load": ("allow_pickle", False),
-         "pickle.load": None, "pickle.loads": None, "torch.serialization.load": None}
+RULES = {"torch.load": ("weights_only", True), "np.load": ("allow_pickle", False),
+         "numpy.load": ("allow_pickle", False), "pickle.load": None, "pickle.loads": None,
+         "torch.serialization.load": None}
 
 
 def violations(tree: ast.AST) -> list[str]:

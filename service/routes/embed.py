@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import torch.nn.functional as F
 from fastapi import APIRouter
 
 from service.dependencies import Ready
@@ -16,7 +15,7 @@ async def embed(images: Images, state: Ready, normalize: bool = True, projection
     """Per image the encoder's representation (L2-normalised unless normalize=false) and, with
     projection=true, the projection head's output."""
     out = await state.batcher.submit(images)
-    h = F.normalize(out.representation, dim=1) if normalize else out.representation
+    h = out.unit if normalize else out.representation
     z = out.projection.tolist() if projection else [None] * len(h)
     arch = state.model.bundle.manifest.architecture
     return EmbedResponse(model=state.model.bundle.name, representation_dim=arch.representation_dim,

@@ -3,9 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-import torch.nn.functional as F
 from fastapi import APIRouter, Query
-from starlette.concurrency import run_in_threadpool
 
 from service.dependencies import Index, Ready
 from service.index import Hit, SearchIndex
@@ -25,7 +23,7 @@ async def search_images(images: Images, state: Ready, index: Index, k: K = 10,
     """Per query image the k most similar indexed images, best first."""
     _check_class(index, class_name)
     out = await state.batcher.submit(images)
-    queries = F.normalize(out.representation, dim=1).numpy()
+    queries = out.unit.numpy()
     return await _search(state, index, queries, k, class_name)
 
 
@@ -48,7 +46,7 @@ def _check_class(index: SearchIndex, class_name: str | None) -> None:
 async def _search(state: Ready, index: SearchIndex, queries: np.ndarray, k: int, class_name: str | None,
                   exclude: list[int] | None = None) -> SearchResponse:
     with state.metrics.search.time():
-        results = await run_in_threadpool(index.search, queries, k, class_name, exclude)
+        results = await state.run_search(index.search, queries, k, class_name, exclude)
     return SearchResponse(model=state.model.bundle.name, index_size=index.count,
                           results=[SearchResult(neighbours=[_neighbour(h) for h in hits]) for hits in results])
 

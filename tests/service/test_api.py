@@ -243,6 +243,24 @@ def test_a_shut_down_service_is_not_ready_and_a_restart_serves_again(bundle_dir,
         assert client.post("/embed", files=files(png_bytes(IMAGES[0]))).status_code == 200
 
 
+def test_torch_runs_in_one_thread_only(bundle_dir, index_dir, monkeypatch):
+    # Loading, warm-up and every batch share one thread: a second thread running torch's parallel kernels
+    # makes libgomp's workers sleep between layers (service/state.py says what it cost).
+    import threading
+
+    import service.state
+
+    threads = set()
+    real = service.state.Model.infer
+    monkeypatch.setattr(service.state.Model, "infer",
+                        lambda self, x: threads.add(threading.get_ident()) or real(self, x))
+    with TestClient(create_app(Settings(bundle=bundle_dir, index=index_dir))) as client:
+        assert wait_ready(client)["ready"]
+        for route in ("/embed", "/classify", "/search"):
+            assert client.post(route, files=files(*(png_bytes(image) for image in IMAGES[:3]))).status_code == 200
+    assert len(threads) == 1 and threading.get_ident() not in threads
+
+
 def test_unevaluated_bundle_embeds_but_does_not_classify(tmp_path):
     run, _ = make_run(tmp_path / "run", evaluated=False)
     export(run, tmp_path / "bundle")
