@@ -2,8 +2,8 @@
 
 Requests wait in a queue; one worker takes up to max_batch_size images, first waiting at most max_wait for
 more to arrive, and runs the model in its own thread so the event loop keeps accepting requests. While a
-batch runs, the next one fills up, so under load batches grow by themselves and an idle server adds at most
-max_wait to a lone request.
+batch runs, the next one fills up, so under load batches grow by themselves. The wait is only for requests
+already being read (announced with incoming()): a lone request does not wait for company that is not coming.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Generic, Iterable, Protocol, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Generic, Iterable, Iterator, Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -39,6 +40,7 @@ class Batcher(Generic[T]):
         self.fn, self.max_batch_size, self.max_wait_s, self.metrics = fn, max_batch_size, max_wait_s, metrics
         self._pending: deque[tuple[Tensor, asyncio.Future]] = deque()
         self._rows = 0
+        self._incoming = 0
         self._wake = asyncio.Event()
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._worker: asyncio.Task | None = None
@@ -57,6 +59,15 @@ class Batcher(Generic[T]):
         self._pending.clear()
         self._add_rows(-self._rows)
         self._executor.shutdown(wait=True)
+
+    @contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Around reading and decoding a request that will then submit: while one is, a batch may wait for it."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
 
     async def submit(self, images: Tensor) -> T:
         """fn's output for images (N, ...), computed in a batch with whatever else is waiting."""
@@ -78,7 +89,7 @@ class Batcher(Generic[T]):
         while True:
             await self._wake.wait()
             deadline = loop.time() + self.max_wait_s
-            while self._rows < self.max_batch_size and (left := deadline - loop.time()) > 0:
+            while self._rows < self.max_batch_size and self._incoming and (left := deadline - loop.time()) > 0:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), left)

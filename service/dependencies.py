@@ -1,4 +1,7 @@
-"""FastAPI dependencies: the shared objects routes need, or a 503 problem while they are not loaded."""
+"""FastAPI dependencies: the shared objects routes need, or a 503 problem while they are not loaded.
+
+They are coroutines because they never block: FastAPI runs a plain `def` dependency in a worker thread, a hop
+per dependency per request."""
 
 from __future__ import annotations
 
@@ -11,11 +14,11 @@ from service.problems import Problem
 from service.state import ServiceState
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-def get_ready(state: Annotated[ServiceState, Depends(get_state)]) -> ServiceState:
+async def get_ready(state: Annotated[ServiceState, Depends(get_state)]) -> ServiceState:
     """The state, once bundle and index are loaded."""
     if state.error:
         raise Problem(503, f"the service could not load its model: {state.error}")
@@ -24,7 +27,7 @@ def get_ready(state: Annotated[ServiceState, Depends(get_state)]) -> ServiceStat
     return state
 
 
-def get_index(state: Annotated[ServiceState, Depends(get_ready)]) -> SearchIndex:
+async def get_index(state: Annotated[ServiceState, Depends(get_ready)]) -> SearchIndex:
     if state.index is None:
         raise Problem(503, "no similar-image index is loaded: start the service with --index "
                       "(build one with python -m service.build_index)")

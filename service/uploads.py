@@ -21,6 +21,7 @@ from service.dependencies import Ready
 from service.model import ImageError
 from service.problems import Problem
 from service.schemas import ImagesJSON
+from service.state import ServiceState
 
 # The request body both content types take, for the OpenAPI docs (the route reads the body itself).
 OPENAPI_BODY = {"requestBody": {"required": True, "content": {
@@ -32,6 +33,11 @@ OPENAPI_BODY = {"requestBody": {"required": True, "content": {
 
 async def read_images(request: Request, state: Ready) -> Tensor:
     """uint8 (N, 3, S, S): the request's images, preprocessed as the evaluation did."""
+    with state.batcher.incoming():  # a batch about to run may wait for these images
+        return await _read_images(request, state)
+
+
+async def _read_images(request: Request, state: ServiceState) -> Tensor:
     limit = state.settings.max_images
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":

@@ -130,3 +130,44 @@ def test_stopping_fails_queued_and_running_requests_and_refuses_new_ones():
         return outcomes
 
     assert [type(outcome) for outcome in run(scenario())] == [BatcherStopped, BatcherStopped]
+
+
+def test_a_lone_request_does_not_wait_for_company_that_is_not_coming():
+    fn = Recorder()
+
+    async def scenario():
+        batcher = Batcher(fn, max_batch_size=64, max_wait_s=5)
+        batcher.start()
+        try:
+            started = time.perf_counter()
+            await asyncio.wait_for(batcher.submit(torch.tensor([1.0])), 1)  # not the 5 s max_wait
+            return time.perf_counter() - started
+        finally:
+            await batcher.stop()
+
+    assert run(scenario()) < 1
+    assert fn.sizes == [1]
+
+
+def test_a_batch_waits_for_a_request_still_being_read():
+    fn = Recorder()
+
+    async def scenario():
+        batcher = Batcher(fn, max_batch_size=64, max_wait_s=5)
+        batcher.start()
+        try:
+            async def late():
+                with batcher.incoming():
+                    await asyncio.sleep(0.05)  # reading and decoding
+                return await batcher.submit(torch.tensor([2.0]))
+
+            reading = asyncio.ensure_future(late())
+            await asyncio.sleep(0)  # it has announced itself
+            first = asyncio.ensure_future(batcher.submit(torch.tensor([1.0])))
+            return await asyncio.wait_for(asyncio.gather(first, reading), 2)
+        finally:
+            await batcher.stop()
+
+    first, second = run(scenario())
+    assert (first.item(), second.item()) == (10.0, 20.0)
+    assert fn.sizes == [2]  # one batch: the first request waited for the second
