@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, gt=0, description="largest image (width x height) decoded; "
                                   "larger ones get 413, which also stops decompression bombs")
     max_batch_size: int = Field(64, gt=0, description="most images in one inference batch")
-    max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits for more requests once one came")
+    max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits at most for requests still being read")
     # Inference gets every core: one batch runs at a time and torch parallelises inside it.
     torch_threads: int = Field(os.cpu_count() or 1, gt=0, description="torch intra-op threads")
     # One thread per search: a single query is too small to split, and more threads would fight torch for cores.
