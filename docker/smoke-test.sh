@@ -134,6 +134,17 @@ SIMCLR_API_KEY=$("$PYTHON" -c 'import secrets; print(secrets.token_hex(16))')
 export SIMCLR_API_KEY
 PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export PORT
+# Disk first: with the vfs driver every layer is a full copy, so a build from nothing (CUDA torch from PyPI)
+# takes about 40 GB, a container of a built image about 7 GB more. Too little is "cannot run here", said
+# plainly, rather than a "no space left on device" halfway.
+root=$(docker info -f '{{.DockerRootDir}}')
+need=$(docker image inspect simclr-cifar/service >/dev/null 2>&1 && echo 10 || echo 40)
+[ "$(docker info -f '{{.Driver}}')" = vfs ] || need=$(( need / 2 ))
+free=$(df -BG --output=avail "$root" | tail -1 | tr -dc 0-9)
+if [ "$free" -lt "$need" ]; then
+    say "cannot run here: about $need GB must be free under $root ($(docker info -f '{{.Driver}}') storage), $free GB are"
+    exit 77
+fi
 say "building the service image (base ${BASE_IMAGE:-python:3.11-slim}, torch from ${TORCH_INDEX_URL:-the CPU index})"
 started=$(date +%s)
 docker compose build service >"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; fail "image build"; }
