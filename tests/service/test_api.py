@@ -243,22 +243,41 @@ def test_a_shut_down_service_is_not_ready_and_a_restart_serves_again(bundle_dir,
         assert client.post("/embed", files=files(png_bytes(IMAGES[0]))).status_code == 200
 
 
-def test_torch_runs_in_one_thread_only(bundle_dir, index_dir, monkeypatch):
+def test_torch_runs_in_one_thread_and_faiss_in_another(bundle_dir, index_dir, monkeypatch):
     # Loading, warm-up and every batch share one thread: a second thread running torch's parallel kernels
-    # makes libgomp's workers sleep between layers (service/state.py says what it cost).
+    # makes libgomp's workers sleep between layers (service/state.py says what it cost). FAISS's thread count
+    # is per thread, so it must hold in the thread that searches.
     import threading
 
-    import service.state
+    import faiss
 
-    threads = set()
-    real = service.state.Model.infer
+    import service.state
+    from service.index import SearchIndex
+
+    torch_threads, searches = set(), []
+    infer, search = service.state.Model.infer, SearchIndex.search
     monkeypatch.setattr(service.state.Model, "infer",
-                        lambda self, x: threads.add(threading.get_ident()) or real(self, x))
-    with TestClient(create_app(Settings(bundle=bundle_dir, index=index_dir))) as client:
+                        lambda self, x: torch_threads.add(threading.get_ident()) or infer(self, x))
+    monkeypatch.setattr(SearchIndex, "search", lambda self, *args: searches.append(
+        (threading.get_ident(), faiss.omp_get_max_threads())) or search(self, *args))
+    with TestClient(create_app(Settings(bundle=bundle_dir, index=index_dir, faiss_threads=1))) as client:
         assert wait_ready(client)["ready"]
-        for route in ("/embed", "/classify", "/search"):
+        for route in ("/embed", "/classify", "/search", "/search"):
             assert client.post(route, files=files(*(png_bytes(image) for image in IMAGES[:3]))).status_code == 200
-    assert len(threads) == 1 and threading.get_ident() not in threads
+        assert client.get("/search", params={"id": 0}).status_code == 200
+    assert len(torch_threads) == 1 and threading.get_ident() not in torch_threads
+    assert len(searches) == 3 and {faiss_threads for _, faiss_threads in searches} == {1}
+    assert len({thread for thread, _ in searches} | torch_threads) == 2
+
+
+def test_a_request_caught_by_shutdown_gets_a_503_problem(client, monkeypatch):
+    from service.batching import BatcherStopped
+
+    async def stopped(images):
+        raise BatcherStopped("the service is shutting down")
+
+    monkeypatch.setattr(client.app.state.service.batcher, "submit", stopped)
+    assert_problem(client.post("/embed", files=files(png_bytes(IMAGES[0]))), 503, "shutting down", "retry")
 
 
 def test_unevaluated_bundle_embeds_but_does_not_classify(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -30,12 +31,18 @@ class Recorder:
         return x * 10
 
 
-async def submit_all(batcher: Batcher, inputs: list[torch.Tensor]) -> list:
+@contextlib.asynccontextmanager
+async def running(batcher: Batcher):
     batcher.start()
     try:
-        return await asyncio.gather(*(batcher.submit(x) for x in inputs), return_exceptions=True)
+        yield batcher
     finally:
         await batcher.stop()
+
+
+async def submit_all(batcher: Batcher, inputs: list[torch.Tensor]) -> list:
+    async with running(batcher):
+        return await asyncio.gather(*(batcher.submit(x) for x in inputs), return_exceptions=True)
 
 
 def test_concurrent_submissions_share_one_batch_and_get_their_own_rows():
@@ -66,14 +73,10 @@ def test_a_failing_batch_fails_its_requests_and_the_worker_lives_on():
     fn = Recorder(fail_on=-1)
 
     async def scenario():
-        batcher = Batcher(fn, max_batch_size=64, max_wait_s=0.05)
-        batcher.start()
-        try:
+        async with running(Batcher(fn, max_batch_size=64, max_wait_s=0.05)) as batcher:
             first = await asyncio.gather(batcher.submit(torch.tensor([-1.0])), batcher.submit(torch.tensor([2.0])),
                                          return_exceptions=True)
             second = await batcher.submit(torch.tensor([3.0]))
-        finally:
-            await batcher.stop()
         return first, second
 
     (bad, also_bad), good = run(scenario())
@@ -85,16 +88,12 @@ def test_a_cancelled_request_is_skipped():
     fn = Recorder()
 
     async def scenario():
-        batcher = Batcher(fn, max_batch_size=64, max_wait_s=0.05)
-        batcher.start()
-        try:
+        async with running(Batcher(fn, max_batch_size=64, max_wait_s=0.05)) as batcher:
             gone = asyncio.ensure_future(batcher.submit(torch.tensor([1.0])))
             kept = asyncio.ensure_future(batcher.submit(torch.tensor([2.0])))
             await asyncio.sleep(0)
             gone.cancel()
             return await kept
-        finally:
-            await batcher.stop()
 
     assert run(scenario()).item() == 20.0
     assert fn.sizes == [1]
@@ -136,14 +135,10 @@ def test_a_lone_request_does_not_wait_for_company_that_is_not_coming():
     fn = Recorder()
 
     async def scenario():
-        batcher = Batcher(fn, max_batch_size=64, max_wait_s=5)
-        batcher.start()
-        try:
+        async with running(Batcher(fn, max_batch_size=64, max_wait_s=5)) as batcher:
             started = time.perf_counter()
             await asyncio.wait_for(batcher.submit(torch.tensor([1.0])), 1)  # not the 5 s max_wait
             return time.perf_counter() - started
-        finally:
-            await batcher.stop()
 
     assert run(scenario()) < 1
     assert fn.sizes == [1]
@@ -153,9 +148,7 @@ def test_a_batch_waits_for_a_request_still_being_read():
     fn = Recorder()
 
     async def scenario():
-        batcher = Batcher(fn, max_batch_size=64, max_wait_s=5)
-        batcher.start()
-        try:
+        async with running(Batcher(fn, max_batch_size=64, max_wait_s=5)) as batcher:
             async def late():
                 with batcher.incoming():
                     await asyncio.sleep(0.05)  # reading and decoding
@@ -165,8 +158,6 @@ def test_a_batch_waits_for_a_request_still_being_read():
             await asyncio.sleep(0)  # it has announced itself
             first = asyncio.ensure_future(batcher.submit(torch.tensor([1.0])))
             return await asyncio.wait_for(asyncio.gather(first, reading), 2)
-        finally:
-            await batcher.stop()
 
     first, second = run(scenario())
     assert (first.item(), second.item()) == (10.0, 20.0)
