@@ -16,9 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,12 +25,14 @@ import httpx2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "service")]
+from soaking import MULTIPART, Server, multipart  # noqa: E402
+
 from service.bundle import load_bundle  # noqa: E402
 from service.model import Model  # noqa: E402
 
 LEVELS = (1, 8, 32, 64)
-BOUNDARY = "benchmarkboundary"
 
 
 def raw_throughput(model: Model, images: torch.Tensor, batch: int, seconds: float) -> tuple[float, float]:
@@ -46,20 +47,14 @@ def raw_throughput(model: Model, images: torch.Tensor, batch: int, seconds: floa
     return steps * batch / elapsed, 1000 * elapsed / steps
 
 
-def multipart(data: bytes) -> bytes:
-    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"q.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
-
-
 async def drive(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict:
     """Closed loop: `concurrency` clients each send a request as soon as their last one is answered."""
-    headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
     latencies, errors = [], 0
     limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx2.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
         async def one(i: int) -> float:
             started = time.perf_counter()
-            response = await client.post("/embed", content=bodies[i % len(bodies)], headers=headers)
+            response = await client.post("/embed", content=bodies[i % len(bodies)], headers=MULTIPART)
             if response.status_code != 200:
                 raise RuntimeError(response.text)
             return time.perf_counter() - started
@@ -85,25 +80,6 @@ async def drive(url: str, bodies: list[bytes], concurrency: int, seconds: float)
             "p99": np.percentile(ms, 99), "requests": len(latencies), "errors": errors}
 
 
-def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "service", "--bundle", args.bundle, "--port", str(port),
-               "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
-    if args.index:
-        command += ["--index", args.index]
-    server = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            if httpx2.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return server
-        except httpx2.TransportError:
-            pass
-        time.sleep(0.2)
-    server.kill()
-    raise SystemExit("the server did not become ready")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", required=True)
@@ -122,12 +98,13 @@ def main() -> None:
     images = model.batch([model.preprocess(f.read_bytes(), 10**8) for f in files[:64]]).contiguous()
     print(f"{os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
           f"{model.bundle.name}, input {model.size}px")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = start_server(args, port)
+    log = Path(tempfile.mkstemp(prefix="service-benchmark-", suffix=".log")[1])
+    server = Server(args.bundle, args.index, log, flags={"max-batch-size": args.max_batch_size,
+                                                          "max-wait-ms": args.max_wait_ms})
+    server.start()
     raw, http = {}, {}
     try:
+        server.wait_ready()
         # Side by side per level (raw while the server idles, then HTTP), so that a noisy neighbour on the
         # machine disturbs both figures of a ratio alike.
         print(f"\nraw: Model.infer in this process; HTTP: POST /embed, one image per request, {args.seconds:g} s "
@@ -136,14 +113,14 @@ def main() -> None:
               "HTTP/raw")
         for c in LEVELS:
             raw[c] = raw_throughput(model, images, c, min(args.seconds, 5))
-            r = http[c] = asyncio.run(drive(f"http://127.0.0.1:{port}", bodies, c, args.seconds))
+            r = http[c] = asyncio.run(drive(server.url, bodies, c, args.seconds))
             print(f"  {c:5d} | {raw[c][0]:9.1f} {raw[c][1]:9.2f} | {c:11d} {r['throughput']:6.1f} {r['p50']:8.1f} "
                   f"{r['p95']:8.1f} {r['p99']:8.1f} {r['requests']:9d} {r['errors']:7d} | "
                   f"{r['throughput'] / raw[c][0]:8.2f}")
-        metrics = httpx2.get(f"http://127.0.0.1:{port}/metrics").text
+        metrics = httpx2.get(f"{server.url}/metrics").text
     finally:
-        server.terminate()
-        server.wait(30)
+        server.stop()
+        log.unlink()  # a failure to start has already shown its tail
     batches = [line for line in metrics.splitlines() if line.startswith("inference_batch_size_")]
     count = float(next(line for line in batches if "_count" in line).split()[-1])
     total = float(next(line for line in batches if "_sum" in line).split()[-1])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import io
 import random
 import signal
 import socket
@@ -29,6 +28,7 @@ from typing import Any
 import httpx2
 import numpy as np
 from PIL import Image
+from factories import png_bytes
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
@@ -172,12 +172,6 @@ def multipart(data: bytes, filename: str = "image.png", content_type: str = "ima
             f"Content-Type: {content_type}\r\n\r\n").encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
 
 
-def png(image: np.ndarray | Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    (image if isinstance(image, Image.Image) else Image.fromarray(image)).convert("RGB").save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def generated_images(n: int, seed: int = 0) -> list[bytes]:
     """n PNG files that look like small photographs more than noise: a smooth random colour field with a
     brighter blob and sensor noise, 24 to 64 pixels a side (not all square, so the service resizes them)."""
@@ -191,7 +185,7 @@ def generated_images(n: int, seed: int = 0) -> list[bytes]:
         cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(4, 16)
         x += 60 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None] * rng.uniform(-1, 1, 3)
         x += rng.normal(0, 6, x.shape)
-        images.append(png(np.clip(x, 0, 255).astype(np.uint8)))
+        images.append(png_bytes(np.clip(x, 0, 255).astype(np.uint8)))
     return images
 
 
@@ -206,7 +200,7 @@ def folder_images(root: Path, n: int) -> list[bytes]:
     images = []
     for path in picked:
         with Image.open(path) as image:
-            images.append(png(image))
+            images.append(png_bytes(image.convert("RGB")))
     return images
 
 

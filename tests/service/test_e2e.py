@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx2
 import numpy as np
 import pytest
+from soaking import free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]  # run from the checkout, installed or not
@@ -22,12 +22,6 @@ REPO = Path(__file__).resolve().parents[2]  # run from the checkout, installed o
 def python(*args: str) -> None:
     result = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, f"{' '.join(args[:1])} failed:\n{result.stderr[-3000:]}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_train_evaluate_export_index_serve(tmp_path, pattern_folder):
