@@ -28,8 +28,8 @@ class Settings(BaseSettings):
     # One thread per search: a single query is too small to split, and more threads would fight torch for cores.
     faiss_threads: int = Field(1, gt=0, description="FAISS OpenMP threads")
     api_key: SecretStr | None = Field(None, min_length=1, description="when set, every route but /healthz, "
-                                      "/readyz and /metrics needs it as the X-API-Key header or Authorization: Bearer (prefer "
-                                      "SIMCLR_API_KEY to the flag: flags show in the process list)")
+                                      "/readyz and /metrics needs it as the X-API-Key header or Authorization: "
+                                      "Bearer (prefer SIMCLR_API_KEY to the flag: flags show in the process list)")
     # Closed by default: browsers may only call the API from the page it serves itself.
     cors_origins: list[str] = Field([], description="origins allowed to call the API from a browser (CORS); "
                                     "none by default")
