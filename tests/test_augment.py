@@ -112,3 +112,26 @@ def test_same_seed_same_views():
 def test_normalize_uses_cifar_statistics():
     x = torch.tensor(augment.CIFAR_MEAN).view(1, 3, 1, 1).expand(2, 3, 4, 4)
     assert augment.normalize(x).abs().max() < 1e-6
+
+
+def test_crop_matches_torchvision_resized_crop_when_upsampling():
+    """Crop then resize, as torchvision does: the grid never samples outside the box, flipped or not."""
+    g = gen(3)
+    x = torch.rand(64, 3, 32, 32, generator=g)
+    boxes = augment.crop_boxes(64, 32, 32, g, torch.device("cpu"), scale=(0.08, 0.5))
+    flips = torch.rand(64, generator=g) < 0.5
+    ours = augment.resized_crop_flip(x, boxes, flips, 32)
+    for i, (top, left, h, w) in enumerate(boxes.int().tolist()):
+        theirs = TF.resized_crop(x[i], top, left, h, w, [32, 32], antialias=False)
+        theirs = theirs.flip(-1) if flips[i] else theirs
+        torch.testing.assert_close(ours[i], theirs, atol=1e-5, rtol=0)
+
+
+def test_crop_scale_and_grayscale_probability_are_honoured():
+    images = torch.randint(0, 256, (2000, 3, 8, 8), dtype=torch.uint8, generator=gen())
+    views = augment.simclr_view(images, gen(1), 8, grayscale_p=0.0)
+    assert not ((views[:, 0] == views[:, 1]) & (views[:, 1] == views[:, 2])).all(dim=(1, 2)).any()
+    views = augment.simclr_view(images, gen(1), 8, grayscale_p=1.0)
+    assert ((views[:, 0] == views[:, 1]) & (views[:, 1] == views[:, 2])).all()
+    boxes = augment.crop_boxes(5000, 32, 32, gen(), torch.device("cpu"), scale=(0.2, 1.0))
+    assert (boxes[:, 2] * boxes[:, 3] / 1024).min() >= 0.17  # 0.2 less rounding to whole pixels

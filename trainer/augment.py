@@ -57,6 +57,12 @@ def resized_crop_flip(x: Tensor, boxes: Tensor, flip: Tensor, size: int) -> Tens
     theta[:, 1, 1] = h / height
     theta[:, 1, 2] = (2 * top + h) / height - 1
     grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    # Upsampling maps the outer output pixels up to half a pixel outside the box; crop-then-resize (torchvision)
+    # samples no further than the box's edge pixel centres, so clamp there: nothing outside the box leaks in.
+    lo_x, hi_x = (2 * left + 1) / width - 1, (2 * (left + w) - 1) / width - 1
+    lo_y, hi_y = (2 * top + 1) / height - 1, (2 * (top + h) - 1) / height - 1
+    grid = torch.stack([grid[..., 0].clamp(lo_x.view(-1, 1, 1), hi_x.view(-1, 1, 1)),
+                        grid[..., 1].clamp(lo_y.view(-1, 1, 1), hi_y.view(-1, 1, 1))], dim=-1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -174,12 +180,15 @@ def random_crop_flip(images: Tensor, g: torch.Generator, size: int,
     return resized_crop_flip(x, boxes, _bernoulli(0.5, n, g, x.device), size)
 
 
-def simclr_view(images: Tensor, g: torch.Generator, size: int, blur: bool = False) -> Tensor:
+def simclr_view(images: Tensor, g: torch.Generator, size: int, blur: bool = False, min_scale: float = 0.08,
+                grayscale_p: float = 0.2) -> Tensor:
     """One augmented view of a uint8 batch, in [0, 1] (not yet normalised)."""
-    x = random_grayscale(color_jitter(random_crop_flip(images, g, size), g), g)
+    x = random_grayscale(color_jitter(random_crop_flip(images, g, size, (min_scale, 1.0)), g), g, grayscale_p)
     return gaussian_blur(x, g) if blur else x
 
 
-def two_views(images: Tensor, g: torch.Generator, size: int, blur: bool = False) -> tuple[Tensor, Tensor]:
+def two_views(images: Tensor, g: torch.Generator, size: int, blur: bool = False, min_scale: float = 0.08,
+              grayscale_p: float = 0.2) -> tuple[Tensor, Tensor]:
     """The positive pair of SimCLR, normalised for the network: two independent views of each image."""
-    return normalize(simclr_view(images, g, size, blur)), normalize(simclr_view(images, g, size, blur))
+    return (normalize(simclr_view(images, g, size, blur, min_scale, grayscale_p)),
+            normalize(simclr_view(images, g, size, blur, min_scale, grayscale_p)))
