@@ -195,3 +195,13 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_run, capsys):
     write_image_folder(mixed, "train", *pattern_images(4, seed=0))
     write_image_folder(mixed, "test", *pattern_images(2, seed=1), classes=("a", "b", "c", "d"))
     assert "classes" in error(eval_args(tiny_run, "--data-dir", str(mixed)))
+
+
+def test_a_nearly_dead_channel_cannot_swamp_the_head():
+    """Standardising divides by sqrt(var + eps), as BatchNorm does: a channel that barely moved in training
+    (a ReLU unit almost never on) stays small on test features where it moves a little."""
+    x, y = blobs(100, 5, 32, seed=0, shift=3.0)
+    x_test, y_test = blobs(50, 5, 32, seed=1, shift=3.0)
+    dead = lambda n, scale, seed: torch.randn(n, 1, generator=torch.Generator().manual_seed(seed)) * scale  # noqa: E731
+    head, _ = train_head(torch.cat([x, dead(len(x), 1e-6, 5)], 1), y, 5, **HEAD)
+    assert accuracy(head, torch.cat([x_test, dead(len(x_test), 1e-2, 6)], 1), y_test) >= 0.95

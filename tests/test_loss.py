@@ -95,3 +95,10 @@ def test_two_processes_match_one_on_the_global_batch():
         torch.testing.assert_close(g2, one2.grad[rank * 4:(rank + 1) * 4])
     # Each process's loss saw the other process's negatives: its half batch alone gives another value.
     assert nt_xent(z1[:4], z2[:4], 0.5).item() != pytest.approx(loss.item(), rel=1e-3)
+
+
+def test_low_precision_projections_are_normalised_in_float32():
+    z1, z2 = torch.randn(16, 8).bfloat16(), torch.randn(16, 8).bfloat16()
+    loss = nt_xent(z1, z2, 0.5)
+    assert loss.dtype == torch.float32
+    assert torch.equal(loss, nt_xent(z1.float(), z2.float(), 0.5))

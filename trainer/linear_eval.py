@@ -87,7 +87,7 @@ class EvalOptions:
                                             "split (default: 0)", nargs="+")
     schedule_step: str = _opt("step", "step the learning-rate schedule every optimizer step or every epoch",
                               choices=("step", "epoch"))
-    knn_k: int = _opt(200, "neighbours of the kNN evaluation (seed 004)")
+    knn_k: int = _opt(200, "neighbours of the kNN evaluation (lightly's benchmark setting)")
     knn_temperature: float = _opt(0.1, "temperature of the kNN evaluation's weighted votes")
     device: str | None = _opt(None, "cpu or cuda (default: cuda when available)", choices=("cpu", "cuda"))
     seed: int = _opt(0, "seed of the splits, label fractions, head initialisation and batches")
@@ -263,7 +263,7 @@ def train_head(x: Tensor, y: Tensor, num_classes: int, *, epochs: int, lr: float
     take raw features, with one history row per epoch. With val, the epoch of best validation accuracy is kept."""
     torch.manual_seed(seed)
     g = torch.Generator(device=x.device).manual_seed(seed)
-    mean, std = x.mean(dim=0), x.std(dim=0).clamp(min=1e-6)
+    mean, std = x.mean(dim=0), (x.var(dim=0) + 1e-5).sqrt()  # as BatchNorm: nearly dead channels stay small
     standardise = lambda f: (f - mean) / std  # noqa: E731
     xs = standardise(x)
     head = classifier_head(x.shape[1], num_classes, hidden_dim, dropout).to(x.device)

@@ -42,7 +42,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     processes (as DDP does with gradients) gives the loss of the global batch.
     """
     b = z1.shape[0]
-    local = F.normalize(torch.cat([z1, z2]), dim=1).float()  # (2B, D); float32 logits even under autocast
+    local = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2B, D); float32 before the norm, even under autocast
     every = torch.cat([gather_with_grad(local[:b]), gather_with_grad(local[b:])])  # (2N, D): all z1, all z2
     n = every.shape[0] // 2
     rank = dist.get_rank() if n != b else 0
