@@ -2,10 +2,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from trainer.loss import nt_xent
 from trainer.models import SimCLR
-from trainer.optim import LARS, build_optimizer, build_scheduler, parameter_groups, warmup_cosine
+from trainer.optim import LARS, build_optimizer, build_scheduler, loss_scale, parameter_groups, warmup_cosine
 
 
 def test_parameter_groups_split_weights_from_bn_and_bias():
@@ -61,3 +63,28 @@ def test_scheduler_steps_per_optimisation_step():
     assert lrs[:5] == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0])
     assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+
+
+def test_lars_on_the_doubled_loss_steps_as_simclrs_summed_loss():
+    """SimCLR's reference sums the two views' cross-entropies; ours averages them. Under LARS the doubled mean
+    must give the reference's update (weight decay is added to the gradient before the trust ratio)."""
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(8, 4), torch.randn(8, 4)
+
+    def reference(w):
+        a, b = F.normalize(z1 @ w, dim=1), F.normalize(z2 @ w, dim=1)
+        logits_aa, logits_ab = a @ a.T / 0.5 - torch.eye(8) * 1e9, a @ b.T / 0.5
+        logits_bb, logits_ba = b @ b.T / 0.5 - torch.eye(8) * 1e9, b @ a.T / 0.5
+        labels = torch.arange(8)
+        return (F.cross_entropy(torch.cat([logits_ab, logits_aa], 1), labels)
+                + F.cross_entropy(torch.cat([logits_ba, logits_bb], 1), labels))
+
+    results = []
+    for objective in (lambda w: nt_xent(z1 @ w, z2 @ w, 0.5) * loss_scale("lars"), reference):
+        w = nn.Parameter(torch.eye(4) + 0.1)
+        opt = build_optimizer(nn.ParameterList([w]), "lars", lr=1.0, weight_decay=1e-2)
+        objective(w).backward()
+        opt.step()
+        results.append(w.detach().clone())
+    torch.testing.assert_close(results[0], results[1])
+    assert loss_scale("sgd") == loss_scale("adam") == 1.0

@@ -69,6 +69,13 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
+def loss_scale(name: str) -> float:
+    """What the optimizer's loss is multiplied by. SimCLR's reference sums its two directions' losses, twice our
+    mean over 2B anchors; LARS's trust ratio cancels the gradient's scale but not the weight decay added to it,
+    so under LARS the loss is doubled to give weight decay the reference's relative strength."""
+    return 2.0 if name == "lars" else 1.0
+
+
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """LR multiplier per step: linear from 1/warmup to 1 over warmup_steps, then cosine to 0."""
 
