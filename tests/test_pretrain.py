@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
     return ["--data-dir", str(data), "--out", str(out), "--image-size", "16", "--batch-size", "32",
             "--device", "cpu", "--warmup-epochs", "0", "--knn-every", "0", "--cache-dir", str(out.parent / "cache"),
-            "--no-download", *extra]
+            "--no-download", "--no-compile", "--precision", "fp32", *extra]
 
 
 def exit_code(argv: list[str]) -> int:
@@ -54,7 +54,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, pattern_folder, capsys):
         (tiny_args(pattern_folder, out, "--backbone", "resnet9"), "invalid choice: 'resnet9'"),
         (tiny_args(pattern_folder, out, "--batch-size", "1000"), "larger than the data set"),
         (["--out", str(tmp_path / "nowhere"), "--resume"], "cannot resume"),
-        (tiny_args(pattern_folder, out, "--epochs", "-1"), "--epochs must be at least 1"),
+        (tiny_args(pattern_folder, out, "--epochs", "-1"), "--epochs must be positive"),
         (tiny_args(pattern_folder, out, "--config", str(tmp_path / "none.toml")), "does not exist"),
     ]
     for argv, message in cases:
@@ -76,8 +76,9 @@ class Killed(Exception):
     pass
 
 
-def test_resume_ends_with_the_same_weights_as_an_unbroken_run(tmp_path, pattern_folder, monkeypatch):
-    args = ["--epochs", "3", "--checkpoint-every", "1", "--deterministic"]
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_resume_ends_with_the_same_weights_as_an_unbroken_run(tmp_path, pattern_folder, monkeypatch, compiled):
+    args = ["--epochs", "3", "--checkpoint-every", "1", "--deterministic", *(["--compile"] if compiled else [])]
     assert main(tiny_args(pattern_folder, tmp_path / "unbroken", *args)) == 0
 
     real_save = checkpoint.save
@@ -146,3 +147,58 @@ def test_torchrun_two_processes(tmp_path, pattern_folder):
     assert state["epoch"] == 1 and state["step"] == 2  # 64 images / global batch 32
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1] and "knn_top1" in rows[1]  # logged once, by rank 0
+
+
+def test_resolution_schedule_fractional_epochs_and_the_lr_reaching_zero(tmp_path, pattern_folder, monkeypatch,
+                                                                       capsys):
+    """64 images at batch 32: 2 steps per epoch; 1.5 epochs is 3 steps, the first two at 8 px, the last at 16."""
+    import trainer.pretrain as pretrain
+
+    sizes = []
+    real_views = pretrain.two_views
+
+    def spy(images, g, size, *args):
+        sizes.append(size)
+        return real_views(images, g, size, *args)
+
+    monkeypatch.setattr(pretrain, "two_views", spy)
+    out = tmp_path / "run"
+    assert main(tiny_args(pattern_folder, out, "--epochs", "1.5", "--resolution-schedule", "8:0.5,16",
+                          "--knn-every", "1")) == 0
+    assert sizes == [8, 8, 16]
+    assert "plan: 3 steps (1.5 epochs: 2 at 8 px, 1 at 16 px)" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r.get("step"), r.get("image_size")) for r in rows] == [(0, None, None), (1, 2, 8), (2, 3, 16)]
+    assert rows[-1]["lr"] == 0.0 and rows[1]["lr"] > 0  # the cosine ends exactly at the planned last step
+    assert "knn_top1" in rows[-1] and rows[-1]["eta_seconds"] == 0
+    assert checkpoint.load(checkpoint.latest(out))["step"] == 3
+
+
+def test_validation_split_is_held_out_of_pretraining(pattern_folder):
+    from trainer.config import make_config
+    from trainer.pretrain import load_data
+
+    config = make_config({"data_dir": str(pattern_folder), "val_split": 16, "knn_bank": 20, "cache_dir": "",
+                          "download": False})
+    train, bank, queries = load_data(config)
+    assert (len(train), len(bank), len(queries)) == (48, 20, 16)
+    assert torch.bincount(queries.labels).tolist() == [4, 4, 4, 4]  # class-balanced
+    seen = {bytes(image.numpy()) for image in train.images}
+    assert not any(bytes(image.numpy()) in seen for image in queries.images)  # never trained on
+    assert all(bytes(image.numpy()) in seen for image in bank.images)
+
+
+def test_a_model_that_cannot_compile_trains_eager_and_says_so_once(tmp_path, pattern_folder, monkeypatch, capsys):
+    import trainer.pretrain as pretrain
+
+    class Uncompilable(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("backend compiler failed\nmore detail")
+
+    monkeypatch.setattr(pretrain.torch, "compile", lambda module, **kwargs: Uncompilable())
+    out = tmp_path / "run"
+    assert main(tiny_args(pattern_folder, out, "--epochs", "2", "--compile")) == 0
+    captured = capsys.readouterr()
+    said = (captured.out + captured.err).count("torch.compile failed (RuntimeError: backend compiler failed)")
+    assert said == 1
+    assert checkpoint.load(checkpoint.latest(out))["step"] == 4

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import UserError
+from trainer.resolution import ResolutionSchedule
 
 
 def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
@@ -35,8 +36,12 @@ class Config:
     image_size: int = _opt(32, "training resolution; images of other sizes are resized to it")
     limit_train: int | None = _opt(None, "train on a class-balanced subset of N training images "
                                    "(default: all)")
-    limit_eval: int | None = _opt(None, "kNN monitor on a class-balanced subset of N test images "
-                                  "(default: all)")
+    limit_eval: int | None = _opt(None, "kNN monitor queries: a class-balanced subset of N test images, or of "
+                                  "the --val-split images (default: all)")
+    val_split: int = _opt(0, "hold out N class-balanced training images from pretraining and use them as the kNN "
+                          "monitor's queries instead of the test set (for choosing a recipe; 0: none)")
+    knn_bank: int | None = _opt(None, "kNN monitor bank: a class-balanced subset of N training images "
+                                "(default: all; a subset makes the monitor cheap on a CPU)")
     # model
     backbone: str = _opt("resnet18", "torchvision ResNet with the CIFAR stem", ("resnet18", "resnet34", "resnet50"))
     width: int = _opt(1, "ResNet width multiplier (every stage's channels times this)")
@@ -44,7 +49,8 @@ class Config:
     proj_dim: int = _opt(128, "projection (loss) dimension")
     # objective and optimisation
     temperature: float = _opt(0.5, "NT-Xent temperature")
-    epochs: int = _opt(500, "pretraining epochs")
+    epochs: float = _opt(500, "pretraining epochs (a fraction cuts the last one short; the learning rate reaches "
+                         "zero at the end)")
     batch_size: int = _opt(512, "global batch size (pairs of views per step, over all processes)")
     optimizer: str = _opt("sgd", "sgd (momentum 0.9), lars (SimCLR's) or adam", ("sgd", "lars", "adam"))
     lr: float | None = _opt(None, "peak learning rate (default: sgd 0.06 x batch/128, lars 1.0 x batch/256 "
@@ -52,12 +58,18 @@ class Config:
     weight_decay: float | None = _opt(None, "weight decay (default: sgd 5e-4, lars 1e-4, adam 1e-6)")
     warmup_epochs: float = _opt(10, "linear warmup epochs before the cosine decay")
     blur: bool = _opt(False, "Gaussian blur augmentation (seed 001; off for CIFAR as in SimCLR)")
+    crop_min_scale: float = _opt(0.08, "smallest crop area, as a fraction of the image (RandomResizedCrop's scale)")
+    grayscale_p: float = _opt(0.2, "probability of a greyscale view")
+    resolution_schedule: str | None = _opt(None, "train early steps on smaller views: '16:0.7,32' is 16 px for "
+                                           "the first 70%% of the steps, then --image-size (default: none)")
     # run
     out: str = _opt("runs/simclr", "run directory: checkpoints, metrics, plots, config")
     device: str | None = _opt(None, "cpu or cuda (default: cuda when available)", ("cpu", "cuda"))
-    precision: str | None = _opt(None, "bf16 autocast, fp16 with a grad scaler, or fp32 "
-                                 "(default: bf16 on CUDA, fp32 on CPU)", ("bf16", "fp16", "fp32"))
-    compile: bool = _opt(False, "torch.compile the model")
+    precision: str = _opt("auto", "bf16 autocast, fp16 with a grad scaler, or fp32; auto: bf16 on CUDA, and "
+                          "on a CPU where a few timed steps show it pays, else fp32", ("auto", "bf16", "fp16", "fp32"))
+    compile: bool = _opt(True, "torch.compile the training model (where it fails, the run says so and goes on "
+                         "eager)")
+    channels_last: bool = _opt(True, "channels-last memory format (faster convolutions on CPUs and GPUs)")
     seed: int = _opt(0, "random seed (data order, augmentations, initialisation)")
     deterministic: bool = _opt(False, "deterministic algorithms (slower; exact resumes)")
     checkpoint_every: int = _opt(10, "save a checkpoint every N epochs (and always at the end)")
@@ -67,8 +79,10 @@ class Config:
     knn_temperature: float = _opt(0.1, "temperature of the kNN monitor's weighted votes")
 
     def __post_init__(self) -> None:
+        if self.precision is None:  # config.json of runs from before `auto`
+            self.precision = "auto"
         checks = [
-            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.epochs > 0, "--epochs must be positive"),
             (self.batch_size >= 2, "--batch-size must be at least 2"),
             (self.image_size >= 8, "--image-size must be at least 8"),
             (self.width >= 1, "--width must be at least 1"),
@@ -79,6 +93,10 @@ class Config:
             (self.warmup_epochs >= 0, "--warmup-epochs must be 0 or more"),
             (self.limit_train is None or self.limit_train >= 2, "--limit-train must be at least 2"),
             (self.limit_eval is None or self.limit_eval >= 1, "--limit-eval must be at least 1"),
+            (self.val_split >= 0, "--val-split must be 0 or more"),
+            (self.knn_bank is None or self.knn_bank >= 1, "--knn-bank must be at least 1"),
+            (0 < self.crop_min_scale <= 1, "--crop-min-scale must be in (0, 1]"),
+            (0 <= self.grayscale_p <= 1, "--grayscale-p must be in [0, 1]"),
         ]
         for f in dataclasses.fields(self):
             choices = f.metadata["choices"]
@@ -88,6 +106,7 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        ResolutionSchedule.parse(self.resolution_schedule, self.image_size)  # a bad schedule fails here, not later
 
     @property
     def peak_lr(self) -> float:

@@ -16,7 +16,6 @@ import json
 import math
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,15 @@ from tqdm import tqdm
 from trainer import checkpoint, distributed
 from trainer.augment import two_views
 from trainer.config import Config, build_parser, load_toml, make_config
-from trainer.data import DeviceLoader, ImageSet, balanced_subset, load_split
+from trainer.data import DeviceLoader, ImageSet, balanced_indices, balanced_subset, load_split
 from trainer.errors import UserError
 from trainer.knn import extract_features, knn_predict, topk_accuracy
 from trainer.loss import nt_xent
 from trainer.models import SimCLR, count_parameters, flops_per_image
-from trainer.optim import build_optimizer, build_scheduler
+from trainer.optim import build_optimizer, build_scheduler, loss_scale
 from trainer.plots import read_metrics, save_curves
+from trainer.resolution import ResolutionSchedule
+from trainer.speed import RunClock, autocast, format_duration, pick_precision, step_seconds
 
 
 def resolve_config(args: dict[str, Any]) -> tuple[Config, bool]:
@@ -72,9 +73,22 @@ class KnnMonitor:
 
 
 def load_data(config: Config) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
-    """The pretraining images, and the kNN monitor's bank and queries (None when there is no labelled set)."""
+    """The pretraining images, and the kNN monitor's bank and queries (None when there is no labelled set).
+
+    With --val-split the queries are training images held out of pretraining, so that a recipe can be chosen
+    without looking at the test set; otherwise they are the test split.
+    """
     kwargs = dict(image_size=config.image_size, download=config.download, cache_dir=config.cache_dir)
     train = load_split(config.data_dir, "train", **kwargs)
+    val = None
+    if config.val_split:
+        if not train.labelled:
+            raise UserError(f"--val-split needs labelled training images; {config.data_dir} has none")
+        if config.val_split >= len(train):
+            raise UserError(f"--val-split {config.val_split} leaves no training images (the set has {len(train)})")
+        held = torch.zeros(len(train), dtype=torch.bool)
+        held[balanced_indices(train.labels, config.val_split, config.seed)] = True
+        train, val = train.subset(torch.nonzero(~held).squeeze(1)), train.subset(torch.nonzero(held).squeeze(1))
     if config.limit_train:
         train = balanced_subset(train, config.limit_train, config.seed)
     if config.eval_data_dir:
@@ -83,10 +97,15 @@ def load_data(config: Config) -> tuple[ImageSet, ImageSet | None, ImageSet | Non
             raise UserError(f"--eval-data-dir {config.eval_data_dir} has no labels: give a labelled image folder")
         if config.limit_train:
             bank = balanced_subset(bank, min(config.limit_train, len(bank)), config.seed)
-        queries = load_split(config.eval_data_dir, "test", **kwargs)
+        queries = val if val is not None else load_split(config.eval_data_dir, "test", **kwargs)
     else:
         bank = train if train.labelled else None
-        queries = load_split(config.data_dir, "test", **kwargs) if bank is not None else None
+        if val is not None:
+            queries = val
+        else:
+            queries = load_split(config.data_dir, "test", **kwargs) if bank is not None else None
+    if bank is not None and config.knn_bank:
+        bank = balanced_subset(bank, min(config.knn_bank, len(bank)), config.seed)
     if queries is not None and config.limit_eval:
         queries = balanced_subset(queries, min(config.limit_eval, len(queries)), config.seed)
     if bank is None or queries is None:
@@ -110,13 +129,20 @@ def train(config: Config, resume: bool = False) -> dict[str, Any]:
         distributed.shutdown()
 
 
+def _agreed(value: str, proc: distributed.Process) -> str:
+    """Rank 0's value on every rank (a timed choice could differ between processes)."""
+    if proc.world_size == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _train(config: Config, resume: bool, device: torch.device, proc: distributed.Process) -> dict[str, Any]:
     run_dir = Path(config.out)
     if not resume and checkpoint.list_checkpoints(run_dir):
         raise UserError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
-    precision = config.precision or ("bf16" if device.type == "cuda" else "fp32")
-    if precision == "fp16" and device.type != "cuda":
-        raise UserError("--precision fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
+    resolution = ResolutionSchedule.parse(config.resolution_schedule, config.image_size)
     torch.manual_seed(config.seed)
     torch.backends.cudnn.benchmark = not config.deterministic
     if config.deterministic:
@@ -127,14 +153,17 @@ def _train(config: Config, resume: bool, device: torch.device, proc: distributed
     monitor = (KnnMonitor(bank, queries, config.knn_k, config.knn_temperature, device)
                if bank is not None and config.knn_every and proc.is_main else None)
     images = train_set.images.to(device)
-    channels_last = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
 
     model = SimCLR(config.backbone, config.width, config.proj_hidden_dim, config.proj_dim).to(device)
-    model = model.to(memory_format=channels_last)
+    model = model.to(memory_format=memory_format)
     optimizer = build_optimizer(model, config.optimizer, config.peak_lr, config.wd)
     steps_per_epoch = len(loader)
-    scheduler = build_scheduler(optimizer, config.epochs * steps_per_epoch,
-                                round(config.warmup_epochs * steps_per_epoch))
+    total_steps = max(1, round(config.epochs * steps_per_epoch))
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    scheduler = build_scheduler(optimizer, total_steps, round(config.warmup_epochs * steps_per_epoch))
+    precision, why = pick_precision(config.precision, model, device, config.image_size, config.channels_last)
+    precision = _agreed(precision, proc)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     start_epoch = 0
     if resume:
@@ -151,19 +180,20 @@ def _train(config: Config, resume: bool, device: torch.device, proc: distributed
         torch.set_rng_state(state["rng"].cpu())
         start_epoch = state["epoch"]
         if proc.is_main:
-            print(f"resuming {run_dir} from {path.name} (epoch {start_epoch} of {config.epochs})")
+            print(f"resuming {run_dir} from {path.name} (epoch {start_epoch} of {epochs})")
 
-    net: nn.Module = model
+    eager: nn.Module = model
     if proc.world_size > 1:
         if device.type == "cuda":  # SimCLR's global BatchNorm; SyncBatchNorm has no CPU kernels
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        net = torch.compile(net)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-                if precision != "fp32" else nullcontext())
+            eager = nn.SyncBatchNorm.convert_sync_batchnorm(eager)
+        eager = nn.parallel.DistributedDataParallel(eager, device_ids=[device.index] if device.type == "cuda" else None)
+    net = torch.compile(eager, dynamic=False) if config.compile else eager  # one static graph per view size
+    local_batch = config.batch_size // proc.world_size
+    clock = RunClock({size: step_seconds(model, device, precision, size, channels_last=config.channels_last)
+                      * local_batch for size in resolution.steps_per_size(total_steps)})
 
     writer = None
+    done_steps = min(start_epoch * steps_per_epoch, total_steps)
     if proc.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_write(run_dir / "config.json", lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
@@ -171,65 +201,94 @@ def _train(config: Config, resume: bool, device: torch.device, proc: distributed
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1 if start_epoch else None)
+        plan = ", ".join(f"{n} at {size} px" for size, n in resolution.steps_per_size(total_steps).items())
         print(f"SimCLR {config.backbone} (x{config.width}): {count_parameters(model.encoder) / 1e6:.2f}M encoder + "
               f"{count_parameters(model.projector) / 1e6:.2f}M projector parameters, "
               f"{flops_per_image(model.encoder, config.image_size) / 1e9:.3f} GFLOPs per image (encoder forward); "
               f"{len(train_set)} training images, {steps_per_epoch} steps of {config.batch_size} per epoch on "
-              f"{device.type} x{proc.world_size}, {precision}")
+              f"{device.type} x{proc.world_size}, {precision} ({why}), "
+              f"{'channels-last' if config.channels_last else 'contiguous'}{', compiled' if config.compile else ''}")
+        remaining = resolution.steps_per_size(total_steps, done_steps)
+        print(f"plan: {total_steps} steps ({config.epochs:g} epochs: {plan}); {total_steps - done_steps} to go, "
+              f"about {format_duration(clock.remaining(remaining))} here (from a few timed steps)", flush=True)
 
     if monitor and start_epoch == 0:  # the same network untrained: the floor the training must beat
         _log(run_dir, writer, dict(zip(["epoch", "knn_top1", "knn_top5"], [0, *monitor(model.encoder).values()])))
     aug = torch.Generator(device=device)
+    loss_factor = loss_scale(config.optimizer)
     row: dict[str, Any] = {}
-    for epoch in range(start_epoch, config.epochs):
+    step, seen_sizes = done_steps, set()
+    for epoch in range(start_epoch, epochs):
         loader.generator.manual_seed(_seed(config.seed, epoch))
         aug.manual_seed(_seed(config.seed, epoch, proc.rank))
         net.train()
         loss_sum = torch.zeros((), device=device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=False,
+        epoch_steps = min(steps_per_epoch, total_steps - step)
+        started = tick = time.perf_counter()
+        bar = tqdm(loader, total=epoch_steps, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
                    disable=not proc.is_main, mininterval=1)
         for i, idx in enumerate(bar):
-            v1, v2 = two_views(images[idx.to(device, non_blocking=True)], aug, config.image_size, config.blur)
-            views = torch.cat([v1, v2]).contiguous(memory_format=channels_last)
-            with autocast:
-                z = net(views)
+            if i == epoch_steps:
+                break
+            size = resolution.size_at(step, total_steps)
+            v1, v2 = two_views(images[idx.to(device, non_blocking=True)], aug, size, config.blur,
+                               config.crop_min_scale, config.grayscale_p)
+            views = torch.cat([v1, v2]).contiguous(memory_format=memory_format)
+            try:
+                with autocast(device, precision):
+                    z = net(views)
+            except Exception as e:  # torch.compile fails at the first call of each shape, if it fails
+                if net is eager or size in seen_sizes:
+                    raise
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                tqdm.write(f"torch.compile failed ({type(e).__name__}: {first[:200]}); training eager instead "
+                           "(--no-compile skips the attempt)")
+                net = eager
+                with autocast(device, precision):
+                    z = net(views)
             loss = nt_xent(z[:len(v1)], z[len(v1):], config.temperature)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss * loss_factor).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
             loss_sum += loss.detach()
+            step += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            if size in seen_sizes:  # the first step at a size compiles and warms up: not the pace of the rest
+                clock.record(size, 1, now - tick)
+            seen_sizes.add(size)
+            tick = now
             if i % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.4f}")
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+                eta = clock.remaining(resolution.steps_per_size(total_steps, step))
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.4f}", px=size,
+                                run_eta=format_duration(eta))
         seconds = time.perf_counter() - started
-        mean_loss = loss_sum.item() / steps_per_epoch
+        mean_loss = loss_sum.item() / epoch_steps
         if not math.isfinite(mean_loss):
             raise UserError(f"the loss diverged to {mean_loss} in epoch {epoch + 1}: lower --lr")
         done = epoch + 1
-        row = {"epoch": done, "step": done * steps_per_epoch, "loss": mean_loss,
-               "lr": scheduler.get_last_lr()[0], "epoch_seconds": seconds,
-               "images_per_second": steps_per_epoch * config.batch_size / seconds}
-        if monitor and (done % config.knn_every == 0 or done == config.epochs):
+        row = {"epoch": done, "step": step, "loss": mean_loss,
+               "lr": scheduler.get_last_lr()[0], "image_size": size, "precision": precision, "epoch_seconds": seconds,
+               "images_per_second": epoch_steps * config.batch_size / seconds,
+               "eta_seconds": clock.remaining(resolution.steps_per_size(total_steps, step))}
+        if monitor and (done % config.knn_every == 0 or done == epochs):
             row["knn_top1"], row["knn_top5"] = monitor(model.encoder).values()
         if proc.is_main:  # logged before the checkpoint: a resume drops rows past its checkpoint, never misses one
             _log(run_dir, writer, row)
-        if done % config.checkpoint_every == 0 or done == config.epochs:
+        if done % config.checkpoint_every == 0 or done == epochs:
             if proc.is_main:
                 checkpoint.save(run_dir, done, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": done,
-                    "step": done * steps_per_epoch, "rng": torch.get_rng_state(), "config": config.to_dict(),
+                    "step": step, "rng": torch.get_rng_state(), "config": config.to_dict(),
                     "classes": (bank if bank is not None else train_set).classes}, keep=config.keep_checkpoints)
     if proc.is_main:
         writer.close()
         save_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "curves.png")
-        print(f"done: {run_dir} ({config.epochs} epochs); curves in {run_dir / 'curves.png'}")
+        print(f"done: {run_dir} ({config.epochs:g} epochs, {total_steps} steps); curves in {run_dir / 'curves.png'}")
     return row
 
 
@@ -237,7 +296,7 @@ def _log(run_dir: Path, writer, row: dict[str, Any]) -> None:
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
     for key, value in row.items():
-        if key != "epoch":
+        if key != "epoch" and isinstance(value, (int, float)):
             writer.add_scalar(key, value, row["epoch"])
     writer.flush()
     train = (f"  loss {row['loss']:.4f}  lr {row['lr']:.4f}  {row['images_per_second']:.0f} img/s  "

@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from trainer.errors import UserError
+from trainer.models import SimCLR
+from trainer.speed import RunClock, format_duration, pick_precision, step_seconds
+
+
+def test_step_timing_leaves_the_model_and_the_random_stream_alone():
+    model = SimCLR()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    seconds = step_seconds(model, torch.device("cpu"), "fp32", 16, pairs=4, steps=1)
+    assert torch.equal(torch.rand(3), expected)
+    assert seconds > 0
+    for name, tensor in model.state_dict().items():  # weights and BatchNorm statistics untouched
+        assert torch.equal(tensor, before[name]), name
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_precision_auto_measures_on_cpu_and_explicit_choices_stand():
+    model = SimCLR()
+    cpu = torch.device("cpu")
+    assert pick_precision("fp32", model, cpu, 16) == ("fp32", "as asked")
+    assert pick_precision("bf16", model, cpu, 16) == ("bf16", "as asked")
+    choice, why = pick_precision("auto", model, cpu, 16)
+    assert choice in ("fp32", "bf16") and "measured" in why
+    with pytest.raises(UserError, match="fp16 needs a CUDA device"):
+        pick_precision("fp16", model, cpu, 16)
+
+
+def test_run_clock_uses_estimates_then_measurements():
+    clock = RunClock({16: 1.0, 32: 4.0})
+    assert clock.remaining({16: 10, 32: 5}) == pytest.approx(30.0)
+    clock.record(16, 10, 20.0)  # 16 px runs twice as slow as estimated: so will 32 px, until measured
+    assert clock.per_step(16) == pytest.approx(2.0) and clock.per_step(32) == pytest.approx(8.0)
+    clock.record(32, 2, 10.0)
+    assert clock.remaining({16: 0, 32: 4}) == pytest.approx(20.0)
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (0, 59.6, 61, 3600 * 12 + 90)] == ["0m00s", "1m00s", "1m01s", "12h01m"]
