@@ -1,17 +1,20 @@
-"""Training throughput of SimCLR's two data pipelines, measured in one run on one device.
+"""Training throughput on one device, in one run: the settings of a SimCLR step side by side, and the two data pipelines.
+
+Settings: the model step (two views, NT-Xent, SGD) in fp32 NCHW eager (the CPU default before the fast path),
+then channels-last, torch.compile, bf16 autocast and smaller view sizes, each fed by our pipeline; the
+`--resolution-schedule` average follows from the per-size figures. Pipelines:
 
 - ours: uint8 images resident on the device, batched views from trainer.augment.two_views (as trainer.pretrain);
 - dataloader: the usual way, a Dataset of PIL images with torchvision's per-image transforms applied twice,
   served by a torch DataLoader with worker processes and copied to the device.
 
-Both feed the same SimCLR model, NT-Xent loss and SGD optimizer at the same batch size. Each pipeline is
-timed twice: producing views alone (on CPU the model dominates a training step and hides the data) and as a
-full training step. Figures are images per second, an image being one pair of views.
+Every setting is timed over the same steps after an untimed warm-up (which absorbs compilation). Figures are
+image pairs per second. Ratios are to the old default (fp32, NCHW, eager) and to the DataLoader pipeline
+feeding that same step.
 
-    python benchmarks/throughput.py --device cpu --batch-size 64 --steps 5 --warmup 1 --workers 2
-    python benchmarks/throughput.py --data-dir ~/data/cifar10 --device cpu --batch-size 64 --steps 5 --warmup 1
+    python benchmarks/throughput.py --data-dir ~/data/cifar10 --device cpu --batch-size 128 --steps 5 --warmup 2
+    python benchmarks/throughput.py --device cpu --batch-size 64 --steps 3 --warmup 2 --quick   # no compile
     python -m benchmarks.throughput --data-dir ~/data/cifar10 --limit 50000 --json throughput.json   # GPU
-    python -m benchmarks.throughput --data-dir ~/data/cifar10 --backbone resnet50 --compile
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,8 @@ from trainer.data import DeviceLoader, balanced_subset, load_split  # noqa: E402
 from trainer.errors import UserError  # noqa: E402
 from trainer.loss import nt_xent  # noqa: E402
 from trainer.models import BACKBONES, SimCLR, count_parameters, flops_per_image  # noqa: E402
+from trainer.resolution import ResolutionSchedule  # noqa: E402
+from trainer.speed import autocast, pick_precision  # noqa: E402
 
 Views = tuple[Tensor, Tensor]
 
@@ -112,16 +116,17 @@ def measure(batches: Iterable[Views], consume: Callable[[Tensor, Tensor], None],
     return result
 
 
-def make_train_step(net: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
-                    ) -> Callable[[Tensor, Tensor], None]:
-    """trainer.pretrain's step: channels_last and bf16 autocast on CUDA, fp32 on CPU."""
-    cuda = device.type == "cuda"
-    memory_format = torch.channels_last if cuda else torch.contiguous_format
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+def make_train_step(model: nn.Module, device: torch.device, precision: str, channels_last: bool,
+                    compiled: bool) -> Callable[[Tensor, Tensor], None]:
+    """trainer.pretrain's step with the given settings, on its own model and optimizer."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    net = torch.compile(model, dynamic=False) if compiled else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
     def step(v1: Tensor, v2: Tensor) -> None:
         views = torch.cat([v1, v2]).contiguous(memory_format=memory_format)
-        with autocast:
+        with autocast(device, precision):
             z = net(views)
         loss = nt_xent(z[:len(v1)], z[len(v1):], temperature=0.5)
         optimizer.zero_grad(set_to_none=True)
@@ -159,7 +164,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 0, help="DataLoader worker processes")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (for both pipelines)")
+    p.add_argument("--quick", action="store_true", help="skip the compiled settings (each compiles for a minute)")
+    p.add_argument("--schedule", default="16:0.7,32", help="resolution schedule whose run average is reported")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.workers < 0 or args.batch_size < 2:
@@ -176,70 +182,83 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     images = load_images(args)
     if args.batch_size > len(images):
         raise UserError(f"--batch-size {args.batch_size} is larger than the data set ({len(images)} images)")
-
-    model = SimCLR(args.backbone).to(device)
+    full = args.image_size
+    schedule = ResolutionSchedule.parse(args.schedule, full)
+    model = SimCLR(args.backbone)
     info = {"encoder_parameters": count_parameters(model.encoder),
             "projector_parameters": count_parameters(model.projector),
-            "encoder_flops_per_image": flops_per_image(model.encoder, args.image_size),
-            "model_flops_per_image": flops_per_image(model, args.image_size)}
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    # One model and optimizer serve both pipelines: the same weights' shapes, kernels and (with --compile) one
-    # compilation; the weights drifting between measurements does not change the work of a step.
-    net = torch.compile(model) if args.compile else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    train_step = make_train_step(net, optimizer, device)
-    precision = "bf16" if device.type == "cuda" else "fp32"
-
+            "encoder_flops_per_image": flops_per_image(model.encoder, full),
+            "model_flops_per_image": flops_per_image(model, full)}
+    fast, why = pick_precision("auto", model.to(device), device, full)
+    old = "fp32" if device.type == "cpu" else "bf16"  # the defaults before the fast path
     device_name = (f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
                    else f"cpu ({torch.get_num_threads()} threads)")
     source = "random images" if args.data_dir is None else f"images of {args.data_dir}"
-    print(f"{device_name}, torch {torch.__version__}, {precision}{', compiled' if args.compile else ''}; "
-          f"{len(images)} {source} at {args.image_size}px, batch {args.batch_size}, "
-          f"{args.workers} DataLoader workers")
+    print(f"{device_name}, torch {torch.__version__}; {len(images)} {source} at {full}px, batch {args.batch_size}, "
+          f"{args.workers} DataLoader workers; precision auto picks {fast} ({why})")
     print(f"SimCLR {args.backbone}: {info['encoder_parameters'] / 1e6:.2f}M encoder + "
           f"{info['projector_parameters'] / 1e6:.2f}M projector parameters; forward "
           f"{info['encoder_flops_per_image'] / 1e9:.3f} GFLOPs per image (encoder), "
           f"{info['model_flops_per_image'] / 1e9:.3f} (with projector)")
 
-    # DataLoader workers each build whole batches in step, so batches arrive in bursts of one per worker: counting
-    # whole rounds (warm-up included, which absorbs the workers' start) keeps a short run from over- or
-    # under-counting the rounds in flight when the clock starts and stops.
-    rounds = max(args.workers, 1)
-    dl_warmup, dl_steps = round_up(max(args.warmup, 1), rounds), round_up(args.steps, rounds)
-    dataset = PairDataset(images, args.image_size)
+    # (label, precision, channels_last, compiled, view size); the first is the old default everything is compared to
+    settings = [(f"{old}, NCHW, eager (old default)", old, device.type == "cuda", False, full),
+                (f"{old}, channels-last", old, True, False, full),
+                (f"{old}, channels-last, compiled", old, True, True, full),
+                ("bf16, channels-last", "bf16", True, False, full),
+                ("bf16, channels-last, compiled", "bf16", True, True, full)]
+    sizes = sorted({size for size, _ in schedule.phases if size != full} | {24, 16}, reverse=True)
+    settings += [(f"{fast}, channels-last, compiled, {size} px", fast, True, True, size) for size in sizes]
+    if args.quick:
+        settings = [s for s in settings if not s[3]] + [
+            (f"{fast}, channels-last, {size} px", fast, True, False, size) for size in sizes]
+    settings = list({s[0]: s for s in settings}.values())  # on CUDA the old default already was bf16
     results: dict[str, dict[str, Any]] = {}
+    resident = images.to(device)
+    for label, precision, channels_last, compiled, size in settings:
+        print(f"timing {label} ...", flush=True)
+        step = make_train_step(SimCLR(args.backbone).to(device), device, precision, channels_last, compiled)
+        batches = device_views(resident, args.batch_size, size, device)
+        results[label] = {"precision": precision, "channels_last": channels_last, "compiled": compiled, "size": size,
+                          **measure(batches, step, args.warmup, args.steps, args.batch_size, device)}
 
-    def no_op(v1: Tensor, v2: Tensor) -> None:
-        pass
-
-    # The DataLoader first, so its peak memory does not include the images that ours keeps on the device.
-    for mode, consume in (("data_only", no_op), ("train_step", train_step)):
+    # The DataLoader pipeline feeding the old default step, and both pipelines producing views alone.
+    rounds = max(args.workers, 1)  # workers deliver whole rounds of batches: count whole rounds
+    dl_warmup, dl_steps = round_up(max(args.warmup, 1), rounds), round_up(args.steps, rounds)
+    dataset = PairDataset(images, full)
+    pipelines: dict[str, dict[str, Any]] = {}
+    old_step = make_train_step(SimCLR(args.backbone).to(device), device, old, device.type == "cuda", False)
+    for mode, consume in (("data_only", lambda v1, v2: None), ("train_step", old_step)):
         print(f"timing dataloader, {mode.replace('_', ' ')} ...", flush=True)
         batches = loader_views(dataset, dl_warmup + dl_steps, args.batch_size, args.workers, device)
-        results[f"dataloader_{mode}"] = measure(batches, consume, dl_warmup, dl_steps, args.batch_size, device)
-    del batches  # its DataLoader's workers exit now, not while ours is being timed
-    resident = images.to(device)
-    for mode, consume in (("data_only", no_op), ("train_step", train_step)):
-        print(f"timing ours, {mode.replace('_', ' ')} ...", flush=True)
-        batches = device_views(resident, args.batch_size, args.image_size, device)
-        results[f"ours_{mode}"] = measure(batches, consume, args.warmup, args.steps, args.batch_size, device)
+        pipelines[f"dataloader_{mode}"] = measure(batches, consume, dl_warmup, dl_steps, args.batch_size, device)
+        del batches  # its workers exit now, not while the next one is timed
+    pipelines["ours_data_only"] = measure(device_views(resident, args.batch_size, full, device), lambda v1, v2: None,
+                                          args.warmup, args.steps, args.batch_size, device)
 
-    ratios = {mode: results[f"ours_{mode}"]["images_per_second"] / results[f"dataloader_{mode}"]["images_per_second"]
-              for mode in ("data_only", "train_step")}
-    print(f"\n{'images/s':<20}{'ours':>12}{'dataloader':>12}{'ours/dataloader':>17}")
-    for mode, label in (("data_only", "data only"), ("train_step", "full training step")):
-        ours, dl = results[f"ours_{mode}"], results[f"dataloader_{mode}"]
-        print(f"{label:<20}{ours['images_per_second']:>12.1f}{dl['images_per_second']:>12.1f}{ratios[mode]:>16.2f}x")
-    if device.type == "cuda":
-        print(f"{'peak GPU MiB':<20}" + "".join(f"{results[f'{p}_train_step']['peak_memory_bytes'] / 2**20:>12.0f}"
-                                               for p in ("ours", "dataloader")) + "   (full training step)")
-    print(f"(timed steps: ours {args.steps}, dataloader {dl_steps}; warm-up: ours {args.warmup}, dataloader {dl_warmup})")
-
+    base = results[settings[0][0]]["images_per_second"]
+    loader = pipelines["dataloader_train_step"]["images_per_second"]
+    print(f"\n{'pairs/s, one training step':<44}{'pairs/s':>9}{'x old default':>15}{'x DataLoader':>14}")
+    for label, r in results.items():
+        r["over_old_default"], r["over_dataloader"] = r["images_per_second"] / base, r["images_per_second"] / loader
+        print(f"{label:<44}{r['images_per_second']:>9.1f}{r['over_old_default']:>14.2f}x{r['over_dataloader']:>13.2f}x")
+    print(f"{'DataLoader + old default step':<44}{loader:>9.1f}{loader / base:>14.2f}x{1:>13.2f}x")
+    # A run on the schedule spends each phase's share of the steps at that phase's pace.
+    pace = {r["size"]: r["images_per_second"] for r in results.values() if r["compiled"] == (not args.quick)
+            and r["precision"] == fast and r["channels_last"]}
+    schedule_rate = 1 / sum(fraction / pace[size] for size, fraction in schedule.phases)
+    print(f"{'run average, --resolution-schedule ' + args.schedule:<44}{schedule_rate:>9.1f}"
+          f"{schedule_rate / base:>14.2f}x{schedule_rate / loader:>13.2f}x")
+    ours_views, dl_views = pipelines["ours_data_only"]["images_per_second"], pipelines["dataloader_data_only"][
+        "images_per_second"]
+    print(f"\nviews only: ours {ours_views:.0f} pairs/s, DataLoader {dl_views:.0f} pairs/s ({ours_views / dl_views:.2f}x)")
+    flops = 3 * info["model_flops_per_image"] * 2  # forward + backward (about 2x forward), two views per pair
+    best = max(r["images_per_second"] for r in results.values() if r["size"] == full)
+    print(f"at {full} px the best setting does {best * flops / 1e9:.0f} GFLOP/s of model arithmetic "
+          f"({flops / 1e9:.1f} GFLOPs per pair)")
     return {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "device_name": device_name,
-            "torch": torch.__version__, "precision": precision, "images": len(images), **info,
-            "results": results, "ours_over_dataloader": ratios}
+            "device_name": device_name, "torch": torch.__version__, "auto_precision": fast, "images": len(images),
+            **info, "settings": results, "pipelines": pipelines, "schedule_average_pairs_per_second": schedule_rate}
 
 
 def main(argv: list[str] | None = None) -> int:
