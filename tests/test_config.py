@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from trainer.config import Config, build_parser, load_toml, make_config
@@ -9,6 +11,12 @@ def test_defaults_are_the_cifar_recipe():
     assert (c.backbone, c.batch_size, c.epochs, c.temperature, c.optimizer, c.proj_dim) == (
         "resnet18", 512, 500, 0.5, "sgd", 128)
     assert c.peak_lr == pytest.approx(0.24) and c.wd == 5e-4 and not c.blur
+    # the fast path is the default: compiled, channels-last, precision measured per machine
+    assert (c.compile, c.channels_last, c.precision, c.resolution_schedule) == (True, True, "auto", None)
+
+
+def test_saved_configs_from_before_auto_precision_still_load():
+    assert make_config({"precision": None}).precision == "auto"
 
 
 def test_optimizer_defaults_follow_their_recipes():
@@ -38,7 +46,12 @@ def test_help_documents_every_option_with_its_default():
     ({"epochs": 0}, "--epochs"),
     ({"backbone": "vgg"}, "resnet18, resnet34, resnet50"),
     ({"bogus": 1}, "unknown option 'bogus'"),
-    ({"epochs": "ten"}, "must be int"),
+    ({"epochs": "ten"}, "must be float"),
+    ({"resolution_schedule": "16:0.7,24"}, "must end at --image-size 32"),
+    ({"resolution_schedule": "16:1.2,32"}, "fraction"),
+    ({"resolution_schedule": "sixteen"}, "SIZE:FRACTION"),
+    ({"precision": "fp8"}, "auto, bf16, fp16, fp32"),
+    ({"crop_min_scale": 0.0}, "--crop-min-scale"),
     ({"temperature": -1.0}, "--temperature"),
 ])
 def test_bad_options_are_user_errors(layer, message):
@@ -53,3 +66,11 @@ def test_bad_toml(tmp_path):
         load_toml(bad)
     with pytest.raises(UserError, match="does not exist"):
         load_toml(tmp_path / "missing.toml")
+
+
+def test_recipe_files_load_and_the_gpu_recipe_is_the_default():
+    recipes = Path(__file__).resolve().parents[1] / "trainer" / "recipes"
+    assert make_config(load_toml(recipes / "gpu-default.toml")) == Config()
+    cpu = make_config(load_toml(recipes / "cpu-reference.toml"))
+    assert cpu.resolution_schedule is None or cpu.resolution_schedule.endswith(",32")
+    assert cpu.checkpoint_every == 1 and cpu.epochs > 0
