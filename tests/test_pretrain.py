@@ -202,3 +202,13 @@ def test_a_model_that_cannot_compile_trains_eager_and_says_so_once(tmp_path, pat
     said = (captured.out + captured.err).count("torch.compile failed (RuntimeError: backend compiler failed)")
     assert said == 1
     assert checkpoint.load(checkpoint.latest(out))["step"] == 4
+
+
+def test_a_run_too_long_for_a_cpu_points_at_the_cpu_recipe(tmp_path, pattern_folder, monkeypatch, capsys):
+    import trainer.pretrain as pretrain
+
+    monkeypatch.setattr(pretrain, "CPU_PATIENCE_S", 0.0)  # every run is too long: the advice must follow the plan
+    assert main(tiny_args(pattern_folder, tmp_path / "run", "--epochs", "1")) == 0
+    out = capsys.readouterr().out
+    assert "plan: 2 steps" in out and f"--config {pretrain.CPU_RECIPE}" in out
+    assert (REPO / pretrain.CPU_RECIPE).is_file()

@@ -37,6 +37,10 @@ from trainer.resolution import ResolutionSchedule
 from trainer.speed import RunClock, autocast, format_duration, pick_precision, step_seconds
 
 
+CPU_RECIPE = "trainer/recipes/cpu-reference.toml"
+CPU_PATIENCE_S = 24 * 3600  # longer than this on a CPU, and the run says how to make it shorter
+
+
 def resolve_config(args: dict[str, Any]) -> tuple[Config, bool]:
     """Defaults < --config file < flags; on --resume the run's saved config sits under the file and flags."""
     resume = args.pop("resume", False)
@@ -209,8 +213,13 @@ def _train(config: Config, resume: bool, device: torch.device, proc: distributed
               f"{device.type} x{proc.world_size}, {precision} ({why}), "
               f"{'channels-last' if config.channels_last else 'contiguous'}{', compiled' if config.compile else ''}")
         remaining = resolution.steps_per_size(total_steps, done_steps)
+        eta = clock.remaining(remaining)
         print(f"plan: {total_steps} steps ({config.epochs:g} epochs: {plan}); {total_steps - done_steps} to go, "
-              f"about {format_duration(clock.remaining(remaining))} here (from a few timed steps)", flush=True)
+              f"about {format_duration(eta)} here (from a few timed steps)", flush=True)
+        if device.type == "cpu" and eta > CPU_PATIENCE_S:
+            print(f"note: that is {eta / 86400:.1f} days on this CPU. For a CPU-sized run use --config "
+                  f"{CPU_RECIPE} (about 11 hours on 2 cores) or fewer --epochs; Ctrl-C stops, --resume continues.",
+                  flush=True)
 
     if monitor and start_epoch == 0:  # the same network untrained: the floor the training must beat
         _log(run_dir, writer, dict(zip(["epoch", "knn_top1", "knn_top5"], [0, *monitor(model.encoder).values()])))
