@@ -31,13 +31,15 @@ def test_precision_auto_measures_on_cpu_and_explicit_choices_stand():
         pick_precision("fp16", model, cpu, 16)
 
 
-def test_run_clock_uses_estimates_then_measurements():
-    clock = RunClock({16: 1.0, 32: 4.0})
+def test_run_clock_uses_estimates_then_follows_the_measured_pace():
+    clock = RunClock({16: 1.0, 32: 4.0}, smoothing=0.5)
     assert clock.remaining({16: 10, 32: 5}) == pytest.approx(30.0)
-    clock.record(16, 10, 20.0)  # 16 px runs twice as slow as estimated: so will 32 px, until measured
+    clock.record(16, 2.0)  # 16 px runs twice as slow as estimated: so will 32 px, until measured
     assert clock.per_step(16) == pytest.approx(2.0) and clock.per_step(32) == pytest.approx(8.0)
-    clock.record(32, 2, 10.0)
-    assert clock.remaining({16: 0, 32: 4}) == pytest.approx(20.0)
+    clock.record(16, 4.0)  # the machine got busier: the pace moves halfway there at this smoothing
+    assert clock.per_step(16) == pytest.approx(3.0) and clock.per_step(32) == pytest.approx(12.0)
+    clock.record(32, 10.0)
+    assert clock.remaining({16: 0, 32: 4}) == pytest.approx(40.0)
 
 
 def test_format_duration():

@@ -267,7 +267,7 @@ def _train(config: Config, resume: bool, device: torch.device, proc: distributed
                 torch.cuda.synchronize()
             now = time.perf_counter()
             if size in seen_sizes:  # the first step at a size compiles and warms up: not the pace of the rest
-                clock.record(size, 1, now - tick)
+                clock.record(size, now - tick)
             seen_sizes.add(size)
             tick = now
             if i % 20 == 0:

@@ -87,27 +87,29 @@ def format_duration(seconds: float) -> str:
 class RunClock:
     """The remaining time of a run whose steps cost differently per view size.
 
-    Starts from a per-size estimate (seconds per step, e.g. from step_seconds) and replaces it with the
-    measured mean as soon as steps at that size have run; sizes not run yet are scaled by how far the
-    measured sizes came from their estimates (compilation, data and the optimizer are not in the probe).
+    Starts from a per-size estimate (seconds per step, e.g. from step_seconds) and follows the measured pace:
+    a moving average per size over roughly the last 1/smoothing steps, so that the ETA follows the machine
+    when other work starts or stops beside the run. A size not run yet is scaled by how far the last measured
+    size came from its estimate (compilation, data and the optimizer are not in the estimate).
     """
 
-    def __init__(self, estimate: dict[int, float]):
-        self.estimate = dict(estimate)
-        self.seconds: dict[int, float] = {}
-        self.steps: dict[int, int] = {}
+    def __init__(self, estimate: dict[int, float], smoothing: float = 0.02):
+        self.estimate, self.smoothing = dict(estimate), smoothing
+        self.pace: dict[int, float] = {}
+        self.last: int | None = None
 
-    def record(self, size: int, steps: int, seconds: float) -> None:
-        self.steps[size] = self.steps.get(size, 0) + steps
-        self.seconds[size] = self.seconds.get(size, 0.0) + seconds
+    def record(self, size: int, seconds: float) -> None:
+        """One step at this size took `seconds`."""
+        previous = self.pace.get(size)
+        self.pace[size] = seconds if previous is None else previous + self.smoothing * (seconds - previous)
+        self.last = size
 
     def per_step(self, size: int) -> float:
-        if self.steps.get(size):
-            return self.seconds[size] / self.steps[size]
-        measured = [s for s in self.steps if self.steps[s] and s in self.estimate]
-        scale = (sum(self.seconds[s] for s in measured) / sum(self.steps[s] * self.estimate[s] for s in measured)
-                 if measured else 1.0)
-        return self.estimate[size] * scale
+        if size in self.pace:
+            return self.pace[size]
+        if self.last is None:
+            return self.estimate[size]
+        return self.estimate[size] * self.pace[self.last] / self.estimate[self.last]
 
     def remaining(self, steps_per_size: dict[int, int]) -> float:
         return sum(n * self.per_step(size) for size, n in steps_per_size.items() if n)
