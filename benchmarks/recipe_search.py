@@ -118,7 +118,8 @@ def main() -> int:
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "results.jsonl"
-    done = {r["name"]: r for r in map(json.loads, results_file.read_text().splitlines())} if results_file.exists() else {}
+    done = ({r["name"]: r for r in map(json.loads, results_file.read_text().splitlines())}
+            if results_file.exists() else {})  # a search that was stopped goes on where it was
 
     timing_file = args.out / "step_seconds.json"
     if timing_file.exists():

@@ -1,4 +1,4 @@
-"""Training throughput on one device, in one run: the settings of a SimCLR step side by side, and the two data pipelines.
+"""Training throughput on one device, in one run: a SimCLR step's settings side by side, and two data pipelines.
 
 Settings: the model step (two views, NT-Xent, SGD) in fp32 NCHW eager (the CPU default before the fast path),
 then channels-last, torch.compile, bf16 autocast and smaller view sizes, each fed by our pipeline; the
@@ -249,9 +249,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     schedule_rate = 1 / sum(fraction / pace[size] for size, fraction in schedule.phases)
     print(f"{'run average, --resolution-schedule ' + args.schedule:<44}{schedule_rate:>9.1f}"
           f"{schedule_rate / base:>14.2f}x{schedule_rate / loader:>13.2f}x")
-    ours_views, dl_views = pipelines["ours_data_only"]["images_per_second"], pipelines["dataloader_data_only"][
-        "images_per_second"]
-    print(f"\nviews only: ours {ours_views:.0f} pairs/s, DataLoader {dl_views:.0f} pairs/s ({ours_views / dl_views:.2f}x)")
+    ours_views = pipelines["ours_data_only"]["images_per_second"]
+    dl_views = pipelines["dataloader_data_only"]["images_per_second"]
+    print(f"\nviews only: ours {ours_views:.0f} pairs/s, DataLoader {dl_views:.0f} pairs/s "
+          f"({ours_views / dl_views:.2f}x)")
     flops = 3 * info["model_flops_per_image"] * 2  # forward + backward (about 2x forward), two views per pair
     best = max(r["images_per_second"] for r in results.values() if r["size"] == full)
     print(f"at {full} px the best setting does {best * flops / 1e9:.0f} GFLOP/s of model arithmetic "

@@ -57,7 +57,7 @@ class Config:
                             "as google-research/simclr's CIFAR setting, adam 1e-3)")
     weight_decay: float | None = _opt(None, "weight decay (default: sgd 5e-4, lars 1e-4, adam 1e-6)")
     warmup_epochs: float = _opt(10, "linear warmup epochs before the cosine decay")
-    blur: bool = _opt(False, "Gaussian blur augmentation (seed 001; off for CIFAR as in SimCLR)")
+    blur: bool = _opt(False, "Gaussian blur augmentation (SimCLR's ImageNet views; off for CIFAR as in the paper)")
     crop_min_scale: float = _opt(0.08, "smallest crop area, as a fraction of the image (RandomResizedCrop's scale)")
     grayscale_p: float = _opt(0.2, "probability of a greyscale view")
     resolution_schedule: str | None = _opt(None, "train early steps on smaller views: '16:0.7,32' is 16 px for "

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 
 def classifier_head(in_dim: int, num_classes: int, hidden_dim: int | None = None, dropout: float = 0.8) -> nn.Sequential:
-    """A linear classifier, or seed 000's Linear - ReLU - Dropout - Linear when hidden_dim is given."""
+    """A linear classifier, or masterzero-hw/ssl-simclr's Linear - ReLU - Dropout - Linear when hidden_dim is given."""
     if hidden_dim is None:
         return nn.Sequential(nn.Linear(in_dim, num_classes))
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, num_classes))

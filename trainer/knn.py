@@ -1,6 +1,6 @@
 """Frozen-feature extraction and the weighted kNN classifier (Wu et al. 2018).
 
-The monitor's settings, k=200 and a vote temperature of 0.1, are lightly's CIFAR-10 benchmark's (seed 004's
+The monitor's settings, k=200 and a vote temperature of 0.1, are lightly's CIFAR-10 benchmark's (leftthomas/SimCLR's
 code divides by the loss temperature instead).
 """
 

@@ -3,8 +3,8 @@
     python -m trainer.linear_eval --run runs/simclr                         # linear eval + kNN (headline)
     python -m trainer.linear_eval --run runs/simclr --random-init           # the floor: same protocol, untrained
     python -m trainer.linear_eval --run runs/simclr --label-fraction 0.1    # 10% of the labels, class-balanced
-    python -m trainer.linear_eval --run runs/simclr --head mlp              # seed 000's head
-    python -m trainer.linear_eval --run runs/simclr --finetune              # seed 003: the whole network trains
+    python -m trainer.linear_eval --run runs/simclr --head mlp              # masterzero-hw/ssl-simclr's head
+    python -m trainer.linear_eval --run runs/simclr --finetune              # the whole network trains
     python -m trainer.linear_eval --run runs/simclr --data-dir ~/data/other # transfer to another labelled set
     python -m trainer.linear_eval --run runs/simclr --val-fraction 0.1 --weight-decay 0 1e-5 1e-4
 
@@ -49,7 +49,8 @@ from trainer.models import SimCLR
 from trainer.plots import save_confusion, save_head_curves
 from trainer.report import classification_metrics, format_report
 
-# Per protocol: epochs, peak learning rate, weight decay (linear: common practice; mlp: seed 000; finetune: seed 003).
+# Per protocol: epochs, peak learning rate, weight decay (linear: common practice; mlp: masterzero-hw/ssl-simclr;
+# finetune: RDR2Blackwater/SimCLR-v1).
 PROTOCOL_DEFAULTS = {"linear": (100, 0.1, 0.0), "mlp": (150, 0.2, 0.0), "finetune": (100, 1e-4, 0.0)}
 
 
@@ -72,11 +73,13 @@ class EvalOptions:
                                  "(e.g. 0.01, 0.1, 1.0)")
     val_fraction: float = _opt(0.0, "fraction of the training set held out to choose the weight decay and the "
                                "stopping epoch (0: both fixed in advance)")
-    head: str = _opt("linear", "linear, or mlp: seed 000's Linear-ReLU-Dropout-Linear", choices=("linear", "mlp"))
-    hidden_dim: int = _opt(20480, "hidden size of the mlp head (seed 000)")
-    dropout: float = _opt(0.8, "dropout of the mlp head (seed 000)")
-    finetune: bool = _opt(False, "train the whole network with a linear head at a low learning rate (seed 003), "
-                          "views cropped and flipped, instead of a head on frozen features")
+    head: str = _opt("linear", "linear, or mlp: masterzero-hw/ssl-simclr's Linear-ReLU-Dropout-Linear",
+                     choices=("linear", "mlp"))
+    hidden_dim: int = _opt(20480, "hidden size of the mlp head (masterzero-hw/ssl-simclr)")
+    dropout: float = _opt(0.8, "dropout of the mlp head (masterzero-hw/ssl-simclr)")
+    finetune: bool = _opt(False, "train the whole network with a linear head at a low learning rate "
+                          "(RDR2Blackwater/SimCLR-v1), views cropped and flipped, instead of a head on frozen "
+                          "features")
     random_init: bool = _opt(False, "evaluate a randomly initialised encoder of the run's architecture: the floor")
     flip_average: bool = _opt(False, "frozen features averaged over each image and its mirror image")
     epochs: int | None = _opt(None, "classifier epochs (default: linear 100, mlp 150, finetune 100)")

@@ -200,7 +200,8 @@ def _train(config: Config, resume: bool, device: torch.device, proc: distributed
     done_steps = min(start_epoch * steps_per_epoch, total_steps)
     if proc.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write(run_dir / "config.json", lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
+        checkpoint.atomic_write(run_dir / "config.json",
+                                lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
         _truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
         from torch.utils.tensorboard import SummaryWriter
 

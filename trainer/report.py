@@ -1,4 +1,5 @@
-"""Classification metrics of a test set (overall and per class) and their text report in seed 000's format."""
+"""Classification metrics of a test set (overall and per class) and their text report in
+masterzero-hw/ssl-simclr's format."""
 
 from __future__ import annotations
 

@@ -36,7 +36,8 @@ class ResolutionSchedule:
                 phases.append((int(size), float(fraction)))
             last = int(parts[-1])
         except ValueError:
-            raise UserError(f"--resolution-schedule {text!r}: expected SIZE:FRACTION,...,SIZE, e.g. '16:0.7,32'") from None
+            raise UserError(f"--resolution-schedule {text!r}: expected SIZE:FRACTION,...,SIZE, "
+                            "e.g. '16:0.7,32'") from None
         rest = 1.0 - sum(f for _, f in phases)
         if last != full_size:
             raise UserError(f"--resolution-schedule {text!r} must end at --image-size {full_size}, the size that "
