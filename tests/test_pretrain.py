@@ -172,6 +172,7 @@ def test_resolution_schedule_fractional_epochs_and_the_lr_reaching_zero(tmp_path
     assert rows[-1]["lr"] == 0.0 and rows[1]["lr"] > 0  # the cosine ends exactly at the planned last step
     assert "knn_top1" in rows[-1] and rows[-1]["eta_seconds"] == 0
     assert checkpoint.load(checkpoint.latest(out))["step"] == 3
+    assert (out / "curves.png").read_bytes().startswith(b"\x89PNG")  # redrawn every epoch, for watching a long run
 
 
 def test_validation_split_is_held_out_of_pretraining(pattern_folder):

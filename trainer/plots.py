@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from trainer.augment import simclr_view, to_float  # noqa: E402
+from trainer.checkpoint import atomic_write  # noqa: E402
 from trainer.errors import UserError  # noqa: E402
 
 
@@ -38,10 +39,16 @@ def save_curves(rows: list[dict], out: Path) -> None:
     if knn:
         axes[2].plot(*zip(*knn), marker="o")
     axes[2].set(title="kNN top-1 accuracy (%)", xlabel="epoch")
+    sizes = [r.get("image_size") for r in trained]
     for ax in axes:
         ax.grid(alpha=0.3)
+        for before, after, epoch in zip(sizes, sizes[1:], epochs[1:]):  # where a resolution schedule changes size
+            if before and after and before != after:
+                ax.axvline(epoch - 0.5, color="grey", linestyle="--", linewidth=1)
+                ax.annotate(f"{before} -> {after} px", (epoch - 0.5, 0.95), xycoords=("data", "axes fraction"),
+                            fontsize=8, color="grey")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    atomic_write(Path(out), lambda f: fig.savefig(f, format="png", dpi=100))  # a watcher never sees half a file
     plt.close(fig)
 
 

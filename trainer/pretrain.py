@@ -288,6 +288,7 @@ def _train(config: Config, resume: bool, device: torch.device, proc: distributed
             row["knn_top1"], row["knn_top5"] = monitor(model.encoder).values()
         if proc.is_main:  # logged before the checkpoint: a resume drops rows past its checkpoint, never misses one
             _log(run_dir, writer, row)
+            save_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "curves.png")  # a long run can be watched
         if done % config.checkpoint_every == 0 or done == epochs:
             if proc.is_main:
                 checkpoint.save(run_dir, done, {
@@ -297,7 +298,6 @@ def _train(config: Config, resume: bool, device: torch.device, proc: distributed
                     "classes": (bank if bank is not None else train_set).classes}, keep=config.keep_checkpoints)
     if proc.is_main:
         writer.close()
-        save_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "curves.png")
         print(f"done: {run_dir} ({config.epochs:g} epochs, {total_steps} steps); curves in {run_dir / 'curves.png'}")
     return row
 
