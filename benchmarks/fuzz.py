@@ -3,8 +3,8 @@
 types, headers and bodies as documented, malformed input refused). Prints cases tried and failures, per
 operation and in total; exits 1 on any failure.
 
-    python benchmarks/fuzz.py                                  # a tiny random bundle and index of its own
-    python benchmarks/fuzz.py --bundle bundles/r18 --index indexes/cifar10-train --cases 5000
+    python -m benchmarks.fuzz                                  # a tiny random bundle and index of its own
+    python -m benchmarks.fuzz --bundle bundles/r18 --index indexes/cifar10-train --cases 5000
 
 Without --bundle the model's weights are random: fuzzing is about the HTTP layer, not the answers' quality.
 """
@@ -21,19 +21,17 @@ from pathlib import Path
 
 from schemathesis import APIOperation, GenerationMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "service")]
-from fuzzing import fuzz_operation, load_schema
-
+from benchmarks.harness.fuzzing import fuzz_operation, load_schema
 from service.app import create_app
 from service.settings import Settings
 
 
 def tiny_bundle(root: Path) -> tuple[Path, Path]:
     """A random-weight bundle and an index of 24 coloured images, as the tests make them."""
-    from factories import colour_images, make_run, write_folder
-
     from service.build_index import build
+    # The tests' own factories, as tests.service.factories (a namespace package: tests/ is found from the
+    # repository root like benchmarks/ is), so that there is no copy of make_run to drift from the trainer.
+    from tests.service.factories import colour_images, make_run, write_folder
     from trainer.export import export
 
     run, _ = make_run(root / "run")

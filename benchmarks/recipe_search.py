@@ -11,7 +11,7 @@ beside the search then slows every proxy alike without changing what any of them
 The search is greedy, one factor at a time from the base recipe (--base): each group of candidates is run,
 the best of the group is kept, and the next group varies that.
 
-    python benchmarks/recipe_search.py --data-dir ~/data/cifar10 --minutes 10 --out ~/recipe-search
+    python -m benchmarks.recipe_search --data-dir ~/data/cifar10 --minutes 10 --out ~/recipe-search
 """
 
 from __future__ import annotations
@@ -26,17 +26,15 @@ from typing import Any
 
 import torch
 
-if __package__ in (None, ""):  # run as a script: `trainer` lives in the repository root, next to benchmarks/
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from trainer.augment import two_views  # noqa: E402
-from trainer.config import make_config  # noqa: E402
-from trainer.knn import extract_features, knn_predict, topk_accuracy  # noqa: E402
-from trainer.loss import nt_xent  # noqa: E402
-from trainer.models import SimCLR  # noqa: E402
-from trainer.pretrain import load_data  # noqa: E402
-from trainer.resolution import ResolutionSchedule  # noqa: E402
-from trainer.speed import autocast, format_duration  # noqa: E402
+from trainer.augment import two_views
+from trainer.features import extract_features
+from trainer.knn import knn_predict, topk_accuracy
+from trainer.loss import nt_xent
+from trainer.models import SimCLR
+from trainer.pretrain import load_data
+from trainer.resolution import ResolutionSchedule
+from trainer.run_dir import RunDir
+from trainer.speed import autocast, format_duration
 
 BASE = {"batch_size": 256, "temperature": 0.5, "resolution_schedule": None}
 # Groups of candidates, each a change to the best recipe so far; the first group compares the resolutions.
@@ -94,12 +92,10 @@ def name_of(recipe: dict[str, Any]) -> str:
 
 def score(run_dir: Path) -> float:
     """kNN top-1 of the held-out validation images with the proxy's final encoder."""
-    config = make_config(json.loads((run_dir / "config.json").read_text()))
+    run = RunDir(run_dir)
+    config = run.read_config()
     _, bank, queries = load_data(config)
-    last = sorted((run_dir / "checkpoints").glob("epoch_*.pt"))[-1]
-    state = torch.load(last, map_location="cpu", weights_only=True)
-    model = SimCLR(config.backbone, config.width, config.proj_hidden_dim, config.proj_dim)
-    model.load_state_dict(state["model"])
+    model, _ = run.load_model(config, run.latest_checkpoint())
     features = extract_features(model.encoder, bank.images), extract_features(model.encoder, queries.images)
     scores = knn_predict(features[1], features[0], bank.labels, len(bank.classes), config.knn_k,
                          config.knn_temperature)

@@ -1,6 +1,6 @@
 """Similar-image search: single-query latency and recall@10 of FAISS index types on real embeddings.
 
-    python benchmarks/search.py --index indexes/cifar10-train --bundle bundles/r18 --data-dir ~/data/cifar10
+    python -m benchmarks.search --index indexes/cifar10-train --bundle bundles/r18 --data-dir ~/data/cifar10
 
 The index's own vectors (e.g. the 50,000 CIFAR-10 training images embedded by the bundle) are searched with
 real queries (test images embedded by the same bundle), one query per call as the service searches, with
@@ -11,17 +11,15 @@ rows search only one class, as /search?class_name=... does.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from service.bundle import load_bundle  # noqa: E402
-from service.index import SearchIndex  # noqa: E402
-from service.model import Model  # noqa: E402
+from contract.bundle import load_bundle
+from service.index import SearchIndex
+from service.model import Model
 
 
 def timed_search(index: faiss.Index | SearchIndex, queries: np.ndarray, k: int, params=None,

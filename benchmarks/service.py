@@ -1,6 +1,6 @@
 """Service throughput and latency over real HTTP, side by side with the raw model on the same machine.
 
-    python benchmarks/service.py --bundle bundles/r18 --data-dir ~/data/cifar10 [--index indexes/cifar10-train]
+    python -m benchmarks.service --bundle bundles/r18 --data-dir ~/data/cifar10 [--index indexes/cifar10-train]
 
 Per level, side by side: raw in-process inference (service.model.Model.infer on preprocessed uint8 tensors)
 at batch 1, 8, 32, 64, then `python -m service` (a subprocess) driven with POST /embed, one CIFAR-10 test
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,12 +24,9 @@ import httpx2
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "service")]
-from soaking import MULTIPART, Server, multipart  # noqa: E402
-
-from service.bundle import load_bundle  # noqa: E402
-from service.model import Model  # noqa: E402
+from benchmarks.harness.load import MULTIPART, Server, multipart
+from contract.bundle import load_bundle
+from service.model import Model
 
 LEVELS = (1, 8, 32, 64)
 

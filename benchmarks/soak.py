@@ -4,9 +4,9 @@ transport errors, unexpected answers and the server's memory series; exits 1 on 
 other transport error, unexpected answer (a bad request not refused with its 4xx, a good one not answered
 200), error in the server's log, or resident memory growth after warm-up of --max-growth (10%) or more.
 
-    python benchmarks/soak.py                                   # a tiny random bundle and index, 64 clients, 10 min
-    python benchmarks/soak.py --bundle bundles/r18 --index indexes/cifar10-train-hnsw --data-dir ~/data/cifar10
-    python benchmarks/soak.py --clients 16 --seconds 60 --warmup 10 --sample-every 5     # a quick look
+    python -m benchmarks.soak                                   # a tiny random bundle and index, 64 clients, 10 min
+    python -m benchmarks.soak --bundle bundles/r18 --index indexes/cifar10-train-hnsw --data-dir ~/data/cifar10
+    python -m benchmarks.soak --clients 16 --seconds 60 --warmup 10 --sample-every 5     # a quick look
 
 The mix, per client in a closed loop (each sends its next request as soon as the last was answered): POST
 /embed, /classify and /search with one PNG upload (--data-dir's CIFAR-10 test images re-encoded, else generated
@@ -28,10 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "service")]
-from soaking import (Sample, Server, Tally, drive, folder_images, generated_images, index_ids,  # noqa: E402
-                     make_mix, report)
+from benchmarks.harness.load import (Sample, Server, Tally, drive, folder_images, generated_images, index_ids,
+                                     make_mix, report)
 
 
 def progress(sample: Sample, tally: Tally) -> None:
@@ -72,7 +70,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         if args.bundle is None:
-            from fuzz import tiny_bundle  # benchmarks/fuzz.py, beside this file
+            from benchmarks.fuzz import tiny_bundle
 
             args.bundle, args.index = tiny_bundle(Path(tmp))
         images = folder_images(args.data_dir, args.images) if args.data_dir else generated_images(args.images)

@@ -12,8 +12,8 @@ Every setting is timed over the same steps after an untimed warm-up (which absor
 image pairs per second. Ratios are to the old default (fp32, NCHW, eager) and to the DataLoader pipeline
 feeding that same step.
 
-    python benchmarks/throughput.py --data-dir ~/data/cifar10 --device cpu --batch-size 128 --steps 5 --warmup 2
-    python benchmarks/throughput.py --device cpu --batch-size 64 --steps 3 --warmup 2 --quick   # no compile
+    python -m benchmarks.throughput --data-dir ~/data/cifar10 --device cpu --batch-size 128 --steps 5 --warmup 2
+    python -m benchmarks.throughput --device cpu --batch-size 64 --steps 3 --warmup 2 --quick   # no compile
     python -m benchmarks.throughput --data-dir ~/data/cifar10 --limit 50000 --json throughput.json   # GPU
 """
 
@@ -35,16 +35,14 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-if __package__ in (None, ""):  # run as a script: `trainer` lives in the repository root, next to benchmarks/
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from trainer.augment import CIFAR_MEAN, CIFAR_STD, two_views  # noqa: E402
-from trainer.data import DeviceLoader, balanced_subset, load_split  # noqa: E402
-from trainer.errors import UserError  # noqa: E402
-from trainer.loss import nt_xent  # noqa: E402
-from trainer.models import BACKBONES, SimCLR, count_parameters, flops_per_image  # noqa: E402
-from trainer.resolution import ResolutionSchedule  # noqa: E402
-from trainer.speed import autocast, pick_precision  # noqa: E402
+from contract.networks import BACKBONES
+from trainer.augment import CIFAR_MEAN, CIFAR_STD, two_views
+from trainer.data import DeviceLoader, balanced_subset, load_split
+from trainer.errors import UserError
+from trainer.loss import nt_xent
+from trainer.models import SimCLR, count_parameters, flops_per_image
+from trainer.resolution import ResolutionSchedule
+from trainer.speed import autocast, pick_precision
 
 Views = tuple[Tensor, Tensor]
 

@@ -20,7 +20,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from service.bundle import BundleError, read_manifest
+from contract.bundle import BundleError, read_manifest
 
 
 def log(message: str) -> None:

@@ -16,7 +16,8 @@ RUN --mount=type=secret,id=pip_ca --mount=type=bind,source=pyproject.toml,target
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi; \
     python3 -m venv /opt/simclr/venv \
     && pip install --index-url "$TORCH_INDEX_URL" torch torchvision \
-    && python -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+    && python -c 'import tomllib; p = tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]; \
+                  print("\n".join(p["dependencies"] + p["optional-dependencies"]["train"]))' \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 

@@ -15,8 +15,8 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
+from contract.bundle import BundleError, read_manifest
 from service.app import create_app
-from service.bundle import BundleError, read_manifest
 from service.index import SearchIndexError, read_info
 from service.settings import Settings
 

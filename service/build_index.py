@@ -23,11 +23,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from service.bundle import BundleError, load_bundle
+from contract.bundle import BundleError, load_bundle
+from contract.images import ImageError, decode_image, list_images
 from service.index import FORMAT, FORMAT_VERSION, write_index
-from service.model import ImageError, Model, decode_image
-
-EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
+from service.model import Model
 
 
 class BuildError(Exception):
@@ -42,14 +41,9 @@ def find_images(root: Path, splits: list[str]) -> list[tuple[Path, str, str | No
         found = []
         for split in splits:
             for class_dir in sorted(d for d in (root / split).glob("*") if d.is_dir() and not d.name.startswith(".")):
-                found += [(f, split, class_dir.name) for f in _files(class_dir)]
+                found += [(f, split, class_dir.name) for f in list_images(class_dir)]
         return found
-    return [(f, root.name, None) for f in _files(root)]
-
-
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return [(f, root.name, None) for f in list_images(root)]
 
 
 def recall_at(approx: faiss.Index, vectors: np.ndarray, k: int = 10, queries: int = 1000, seed: int = 0) -> float:

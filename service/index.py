@@ -9,14 +9,14 @@ memory-mapped, read without pickle).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
+
+from contract.files import atomic_write
 
 FORMAT, FORMAT_VERSION = "simclr-index", 1
 
@@ -120,18 +120,7 @@ def write_index(path: Path, index: faiss.Index, images: np.ndarray, metadata: di
                 info: dict[str, Any]) -> None:
     """Write every file atomically, index.json last: a reader sees a complete index or none."""
     path.mkdir(parents=True, exist_ok=True)
-    _atomic(path / "vectors.faiss", lambda f: f.write(faiss.serialize_index(index).tobytes()))
-    _atomic(path / "images.npy", lambda f: np.save(f, images, allow_pickle=False))
-    _atomic(path / "metadata.json", lambda f: f.write(json.dumps(metadata).encode()))
-    _atomic(path / "index.json", lambda f: f.write((json.dumps(info, indent=2) + "\n").encode()))
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path / "vectors.faiss", faiss.serialize_index(index).tobytes())
+    atomic_write(path / "images.npy", lambda f: np.save(f, images, allow_pickle=False))
+    atomic_write(path / "metadata.json", json.dumps(metadata))
+    atomic_write(path / "index.json", json.dumps(info, indent=2) + "\n")

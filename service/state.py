@@ -19,8 +19,8 @@ from typing import Callable, TypeVar
 import faiss
 import torch
 
+from contract.bundle import BundleError, load_bundle
 from service.batching import Batcher
-from service.bundle import BundleError, load_bundle
 from service.index import SearchIndex, SearchIndexError
 from service.metrics import Metrics
 from service.model import Model, Outputs

@@ -17,8 +17,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from torch import Tensor
 
+from contract.images import ImageError
 from service.dependencies import Ready
-from service.model import ImageError
 from service.problems import Problem
 from service.schemas import ImagesJSON
 from service.state import ServiceState

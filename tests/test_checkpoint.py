@@ -1,15 +1,17 @@
 import pytest
 import torch
 
+from contract.files import atomic_write
 from trainer import checkpoint
 from trainer.errors import UserError
+from trainer.run_dir import RunDir
 
 
 def test_save_load_and_keep_newest(tmp_path):
     for epoch in (1, 2, 3):
-        checkpoint.save(tmp_path, epoch, {"epoch": epoch, "w": torch.full((2,), float(epoch))}, keep=2)
-    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["epoch_0002.pt", "epoch_0003.pt"]
-    state = checkpoint.load(checkpoint.latest(tmp_path))
+        RunDir(tmp_path).save_checkpoint(epoch, {"epoch": epoch, "w": torch.full((2,), float(epoch))}, keep=2)
+    assert [p.name for p in RunDir(tmp_path).list_checkpoints()] == ["epoch_0002.pt", "epoch_0003.pt"]
+    state = checkpoint.load(RunDir(tmp_path).latest_checkpoint())
     assert state["epoch"] == 3 and torch.equal(state["w"], torch.full((2,), 3.0))
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
 
@@ -23,12 +25,12 @@ def test_failed_write_leaves_old_file(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        checkpoint.atomic_write(target, broken)
+        atomic_write(target, broken)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["x.bin"]
 
 
 def test_truncated_corrupt_and_foreign_files_are_refused(tmp_path):
-    path = checkpoint.save(tmp_path, 1, {"w": torch.zeros(1000)}, keep=1)
+    path = RunDir(tmp_path).save_checkpoint(1, {"w": torch.zeros(1000)}, keep=1)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="corrupt or truncated"):
@@ -51,6 +53,6 @@ def test_pickled_objects_are_not_loaded(tmp_path):
 
 def test_missing_run_and_empty_run(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        checkpoint.latest(tmp_path / "nope")
+        RunDir(tmp_path / "nope").latest_checkpoint()
     with pytest.raises(UserError, match="has no checkpoint"):
-        checkpoint.latest(tmp_path)
+        RunDir(tmp_path).latest_checkpoint()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from trainer import checkpoint
+from trainer.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
@@ -25,7 +26,7 @@ def train_command(data: Path, out: Path, *extra: str) -> list[str]:
 
 def every_checkpoint_loads(run: Path) -> list[int]:
     """The epochs of the named checkpoints, each loaded. A kill mid-write leaves a temporary file, never a name."""
-    return [checkpoint.load(path)["epoch"] for path in checkpoint.list_checkpoints(run)]
+    return [checkpoint.load(path)["epoch"] for path in RunDir(run).list_checkpoints()]
 
 
 def resume_to_the_end(run: Path) -> None:
@@ -42,7 +43,7 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path, pattern_folder):
     process = subprocess.Popen(train_command(pattern_folder, run), cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while not checkpoint.list_checkpoints(run) and time.monotonic() < deadline:  # let it reach epoch 1 at least
+    while not RunDir(run).list_checkpoints() and time.monotonic() < deadline:  # let it reach epoch 1 at least
         time.sleep(0.05)
     time.sleep(random.Random(os.getpid()).uniform(0, 2))  # then anywhere: mid-step, mid-write, between epochs
     process.send_signal(signal.SIGKILL)
@@ -74,6 +75,6 @@ def test_sigkill_in_the_middle_of_a_checkpoint_write(tmp_path, pattern_folder):
                             timeout=300)
     assert result.returncode == -signal.SIGKILL
     assert list((run / "checkpoints").glob(".epoch_0002.pt.*.tmp"))  # the half-written file never got its name
-    assert [p.name for p in checkpoint.list_checkpoints(run)] == ["epoch_0001.pt"]
-    assert checkpoint.load(checkpoint.latest(run))["epoch"] == 1
+    assert [p.name for p in RunDir(run).list_checkpoints()] == ["epoch_0001.pt"]
+    assert checkpoint.load(RunDir(run).latest_checkpoint())["epoch"] == 1
     resume_to_the_end(run)  # and the resumed run sweeps the leftover away

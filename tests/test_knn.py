@@ -1,9 +1,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from trainer.knn import extract_features, knn_predict, topk_accuracy
+from trainer.knn import knn_predict, topk_accuracy
 
 
 def brute_force(queries, bank, labels, classes, k, temperature):
@@ -29,13 +28,3 @@ def test_topk_accuracy():
     labels = torch.tensor([1, 1, 0])
     acc = topk_accuracy(scores, labels, (1, 2, 3))
     assert acc == pytest.approx({1: 1 / 3, 2: 2 / 3, 3: 1.0})
-
-
-def test_extract_features_is_normalised_eval_mode_and_restores_mode():
-    encoder = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten())
-    encoder.train()
-    before = encoder[1].running_mean.clone()
-    feats = extract_features(encoder, torch.randint(0, 256, (10, 3, 6, 6), dtype=torch.uint8), batch_size=4)
-    assert feats.shape == (10, 64)
-    torch.testing.assert_close(feats.norm(dim=1), torch.ones(10))
-    assert torch.equal(encoder[1].running_mean, before) and encoder.training

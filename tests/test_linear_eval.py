@@ -9,11 +9,13 @@ from safetensors.torch import load_file
 
 from tests.conftest import PATTERNS, pattern_images, write_image_folder
 from trainer import checkpoint, linear_eval
+from trainer.classifier import train_head
 from trainer.data import load_split
-from trainer.knn import extract_features
-from trainer.linear_eval import EvalOptions, main, split_indices, train_head
+from trainer.features import extract_features
+from trainer.linear_eval import main, split_indices
 from trainer.models import SimCLR
 from trainer.pretrain import main as pretrain_main
+from trainer.run_dir import RunDir
 
 HEAD = dict(epochs=30, lr=0.1, weight_decay=0.0, batch_size=64, schedule_step="step", seed=0)
 
@@ -188,7 +190,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_run, capsys):
     other.mkdir()
     config = json.loads((tiny_run / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "backbone": "resnet34"}))
-    ckpt = checkpoint.latest(tiny_run)
+    ckpt = RunDir(tiny_run).latest_checkpoint()
     assert "does not fit" in error(eval_args(other, "--checkpoint", str(ckpt)))
 
     mixed = tmp_path / "mixed"

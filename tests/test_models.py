@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.models import SimCLR, count_parameters, flops_per_image, projector, resnet_encoder
+from contract.networks import projector, resnet_encoder
+from trainer.models import SimCLR, count_parameters, flops_per_image
 
 
 @pytest.mark.parametrize("name, dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)])

@@ -13,6 +13,7 @@ from PIL import Image
 from tests.conftest import pattern_images, write_image_folder
 from trainer import checkpoint
 from trainer.pretrain import main
+from trainer.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,23 +82,23 @@ def test_resume_ends_with_the_same_weights_as_an_unbroken_run(tmp_path, pattern_
     args = ["--epochs", "3", "--checkpoint-every", "1", "--deterministic", *(["--compile"] if compiled else [])]
     assert main(tiny_args(pattern_folder, tmp_path / "unbroken", *args)) == 0
 
-    real_save = checkpoint.save
+    real_save = RunDir.save_checkpoint
 
-    def save_then_die(run_dir, epoch, state, keep):
-        path = real_save(run_dir, epoch, state, keep)
+    def save_then_die(run, epoch, state, keep):
+        path = real_save(run, epoch, state, keep)
         if epoch == 1:
             raise Killed
         return path
 
-    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         main(tiny_args(pattern_folder, tmp_path / "broken", *args))
-    monkeypatch.setattr(checkpoint, "save", real_save)
+    monkeypatch.setattr(RunDir, "save_checkpoint", real_save)
     assert main(tiny_args(pattern_folder, tmp_path / "broken", *args)) == 2  # refuses to overwrite the run
     assert main(["--out", str(tmp_path / "broken"), "--resume"]) == 0
 
-    a = checkpoint.load(checkpoint.latest(tmp_path / "unbroken"))
-    b = checkpoint.load(checkpoint.latest(tmp_path / "broken"))
+    a = checkpoint.load(RunDir(tmp_path / "unbroken").latest_checkpoint())
+    b = checkpoint.load(RunDir(tmp_path / "broken").latest_checkpoint())
     assert a["epoch"] == b["epoch"] == 3
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
@@ -110,7 +111,7 @@ def test_resume_refuses_a_checkpoint_of_another_backbone(tmp_path, pattern_folde
     assert main(tiny_args(pattern_folder, tmp_path / "run", "--epochs", "1")) == 0
     assert main(["--out", str(tmp_path / "run"), "--resume", "--backbone", "resnet34", "--epochs", "2"]) == 2
     assert "does not fit" in error_line(capsys)
-    path = checkpoint.latest(tmp_path / "run")
+    path = RunDir(tmp_path / "run").latest_checkpoint()
     path.write_bytes(path.read_bytes()[:1000])
     assert main(["--out", str(tmp_path / "run"), "--resume", "--epochs", "2"]) == 2
     assert "corrupt or truncated" in error_line(capsys)
@@ -143,7 +144,7 @@ def test_torchrun_two_processes(tmp_path, pattern_folder):
          "-m", "trainer.pretrain", *tiny_args(pattern_folder, out, "--epochs", "1", "--knn-every", "1")],
         capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
-    state = checkpoint.load(checkpoint.latest(out))
+    state = checkpoint.load(RunDir(out).latest_checkpoint())
     assert state["epoch"] == 1 and state["step"] == 2  # 64 images / global batch 32
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1] and "knn_top1" in rows[1]  # logged once, by rank 0
@@ -171,7 +172,7 @@ def test_resolution_schedule_fractional_epochs_and_the_lr_reaching_zero(tmp_path
     assert [(r["epoch"], r.get("step"), r.get("image_size")) for r in rows] == [(0, None, None), (1, 2, 8), (2, 3, 16)]
     assert rows[-1]["lr"] == 0.0 and rows[1]["lr"] > 0  # the cosine ends exactly at the planned last step
     assert "knn_top1" in rows[-1] and rows[-1]["eta_seconds"] == 0
-    assert checkpoint.load(checkpoint.latest(out))["step"] == 3
+    assert checkpoint.load(RunDir(out).latest_checkpoint())["step"] == 3
     assert (out / "curves.png").read_bytes().startswith(b"\x89PNG")  # redrawn every epoch, for watching a long run
 
 
@@ -202,7 +203,7 @@ def test_a_model_that_cannot_compile_trains_eager_and_says_so_once(tmp_path, pat
     captured = capsys.readouterr()
     said = (captured.out + captured.err).count("torch.compile failed (RuntimeError: backend compiler failed)")
     assert said == 1
-    assert checkpoint.load(checkpoint.latest(out))["step"] == 4
+    assert checkpoint.load(RunDir(out).latest_checkpoint())["step"] == 4
 
 
 def test_a_run_too_long_for_a_cpu_points_at_the_cpu_recipe(tmp_path, pattern_folder, monkeypatch, capsys):

@@ -1,57 +1,27 @@
-"""Checkpoints written atomically and read without unpickling arbitrary objects."""
+"""Checkpoints: what a resumed run needs, written atomically and read without unpickling arbitrary objects.
+
+TrainingState pairs what is saved with how it is restored, so that the two cannot drift apart.
+"""
 
 from __future__ import annotations
 
-import os
 import pickle
-import re
-import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from contract.files import atomic_write
 from trainer.errors import UserError
 
 FORMAT = "simclr-checkpoint/1"
-_NAME = re.compile(r"^epoch_(\d+)\.pt$")
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call write(file) on a temporary file beside path, fsync it, then rename it over path: a reader (or a
-    resumed run after a crash) sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def checkpoint_path(run_dir: Path, epoch: int) -> Path:
-    return run_dir / "checkpoints" / f"epoch_{epoch:04d}.pt"
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """The run's checkpoints, oldest first."""
-    folder = run_dir / "checkpoints"
-    found = [p for p in folder.glob("epoch_*.pt") if _NAME.match(p.name)] if folder.is_dir() else []
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
-
-
-def save(run_dir: Path, epoch: int, state: dict[str, Any], keep: int) -> Path:
-    path = checkpoint_path(run_dir, epoch)
+def save(path: Path, state: dict[str, Any]) -> Path:
     atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
-    for old in list_checkpoints(run_dir)[:-keep]:
-        old.unlink(missing_ok=True)
-    for stale in path.parent.glob(".epoch_*.tmp"):  # left by a process killed mid-write; never a checkpoint
-        stale.unlink(missing_ok=True)
     return path
 
 
@@ -70,11 +40,28 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return state
 
 
-def latest(run_dir: str | Path) -> Path:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist")
-    found = list_checkpoints(run_dir)
-    if not found:
-        raise UserError(f"run directory {run_dir} has no checkpoint (expected {run_dir}/checkpoints/epoch_*.pt)")
-    return found[-1]
+@dataclass
+class TrainingState:
+    """The objects a pretraining run resumes from: captured by state_dict, put back by load_state_dict."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+    def state_dict(self, epoch: int, step: int, config: dict[str, Any], classes: list[str]) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
+                "step": step, "rng": torch.get_rng_state(), "config": config, "classes": classes}
+
+    def load_state_dict(self, state: dict[str, Any], source: Path) -> int:
+        """Restore everything saved; returns the epoch the checkpoint ended. source names it in errors."""
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"checkpoint {source} does not fit this configuration: {str(e).splitlines()[0]}") from None
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"].cpu())
+        return state["epoch"]

@@ -7,76 +7,72 @@ benchmarks (ResNet-18, batch 512, lr 0.06 x batch/128, wd 5e-4, temperature 0.5)
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import tomllib
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.cli import OneLineErrorParser, field_types, option
+from trainer.cli import build_parser as build_dataclass_parser
 from trainer.errors import UserError
 from trainer.resolution import ResolutionSchedule
-
-
-def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
 class Config:
     # data
-    data_dir: str = _opt("data/cifar10", "CIFAR-10 root (torchvision layout, downloaded when missing), "
-                         "an image folder train/<class>/* [test/<class>/*], or a folder of unlabelled images")
-    eval_data_dir: str | None = _opt(None, "labelled image folder or CIFAR-10 root for the kNN monitor "
-                                     "(default: --data-dir when it is labelled)")
-    download: bool = _opt(True, "download CIFAR-10 into --data-dir when it holds no data")
-    cache_dir: str = _opt("~/.cache/simclr-cifar", "where decoded image arrays are cached between runs")
-    image_size: int = _opt(32, "training resolution; images of other sizes are resized to it")
-    limit_train: int | None = _opt(None, "train on a class-balanced subset of N training images "
-                                   "(default: all)")
-    limit_eval: int | None = _opt(None, "kNN monitor queries: a class-balanced subset of N test images, or of "
-                                  "the --val-split images (default: all)")
-    val_split: int = _opt(0, "hold out N class-balanced training images from pretraining and use them as the kNN "
-                          "monitor's queries instead of the test set (for choosing a recipe; 0: none)")
-    knn_bank: int | None = _opt(None, "kNN monitor bank: a class-balanced subset of N training images "
-                                "(default: all; a subset makes the monitor cheap on a CPU)")
+    data_dir: str = option("data/cifar10", "CIFAR-10 root (torchvision layout, downloaded when missing), "
+                           "an image folder train/<class>/* [test/<class>/*], or a folder of unlabelled images")
+    eval_data_dir: str | None = option(None, "labelled image folder or CIFAR-10 root for the kNN monitor "
+                                       "(default: --data-dir when it is labelled)")
+    download: bool = option(True, "download CIFAR-10 into --data-dir when it holds no data")
+    cache_dir: str = option("~/.cache/simclr-cifar", "where decoded image arrays are cached between runs")
+    image_size: int = option(32, "training resolution; images of other sizes are resized to it")
+    limit_train: int | None = option(None, "train on a class-balanced subset of N training images "
+                                     "(default: all)")
+    limit_eval: int | None = option(None, "kNN monitor queries: a class-balanced subset of N test images, or of "
+                                    "the --val-split images (default: all)")
+    val_split: int = option(0, "hold out N class-balanced training images from pretraining and use them as the kNN "
+                            "monitor's queries instead of the test set (for choosing a recipe; 0: none)")
+    knn_bank: int | None = option(None, "kNN monitor bank: a class-balanced subset of N training images "
+                                  "(default: all; a subset makes the monitor cheap on a CPU)")
     # model
-    backbone: str = _opt("resnet18", "torchvision ResNet with the CIFAR stem", ("resnet18", "resnet34", "resnet50"))
-    width: int = _opt(1, "ResNet width multiplier (every stage's channels times this)")
-    proj_hidden_dim: int | None = _opt(None, "projector hidden size (default: the representation size)")
-    proj_dim: int = _opt(128, "projection (loss) dimension")
+    backbone: str = option("resnet18", "torchvision ResNet with the CIFAR stem", ("resnet18", "resnet34", "resnet50"))
+    width: int = option(1, "ResNet width multiplier (every stage's channels times this)")
+    proj_hidden_dim: int | None = option(None, "projector hidden size (default: the representation size)")
+    proj_dim: int = option(128, "projection (loss) dimension")
     # objective and optimisation
-    temperature: float = _opt(0.5, "NT-Xent temperature")
-    epochs: float = _opt(500, "pretraining epochs (a fraction cuts the last one short; the learning rate reaches "
-                         "zero at the end)")
-    batch_size: int = _opt(512, "global batch size (pairs of views per step, over all processes)")
-    optimizer: str = _opt("sgd", "sgd (momentum 0.9), lars (SimCLR's) or adam", ("sgd", "lars", "adam"))
-    lr: float | None = _opt(None, "peak learning rate (default: sgd 0.06 x batch/128, lars 1.0 x batch/256 "
-                            "as google-research/simclr's CIFAR setting, adam 1e-3)")
-    weight_decay: float | None = _opt(None, "weight decay (default: sgd 5e-4, lars 1e-4, adam 1e-6)")
-    warmup_epochs: float = _opt(10, "linear warmup epochs before the cosine decay")
-    blur: bool = _opt(False, "Gaussian blur augmentation (SimCLR's ImageNet views; off for CIFAR as in the paper)")
-    crop_min_scale: float = _opt(0.08, "smallest crop area, as a fraction of the image (RandomResizedCrop's scale)")
-    grayscale_p: float = _opt(0.2, "probability of a greyscale view")
-    resolution_schedule: str | None = _opt(None, "train early steps on smaller views: '16:0.7,32' is 16 px for "
-                                           "the first 70%% of the steps, then --image-size (default: none)")
+    temperature: float = option(0.5, "NT-Xent temperature")
+    epochs: float = option(500, "pretraining epochs (a fraction cuts the last one short; the learning rate reaches "
+                           "zero at the end)")
+    batch_size: int = option(512, "global batch size (pairs of views per step, over all processes)")
+    optimizer: str = option("sgd", "sgd (momentum 0.9), lars (SimCLR's) or adam", ("sgd", "lars", "adam"))
+    lr: float | None = option(None, "peak learning rate (default: sgd 0.06 x batch/128, lars 1.0 x batch/256 "
+                              "as google-research/simclr's CIFAR setting, adam 1e-3)")
+    weight_decay: float | None = option(None, "weight decay (default: sgd 5e-4, lars 1e-4, adam 1e-6)")
+    warmup_epochs: float = option(10, "linear warmup epochs before the cosine decay")
+    blur: bool = option(False, "Gaussian blur augmentation (SimCLR's ImageNet views; off for CIFAR as in the paper)")
+    crop_min_scale: float = option(0.08, "smallest crop area, as a fraction of the image (RandomResizedCrop's scale)")
+    grayscale_p: float = option(0.2, "probability of a greyscale view")
+    resolution_schedule: str | None = option(None, "train early steps on smaller views: '16:0.7,32' is 16 px for "
+                                             "the first 70%% of the steps, then --image-size (default: none)")
     # run
-    out: str = _opt("runs/simclr", "run directory: checkpoints, metrics, plots, config")
-    device: str | None = _opt(None, "cpu or cuda (default: cuda when available)", ("cpu", "cuda"))
-    precision: str = _opt("auto", "bf16 autocast, fp16 with a grad scaler, or fp32; auto: bf16 on CUDA, and "
-                          "on a CPU where a few timed steps show it pays, else fp32", ("auto", "bf16", "fp16", "fp32"))
-    compile: bool = _opt(True, "torch.compile the training model (where it fails, the run says so and goes on "
-                         "eager)")
-    channels_last: bool = _opt(True, "channels-last memory format (faster convolutions on CPUs and GPUs)")
-    seed: int = _opt(0, "random seed (data order, augmentations, initialisation)")
-    deterministic: bool = _opt(False, "deterministic algorithms (slower; exact resumes)")
-    checkpoint_every: int = _opt(10, "save a checkpoint every N epochs (and always at the end)")
-    keep_checkpoints: int = _opt(2, "how many of the newest checkpoints to keep")
-    knn_every: int = _opt(10, "run the kNN monitor every N epochs (and at the end); 0 disables it")
-    knn_k: int = _opt(200, "neighbours of the kNN monitor")
-    knn_temperature: float = _opt(0.1, "temperature of the kNN monitor's weighted votes")
+    out: str = option("runs/simclr", "run directory: checkpoints, metrics, plots, config")
+    device: str | None = option(None, "cpu or cuda (default: cuda when available)", ("cpu", "cuda"))
+    precision: str = option("auto", "bf16 autocast, fp16 with a grad scaler, or fp32; auto: bf16 on CUDA, and "
+                            "on a CPU where a few timed steps show it pays, else fp32",
+                            ("auto", "bf16", "fp16", "fp32"))
+    compile: bool = option(True, "torch.compile the training model (where it fails, the run says so and goes on "
+                           "eager)")
+    channels_last: bool = option(True, "channels-last memory format (faster convolutions on CPUs and GPUs)")
+    seed: int = option(0, "random seed (data order, augmentations, initialisation)")
+    deterministic: bool = option(False, "deterministic algorithms (slower; exact resumes)")
+    checkpoint_every: int = option(10, "save a checkpoint every N epochs (and always at the end)")
+    keep_checkpoints: int = option(2, "how many of the newest checkpoints to keep")
+    knn_every: int = option(10, "run the kNN monitor every N epochs (and at the end); 0 disables it")
+    knn_k: int = option(200, "neighbours of the kNN monitor")
+    knn_temperature: float = option(0.1, "temperature of the kNN monitor's weighted votes")
 
     def __post_init__(self) -> None:
         if self.precision is None:  # config.json of runs from before `auto`
@@ -124,41 +120,12 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _base_type(annotation: str) -> type:
-    """`int | None` -> int, for argparse."""
-    hint = eval(annotation, {}, {})  # annotations are strings under `from __future__ import annotations`
-    if isinstance(hint, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """Bad flags get one line on stderr and exit status 2, like every other user error."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
-def build_parser(description: str | None = None) -> argparse.ArgumentParser:
-    """One flag per Config field; unset flags stay absent so a TOML file or a resumed run can fill them."""
-    parser = OneLineErrorParser(
-        prog="python -m trainer.pretrain", description=description, argument_default=argparse.SUPPRESS,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(description: str | None = None) -> OneLineErrorParser:
+    """One flag per Config field, plus --config and --resume."""
+    parser = build_dataclass_parser(Config, "python -m trainer.pretrain", description)
     parser.add_argument("--config", help="TOML file of options (keys as below, with _ or -); flags override it")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its latest checkpoint, with its saved config")
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        kind = _base_type(f.type)
-        help_text = f.metadata["help"]
-        if "(default:" not in help_text:
-            help_text += f" (default: {f.default})"
-        choices = f.metadata["choices"]
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        else:
-            parser.add_argument(flag, type=kind, choices=choices,
-                                metavar="{" + ",".join(choices) + "}" if choices else f.name.upper(), help=help_text)
     return parser
 
 
@@ -174,13 +141,13 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 def make_config(*layers: dict[str, Any]) -> Config:
     """Merge option dicts (later wins) over the defaults; unknown keys and wrong types are user errors."""
-    names = {f.name: f for f in dataclasses.fields(Config)}
+    kinds = field_types(Config)
     merged: dict[str, Any] = {}
     for layer in layers:
         for key, value in layer.items():
-            if key not in names:
+            if key not in kinds:
                 raise UserError(f"unknown option {key!r}")
-            kind = _base_type(names[key].type)
+            kind = kinds[key][0]
             if value is not None and not isinstance(value, kind) and not (kind is float and isinstance(value, int)):
                 raise UserError(f"option {key!r} must be {kind.__name__}, not {value!r}")
             merged[key] = float(value) if kind is float and value is not None else value

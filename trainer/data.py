@@ -9,22 +9,21 @@ Three sources, told apart by the folder's contents:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from tqdm import tqdm
 
+from contract.files import atomic_write
+from contract.images import EXTENSIONS, ImageError, decode_image, fit, list_images
 from trainer.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: images decoded by contract.images (16-bit greyscale scaled, not clipped)
 
 
 @dataclass
@@ -97,17 +96,12 @@ def _folder_classes(train_dir: Path) -> list[str]:
     return classes
 
 
-def _image_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
-
-
 def _cached(root: Path, image_size: int, cache_dir: str | Path | None, decode) -> ImageSet:
     """Decode the images under root once; later runs read the arrays from cache_dir, keyed by the
     file list (names, sizes, modification times) and the resolution."""
-    files = _image_files(root)
+    files = list_images(root)
     if not files:
-        raise UserError(f"{root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise UserError(f"{root} holds no images ({', '.join(EXTENSIONS)})")
     key = hashlib.sha256(json.dumps([_CACHE_VERSION, str(root.resolve()), image_size] + [
         (str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode()).hexdigest()[:24]
     cache = Path(cache_dir).expanduser() / f"{key}.npz" if cache_dir else None
@@ -144,24 +138,17 @@ def _decode_unlabelled(root: Path, files: list[Path]):
 
 
 def _decode(path: Path, size: int) -> np.ndarray:
-    """RGB uint8 (size, size, 3): other sizes are resized on the shorter side and centre-cropped."""
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if img.size != (size, size):
-                img = ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC)
-            return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+        return decode_image(path.read_bytes(), size)
+    except (ImageError, OSError) as e:
         raise UserError(f"cannot read image {path}: {e}") from None
 
 
 def _write_cache(path: Path, data: ImageSet) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, images=data.images.numpy(), labels=data.labels.numpy(), classes=np.array(data.classes))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=data.images.numpy(), labels=data.labels.numpy(), classes=np.array(data.classes))
-        os.replace(tmp, path)
+        atomic_write(path, buffer.getvalue())
     except OSError as e:  # a read-only cache dir costs decode time, nothing else
         print(f"warning: could not cache decoded images in {path.parent}: {e}")
 
@@ -177,10 +164,10 @@ def _torchvision_cifar10(root: Path, split: str, image_size: int, download: bool
         raise UserError(
             f"CIFAR-10 {how} in {root} ({type(e).__name__}: {e}); point --data-dir at an image folder "
             f"laid out as train/<class>/*.jpg [test/<class>/*.jpg] instead") from None
-    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-    if image_size != images.shape[-1]:
-        images = torch.nn.functional.interpolate(images.float(), size=image_size, mode="bilinear",
-                                                 antialias=True).round().clamp(0, 255).to(torch.uint8)
+    array = ds.data
+    if image_size != array.shape[1]:  # resized as every other image is (contract.images.RESIZE)
+        array = np.stack([fit(image, image_size) for image in tqdm(array, desc="resizing", unit="img", mininterval=2)])
+    images = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
     return ImageSet(images, torch.tensor(ds.targets), list(ds.classes))
 
 

@@ -1,4 +1,4 @@
-"""Frozen-feature extraction and the weighted kNN classifier (Wu et al. 2018).
+"""The weighted kNN classifier on frozen features (Wu et al. 2018).
 
 The monitor's settings, k=200 and a vote temperature of 0.1, are lightly's CIFAR-10 benchmark's (leftthomas/SimCLR's
 code divides by the loss temperature instead).
@@ -7,31 +7,7 @@ code divides by the loss temperature instead).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-
-from trainer.augment import normalize, to_float
-
-
-@torch.no_grad()
-def extract_features(encoder: nn.Module, images: Tensor, batch_size: int = 512,
-                     device: torch.device | str | None = None, l2_normalize: bool = True) -> Tensor:
-    """Representations (N, D), float32, L2-normalised unless asked otherwise, of un-augmented uint8 images
-    (N, 3, H, W).
-
-    The encoder runs in eval mode (BatchNorm uses its running statistics) and its mode is restored after.
-    """
-    param = next(encoder.parameters())
-    device = device or param.device
-    was_training = encoder.training
-    encoder.eval()
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        x = normalize(to_float(images[start:start + batch_size].to(device, non_blocking=True)))
-        h = encoder(x.contiguous(memory_format=torch.channels_last)).float()  # fp32, as the service runs it
-        chunks.append(F.normalize(h, dim=1) if l2_normalize else h)
-    encoder.train(was_training)
-    return torch.cat(chunks)
+from torch import Tensor
 
 
 @torch.no_grad()

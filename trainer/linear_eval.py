@@ -20,80 +20,72 @@ for frozen protocols, classifier.safetensors + classifier.json: the head the exp
 
 from __future__ import annotations
 
-import argparse
 import copy
-import dataclasses
-import hashlib
-import io
 import json
-import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from trainer import checkpoint
-from trainer.augment import normalize, random_crop_flip
-from trainer.config import Config, OneLineErrorParser, make_config
+from contract.files import atomic_write
+from trainer.classifier import finetune, train_head
+from trainer.cli import build_parser, option
+from trainer.config import Config
 from trainer.data import ImageSet, balanced_indices, load_split
+from trainer.device import pick_device
 from trainer.errors import UserError
-from trainer.heads import classifier_head, fold_standardization
-from trainer.knn import extract_features, knn_predict, topk_accuracy
+from trainer.features import cached_features, extract_features
+from trainer.knn import knn_predict, topk_accuracy
 from trainer.models import SimCLR
 from trainer.plots import save_confusion, save_head_curves
 from trainer.report import classification_metrics, format_report
+from trainer.run_dir import RunDir
 
 # Per protocol: epochs, peak learning rate, weight decay (linear: common practice; mlp: masterzero-hw/ssl-simclr;
 # finetune: RDR2Blackwater/SimCLR-v1).
 PROTOCOL_DEFAULTS = {"linear": (100, 0.1, 0.0), "mlp": (150, 0.2, 0.0), "finetune": (100, 1e-4, 0.0)}
 
 
-def _opt(default: Any, help: str, **kwargs: Any) -> Any:
-    return field(default=default, metadata={"help": help, **kwargs})
-
-
 @dataclass
 class EvalOptions:
-    run: str = _opt(None, "pretraining run directory (its config.json and checkpoints/)", required=True)
-    checkpoint: str | None = _opt(None, "checkpoint to evaluate (default: the run's latest)")
-    data_dir: str | None = _opt(None, "labelled data set with train/ and test/ splits (default: the run's "
-                                "--eval-data-dir, else its --data-dir); another one evaluates transfer")
-    download: bool = _opt(True, "download CIFAR-10 into --data-dir when it holds no data")
-    cache_dir: str = _opt("~/.cache/simclr-cifar", "where decoded image arrays are cached between runs")
-    out: str | None = _opt(None, "output directory (default: RUN_DIR/eval, or RUN_DIR/eval-<variant>)")
-    limit_train: int | None = _opt(None, "class-balanced subset of N training images, for quick runs (default: all)")
-    limit_test: int | None = _opt(None, "class-balanced subset of N test images, for quick runs (default: all)")
-    label_fraction: float = _opt(1.0, "fraction of the training labels used, class-balanced and seeded "
-                                 "(e.g. 0.01, 0.1, 1.0)")
-    val_fraction: float = _opt(0.0, "fraction of the training set held out to choose the weight decay and the "
-                               "stopping epoch (0: both fixed in advance)")
-    head: str = _opt("linear", "linear, or mlp: masterzero-hw/ssl-simclr's Linear-ReLU-Dropout-Linear",
-                     choices=("linear", "mlp"))
-    hidden_dim: int = _opt(20480, "hidden size of the mlp head (masterzero-hw/ssl-simclr)")
-    dropout: float = _opt(0.8, "dropout of the mlp head (masterzero-hw/ssl-simclr)")
-    finetune: bool = _opt(False, "train the whole network with a linear head at a low learning rate "
-                          "(RDR2Blackwater/SimCLR-v1), views cropped and flipped, instead of a head on frozen "
-                          "features")
-    random_init: bool = _opt(False, "evaluate a randomly initialised encoder of the run's architecture: the floor")
-    flip_average: bool = _opt(False, "frozen features averaged over each image and its mirror image")
-    epochs: int | None = _opt(None, "classifier epochs (default: linear 100, mlp 150, finetune 100)")
-    batch_size: int = _opt(512, "classifier batch size")
-    lr: float | None = _opt(None, "peak learning rate, cosine-decayed (default: linear 0.1 and mlp 0.2 with SGD "
-                            "momentum 0.9 on standardised features; finetune 1e-4 with NAdam)")
-    weight_decay: list[float] | None = _opt(None, "weight decay; several values are compared on the validation "
-                                            "split (default: 0)", nargs="+")
-    schedule_step: str = _opt("step", "step the learning-rate schedule every optimizer step or every epoch",
-                              choices=("step", "epoch"))
-    knn_k: int = _opt(200, "neighbours of the kNN evaluation (lightly's benchmark setting)")
-    knn_temperature: float = _opt(0.1, "temperature of the kNN evaluation's weighted votes")
-    device: str | None = _opt(None, "cpu or cuda (default: cuda when available)", choices=("cpu", "cuda"))
-    seed: int = _opt(0, "seed of the splits, label fractions, head initialisation and batches")
+    run: str = option(None, "pretraining run directory (its config.json and checkpoints/)", required=True)
+    checkpoint: str | None = option(None, "checkpoint to evaluate (default: the run's latest)")
+    data_dir: str | None = option(None, "labelled data set with train/ and test/ splits (default: the run's "
+                                  "--eval-data-dir, else its --data-dir); another one evaluates transfer")
+    download: bool = option(True, "download CIFAR-10 into --data-dir when it holds no data")
+    cache_dir: str = option("~/.cache/simclr-cifar", "where decoded image arrays are cached between runs")
+    out: str | None = option(None, "output directory (default: RUN_DIR/eval, or RUN_DIR/eval-<variant>)")
+    limit_train: int | None = option(None, "class-balanced subset of N training images, for quick runs (default: all)")
+    limit_test: int | None = option(None, "class-balanced subset of N test images, for quick runs (default: all)")
+    label_fraction: float = option(1.0, "fraction of the training labels used, class-balanced and seeded "
+                                   "(e.g. 0.01, 0.1, 1.0)")
+    val_fraction: float = option(0.0, "fraction of the training set held out to choose the weight decay and the "
+                                 "stopping epoch (0: both fixed in advance)")
+    head: str = option("linear", "linear, or mlp: masterzero-hw/ssl-simclr's Linear-ReLU-Dropout-Linear",
+                       ("linear", "mlp"))
+    hidden_dim: int = option(20480, "hidden size of the mlp head (masterzero-hw/ssl-simclr)")
+    dropout: float = option(0.8, "dropout of the mlp head (masterzero-hw/ssl-simclr)")
+    finetune: bool = option(False, "train the whole network with a linear head at a low learning rate "
+                            "(RDR2Blackwater/SimCLR-v1), views cropped and flipped, instead of a head on frozen "
+                            "features")
+    random_init: bool = option(False, "evaluate a randomly initialised encoder of the run's architecture: the floor")
+    flip_average: bool = option(False, "frozen features averaged over each image and its mirror image")
+    epochs: int | None = option(None, "classifier epochs (default: linear 100, mlp 150, finetune 100)")
+    batch_size: int = option(512, "classifier batch size")
+    lr: float | None = option(None, "peak learning rate, cosine-decayed (default: linear 0.1 and mlp 0.2 with SGD "
+                              "momentum 0.9 on standardised features; finetune 1e-4 with NAdam)")
+    weight_decay: list[float] | None = option(None, "weight decay; several values are compared on the validation "
+                                              "split (default: 0)")
+    schedule_step: str = option("step", "step the learning-rate schedule every optimizer step or every epoch",
+                                ("step", "epoch"))
+    knn_k: int = option(200, "neighbours of the kNN evaluation (lightly's benchmark setting)")
+    knn_temperature: float = option(0.1, "temperature of the kNN evaluation's weighted votes")
+    device: str | None = option(None, "cpu or cuda (default: cuda when available)", ("cpu", "cuda"))
+    seed: int = option(0, "seed of the splits, label fractions, head initialisation and batches")
 
     def __post_init__(self) -> None:
         checks = [
@@ -128,30 +120,11 @@ class EvalOptions:
             return Path(self.out)
         variant = [v for v, on in [("random-init", self.random_init), ("finetune", self.finetune),
                                    (f"labels{self.label_fraction:g}", self.label_fraction < 1)] if on]
-        return Path(self.run) / "-".join(["eval", *variant])
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(prog="python -m trainer.linear_eval", description=__doc__,
-                                argument_default=argparse.SUPPRESS,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(EvalOptions):
-        flag, meta = "--" + f.name.replace("_", "-"), dict(f.metadata)
-        help_text = meta.pop("help")
-        if "(default:" not in help_text and not meta.get("required"):
-            help_text += f" (default: {f.default})"
-        if f.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-            continue
-        kind = {"str": str, "int": int, "float": float}.get(f.type.split(" ")[0].removeprefix("list[").rstrip("]"))
-        choices = meta.get("choices")
-        metavar = "{" + ",".join(choices) + "}" if choices else ("N" if kind is int else "X" if kind is float else "PATH")
-        parser.add_argument(flag, type=kind, metavar=metavar, help=help_text, **meta)
-    return parser
+        return RunDir(self.run).eval_dir(*variant)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
+    args = vars(build_parser(EvalOptions, "python -m trainer.linear_eval", __doc__).parse_args(argv))
     try:
         metrics = evaluate(EvalOptions(**args))
     except UserError as e:
@@ -163,20 +136,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate(opts: EvalOptions) -> dict[str, Any]:
     """Run the protocol opts asks for, write OUT, and return the metrics (with the text report)."""
-    run_dir = Path(opts.run)
-    config = _run_config(run_dir)
-    device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but torch sees no CUDA GPU")
-    encoder, source = load_encoder(run_dir, config, opts)
+    run = RunDir(opts.run)
+    config = run.read_config()
+    device = pick_device(opts.device)
+    encoder, source = load_encoder(run, config, opts)
     encoder = encoder.to(device)
     train, test = _load_data(opts, config)
     val_idx, train_idx = split_indices(train.labels, opts.val_fraction, opts.label_fraction, opts.seed)
     epochs, lr, decays = opts.resolved()
 
     encoder.requires_grad_(False).eval()  # frozen: no gradient reaches it and BatchNorm statistics stay put
-    train_x = _cached_features(run_dir, source, opts, "train", train, encoder)
-    test_x = _cached_features(run_dir, source, opts, "test", test, encoder)
+    train_x, test_x = (cached_features(run.features, split, encoder, data.images, opts.flip_average,
+                                       desc=f"features of {split} ({source})")
+                       for split, data in (("train", train), ("test", test)))
     train_y, test_y = train.labels.to(device), test.labels.to(device)
     knn_scores = knn_predict(F.normalize(test_x, dim=1), F.normalize(train_x[train_idx], dim=1), train_y[train_idx],
                              len(train.classes), opts.knn_k, opts.knn_temperature)
@@ -224,25 +196,19 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
     metrics["report"] = (f"{opts.protocol} evaluation of {source} on {metrics['protocol']['data_dir']}\n\n"
                          + format_report(metrics))
     _write_outputs(opts.out_dir(), metrics, chosen, train.classes, None if opts.finetune else train_x.shape[1],
-                   opts, run_dir)
+                   opts)
     return metrics
 
 
-def load_encoder(run_dir: Path, config: Config, opts: EvalOptions) -> tuple[nn.Module, str]:
+def load_encoder(run: RunDir, config: Config, opts: EvalOptions) -> tuple[nn.Module, str]:
     """The run's encoder with the weights of the checkpoint evaluated (or seeded random ones), and a name
     for what was loaded."""
-    torch.manual_seed(opts.seed)
-    model = SimCLR(config.backbone, config.width, config.proj_hidden_dim, config.proj_dim)
     if opts.random_init:
-        return model.encoder, f"random initialisation (seed {opts.seed})"
-    path = Path(opts.checkpoint) if opts.checkpoint else checkpoint.latest(run_dir)
-    state = checkpoint.load(path)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
-        raise UserError(f"checkpoint {path} does not fit the run's {config.backbone} (width {config.width}): "
-                        f"{str(e).splitlines()[0]}") from None
-    return model.encoder, _relative(path, run_dir)
+        torch.manual_seed(opts.seed)
+        return SimCLR(config.backbone, config.width).encoder, f"random initialisation (seed {opts.seed})"
+    path = Path(opts.checkpoint) if opts.checkpoint else run.latest_checkpoint()
+    model, _ = run.load_model(config, path)
+    return model.encoder, run.relative(path)
 
 
 def split_indices(labels: Tensor, val_fraction: float, label_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -257,114 +223,6 @@ def split_indices(labels: Tensor, val_fraction: float, label_fraction: float, se
     if not len(rest):
         raise UserError("no training images are left after the validation split and the label fraction")
     return val, rest
-
-
-def train_head(x: Tensor, y: Tensor, num_classes: int, *, epochs: int, lr: float, weight_decay: float,
-               batch_size: int, schedule_step: str, seed: int, hidden_dim: int | None = None, dropout: float = 0.8,
-               val: tuple[Tensor, Tensor] | None = None) -> tuple[nn.Sequential, list[dict]]:
-    """A classifier trained on features x (standardised, with SGD and a cosine schedule), returned folded to
-    take raw features, with one history row per epoch. With val, the epoch of best validation accuracy is kept."""
-    torch.manual_seed(seed)
-    g = torch.Generator(device=x.device).manual_seed(seed)
-    mean, std = x.mean(dim=0), (x.var(dim=0) + 1e-5).sqrt()  # as BatchNorm: nearly dead channels stay small
-    standardise = lambda f: (f - mean) / std  # noqa: E731
-    xs = standardise(x)
-    head = classifier_head(x.shape[1], num_classes, hidden_dim, dropout).to(x.device)
-    optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    steps = math.ceil(len(x) / batch_size)
-    scheduler = cosine_schedule(optimizer, epochs * steps if schedule_step == "step" else epochs)
-    history, best_state, best_acc = [], None, -1.0
-    for epoch in tqdm(range(1, epochs + 1), desc="classifier", unit="epoch", leave=False, mininterval=1):
-        head.train()
-        order = torch.randperm(len(x), generator=g, device=x.device)
-        loss_sum = torch.zeros((), device=x.device)
-        lrs = []
-        for start in range(0, len(x), batch_size):
-            idx = order[start:start + batch_size]
-            loss = F.cross_entropy(head(xs[idx]), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            lrs.append(optimizer.param_groups[0]["lr"])
-            optimizer.step()
-            if schedule_step == "step":
-                scheduler.step()
-            loss_sum += loss.detach() * len(idx)
-        if schedule_step == "epoch":
-            scheduler.step()
-        row = {"epoch": epoch, "loss": loss_sum.item() / len(x), "lr_first": lrs[0], "lr_last": lrs[-1]}
-        if val is not None:
-            head.eval()
-            with torch.no_grad():
-                row["val_top1"] = (head(standardise(val[0])).argmax(dim=1) == val[1]).float().mean().item()
-            if row["val_top1"] > best_acc:
-                best_acc, best_state = row["val_top1"], copy.deepcopy(head.state_dict())
-        history.append(row)
-    if best_state is not None:
-        head.load_state_dict(best_state)
-    return fold_standardization(head.eval(), mean, std), history
-
-
-def cosine_schedule(optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Cosine decay from the optimizer's lr to 0 over `total` scheduler steps."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
-
-
-def finetune(encoder: nn.Module, data: ImageSet, train_idx: Tensor, val_idx: Tensor, image_size: int, *,
-             epochs: int, lr: float, weight_decay: float, batch_size: int, schedule_step: str,
-             seed: int) -> tuple[nn.Sequential, list[dict]]:
-    """Seed 003's protocol: encoder and a linear head trained together with NAdam on cropped, flipped views.
-    Returns nn.Sequential(encoder, head) in eval mode; with a validation split, its best epoch's weights."""
-    device = next(encoder.parameters()).device
-    torch.manual_seed(seed)
-    g = torch.Generator(device=device).manual_seed(seed)
-    head = nn.Linear(encoder.feature_dim, len(data.classes)).to(device)
-    net = nn.Sequential(encoder, head)
-    optimizer = torch.optim.NAdam(net.parameters(), lr=lr, weight_decay=weight_decay)
-    images, labels = data.images.to(device), data.labels.to(device)
-    train_idx, val_idx = train_idx.to(device), val_idx.to(device)
-    steps = math.ceil(len(train_idx) / batch_size)
-    scheduler = cosine_schedule(optimizer, epochs * steps if schedule_step == "step" else epochs)
-    history, best_state, best_acc = [], None, -1.0
-    for epoch in tqdm(range(1, epochs + 1), desc="fine-tuning", unit="epoch", leave=False):
-        net.train()
-        order = train_idx[torch.randperm(len(train_idx), generator=g, device=device)]
-        loss_sum, lrs = torch.zeros((), device=device), []
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            x = normalize(random_crop_flip(images[idx], g, image_size, scale=(0.5, 1.0)))
-            loss = F.cross_entropy(net(x), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            lrs.append(optimizer.param_groups[0]["lr"])
-            optimizer.step()
-            if schedule_step == "step":
-                scheduler.step()
-            loss_sum += loss.detach() * len(idx)
-        if schedule_step == "epoch":
-            scheduler.step()
-        row = {"epoch": epoch, "loss": loss_sum.item() / len(order), "lr_first": lrs[0], "lr_last": lrs[-1]}
-        if len(val_idx):
-            with torch.no_grad():
-                scores = head(extract_features(encoder, images[val_idx], l2_normalize=False))
-            row["val_top1"] = (scores.argmax(dim=1) == labels[val_idx]).float().mean().item()
-            if row["val_top1"] > best_acc:
-                best_acc, best_state = row["val_top1"], copy.deepcopy(net.state_dict())
-        history.append(row)
-    if best_state is not None:
-        net.load_state_dict(best_state)
-    return net.eval(), history
-
-
-def _run_config(run_dir: Path) -> Config:
-    path = run_dir / "config.json"
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist")
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a pretraining run: it has no config.json")
-    try:
-        return make_config(json.loads(path.read_text()))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON: {e}") from None
 
 
 def _load_data(opts: EvalOptions, config: Config) -> tuple[ImageSet, ImageSet]:
@@ -385,68 +243,28 @@ def _load_data(opts: EvalOptions, config: Config) -> tuple[ImageSet, ImageSet]:
     return train, test
 
 
-def _cached_features(run_dir: Path, source: str, opts: EvalOptions, split: str, data: ImageSet,
-                     encoder: nn.Module) -> Tensor:
-    """Raw representations of a split, extracted once per (weights, images, flip averaging) and kept in
-    RUN_DIR/features/ so that other heads, label fractions and seeds reuse them."""
-    weights = hashlib.sha256()
-    for tensor in encoder.state_dict().values():
-        weights.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    images = hashlib.sha256(data.images.numpy().tobytes()).hexdigest()
-    key = hashlib.sha256(f"{weights.hexdigest()} {images} {opts.flip_average}".encode()).hexdigest()[:24]
-    path = run_dir / "features" / f"{split}-{key}.npz"
-    device = next(encoder.parameters()).device
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return torch.from_numpy(z["features"]).to(device)
-        except (OSError, ValueError, KeyError):  # a damaged cache is recomputed, not trusted
-            path.unlink(missing_ok=True)
-    with tqdm(total=len(data), desc=f"features of {split} ({source})", unit="img", leave=False) as bar:
-        chunks = []
-        for start in range(0, len(data), 2048):
-            batch = data.images[start:start + 2048].to(device)
-            f = extract_features(encoder, batch, l2_normalize=False)
-            if opts.flip_average:
-                f = (f + extract_features(encoder, batch.flip(-1), l2_normalize=False)) / 2
-            chunks.append(f)
-            bar.update(len(batch))
-        features = torch.cat(chunks)
-    buffer = io.BytesIO()
-    np.savez(buffer, features=features.cpu().numpy())
-    checkpoint.atomic_write(path, lambda file: file.write(buffer.getvalue()))
-    return features
-
-
 def _write_outputs(out: Path, metrics: dict[str, Any], chosen: dict[str, Any], classes: list[str],
-                   feature_dim: int | None, opts: EvalOptions, run_dir: Path) -> None:
+                   feature_dim: int | None, opts: EvalOptions) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if feature_dim is not None:  # a head on the frozen encoder: what the export step bundles
         from safetensors.torch import save as save_safetensors
 
         head = chosen["model"]
         state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-        checkpoint.atomic_write(out / "classifier.safetensors", lambda f: f.write(save_safetensors(state)))
+        atomic_write(out / "classifier.safetensors", save_safetensors(state))
         spec = {"input_dim": feature_dim, "hidden_dims": [opts.hidden_dim] if opts.head == "mlp" else [],
                 "classes": classes, "checkpoint": metrics["checkpoint"],
                 "input": "the encoder's raw representation (feature standardisation is folded into the first layer)"}
         _write_json(out / "classifier.json", spec)
     _write_json(out / "metrics.json", {k: v for k, v in metrics.items() if k != "report"})
-    checkpoint.atomic_write(out / "report.txt", lambda f: f.write(metrics["report"].encode()))
+    atomic_write(out / "report.txt", metrics["report"])
     save_confusion(metrics["confusion"], classes, out / "confusion.png",
                    title=f"{opts.protocol}: top-1 {100 * metrics['top1']:.2f}%")
     save_head_curves(metrics["history"], out / "head_curves.png")
 
 
 def _write_json(path: Path, value: Any) -> None:
-    checkpoint.atomic_write(path, lambda f: f.write((json.dumps(value, indent=2) + "\n").encode()))
-
-
-def _relative(path: Path, run_dir: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(run_dir.resolve()))
-    except ValueError:
-        return str(path.resolve())
+    atomic_write(path, json.dumps(value, indent=2) + "\n")
 
 
 if __name__ == "__main__":

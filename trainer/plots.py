@@ -17,8 +17,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from contract.files import atomic_write  # noqa: E402
 from trainer.augment import simclr_view, to_float  # noqa: E402
-from trainer.checkpoint import atomic_write  # noqa: E402
 from trainer.errors import UserError  # noqa: E402
 
 

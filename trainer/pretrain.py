@@ -23,17 +23,22 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from contract.files import atomic_write
 from trainer import checkpoint, distributed
 from trainer.augment import two_views
+from trainer.checkpoint import TrainingState
 from trainer.config import Config, build_parser, load_toml, make_config
 from trainer.data import DeviceLoader, ImageSet, balanced_indices, balanced_subset, load_split
+from trainer.device import pick_device
 from trainer.errors import UserError
-from trainer.knn import extract_features, knn_predict, topk_accuracy
+from trainer.features import extract_features
+from trainer.knn import knn_predict, topk_accuracy
 from trainer.loss import nt_xent
 from trainer.models import SimCLR, count_parameters, flops_per_image
 from trainer.optim import build_optimizer, build_scheduler, loss_scale
 from trainer.plots import read_metrics, save_curves
 from trainer.resolution import ResolutionSchedule
+from trainer.run_dir import RunDir
 from trainer.speed import RunClock, autocast, format_duration, pick_precision, step_seconds
 
 
@@ -47,19 +52,11 @@ def resolve_config(args: dict[str, Any]) -> tuple[Config, bool]:
     file_layer = load_toml(args.pop("config")) if "config" in args else {}
     layers = [file_layer, args]
     if resume:
-        run_dir = Path(args.get("out", file_layer.get("out", Config.out)))
-        saved = run_dir / "config.json"
-        if not saved.is_file():
-            raise UserError(f"cannot resume: {saved} does not exist (run directory {run_dir})")
-        layers.insert(0, json.loads(saved.read_text()))
+        run = RunDir(args.get("out", file_layer.get("out", Config.out)))
+        if not run.config_file.is_file():
+            raise UserError(f"cannot resume: {run.config_file} does not exist (run directory {run})")
+        layers.insert(0, run.read_json(run.config_file))
     return make_config(*layers), resume
-
-
-def pick_device(config: Config) -> torch.device:
-    name = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but torch sees no CUDA GPU")
-    return torch.device(name)
 
 
 class KnnMonitor:
@@ -124,7 +121,7 @@ def _seed(*parts: int) -> int:
 
 def train(config: Config, resume: bool = False) -> dict[str, Any]:
     """Pretrain per config; returns the last epoch's metrics."""
-    device = pick_device(config)
+    device = pick_device(config.device)
     proc = distributed.init(device.type)
     try:
         return _train(config, resume, device if device.type == "cpu" else torch.device("cuda", proc.local_rank),
@@ -143,9 +140,9 @@ def _agreed(value: str, proc: distributed.Process) -> str:
 
 
 def _train(config: Config, resume: bool, device: torch.device, proc: distributed.Process) -> dict[str, Any]:
-    run_dir = Path(config.out)
-    if not resume and checkpoint.list_checkpoints(run_dir):
-        raise UserError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
+    run = RunDir(config.out)
+    if not resume and run.list_checkpoints():
+        raise UserError(f"{run} already holds a run: pass --resume to continue it, or choose another --out")
     resolution = ResolutionSchedule.parse(config.resolution_schedule, config.image_size)
     torch.manual_seed(config.seed)
     torch.backends.cudnn.benchmark = not config.deterministic
@@ -169,22 +166,13 @@ def _train(config: Config, resume: bool, device: torch.device, proc: distributed
     precision, why = pick_precision(config.precision, model, device, config.image_size, config.channels_last)
     precision = _agreed(precision, proc)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    training = TrainingState(model, optimizer, scheduler, scaler)
     start_epoch = 0
     if resume:
-        path = checkpoint.latest(run_dir)
-        state = checkpoint.load(path, map_location=device)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise UserError(f"checkpoint {path} does not fit this configuration "
-                            f"(backbone {config.backbone}, width {config.width}): {str(e).splitlines()[0]}") from None
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"].cpu())
-        start_epoch = state["epoch"]
+        path = run.latest_checkpoint()
+        start_epoch = training.load_state_dict(checkpoint.load(path, map_location=device), path)
         if proc.is_main:
-            print(f"resuming {run_dir} from {path.name} (epoch {start_epoch} of {epochs})")
+            print(f"resuming {run} from {path.name} (epoch {start_epoch} of {epochs})")
 
     eager: nn.Module = model
     if proc.world_size > 1:
@@ -199,13 +187,11 @@ def _train(config: Config, resume: bool, device: torch.device, proc: distributed
     writer = None
     done_steps = min(start_epoch * steps_per_epoch, total_steps)
     if proc.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write(run_dir / "config.json",
-                                lambda f: f.write(json.dumps(config.to_dict(), indent=2).encode()))
-        _truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
+        run.write_config(config)
+        _truncate_metrics(run.metrics, start_epoch)
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1 if start_epoch else None)
+        writer = SummaryWriter(str(run.tensorboard), purge_step=start_epoch + 1 if start_epoch else None)
         plan = ", ".join(f"{n} at {size} px" for size, n in resolution.steps_per_size(total_steps).items())
         print(f"SimCLR {config.backbone} (x{config.width}): {count_parameters(model.encoder) / 1e6:.2f}M encoder + "
               f"{count_parameters(model.projector) / 1e6:.2f}M projector parameters, "
@@ -223,7 +209,7 @@ def _train(config: Config, resume: bool, device: torch.device, proc: distributed
                   flush=True)
 
     if monitor and start_epoch == 0:  # the same network untrained: the floor the training must beat
-        _log(run_dir, writer, dict(zip(["epoch", "knn_top1", "knn_top5"], [0, *monitor(model.encoder).values()])))
+        _log(run, writer, dict(zip(["epoch", "knn_top1", "knn_top5"], [0, *monitor(model.encoder).values()])))
     aug = torch.Generator(device=device)
     loss_factor = loss_scale(config.optimizer)
     row: dict[str, Any] = {}
@@ -287,23 +273,21 @@ def _train(config: Config, resume: bool, device: torch.device, proc: distributed
         if monitor and (done % config.knn_every == 0 or done == epochs):
             row["knn_top1"], row["knn_top5"] = monitor(model.encoder).values()
         if proc.is_main:  # logged before the checkpoint: a resume drops rows past its checkpoint, never misses one
-            _log(run_dir, writer, row)
-            save_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "curves.png")  # a long run can be watched
+            _log(run, writer, row)
+            save_curves(read_metrics(run.metrics), run.curves)  # a long run can be watched
         if done % config.checkpoint_every == 0 or done == epochs:
             if proc.is_main:
-                checkpoint.save(run_dir, done, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": done,
-                    "step": step, "rng": torch.get_rng_state(), "config": config.to_dict(),
-                    "classes": (bank if bank is not None else train_set).classes}, keep=config.keep_checkpoints)
+                classes = (bank if bank is not None else train_set).classes
+                run.save_checkpoint(done, training.state_dict(done, step, config.to_dict(), classes),
+                                    keep=config.keep_checkpoints)
     if proc.is_main:
         writer.close()
-        print(f"done: {run_dir} ({config.epochs:g} epochs, {total_steps} steps); curves in {run_dir / 'curves.png'}")
+        print(f"done: {run} ({config.epochs:g} epochs, {total_steps} steps); curves in {run.curves}")
     return row
 
 
-def _log(run_dir: Path, writer, row: dict[str, Any]) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as f:
+def _log(run: RunDir, writer, row: dict[str, Any]) -> None:
+    with open(run.metrics, "a") as f:
         f.write(json.dumps(row) + "\n")
     for key, value in row.items():
         if key != "epoch" and isinstance(value, (int, float)):
@@ -320,7 +304,7 @@ def _truncate_metrics(path: Path, epochs_kept: int) -> None:
     trained and logged again."""
     if path.exists():
         kept = [json.dumps(r) + "\n" for r in read_metrics(path) if r["epoch"] <= epochs_kept] if epochs_kept else []
-        checkpoint.atomic_write(path, lambda f: f.write("".join(kept).encode()))
+        atomic_write(path, "".join(kept))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,6 @@ trainer saves it, with a linear-evaluation head written in trainer.linear_eval's
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from pathlib import Path
@@ -13,9 +12,11 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from trainer import checkpoint
+from contract.networks import classifier_head
 from trainer.config import make_config
 from trainer.models import SimCLR
+from trainer.report import classification_metrics
+from trainer.run_dir import RunDir
 
 CLASSES = ("blue", "green", "grey", "red")  # sorted, as class folders are listed
 SIZE = 16
@@ -36,8 +37,8 @@ def make_run(root: Path, *, backbone: str = "resnet18", width: int = 1, evaluate
             model(torch.randn(8, 3, SIZE, SIZE))
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps(config.to_dict()))
-    checkpoint.save(root, 1, {"model": model.state_dict(), "epoch": 1, "config": config.to_dict(),
-                              "classes": list(CLASSES)}, keep=2)
+    RunDir(root).save_checkpoint(1, {"model": model.state_dict(), "epoch": 1, "config": config.to_dict(),
+                                     "classes": list(CLASSES)}, keep=2)
     if evaluated:
         write_eval(root, model.feature_dim, list(hidden_dims))
     return root, model.eval()
@@ -48,17 +49,19 @@ def write_eval(run_dir: Path, input_dim: int, hidden_dims: list[int], classes=CL
     """RUN_DIR/eval as trainer.linear_eval writes it: classifier.safetensors, classifier.json, metrics.json."""
     out = run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    dims = [input_dim, *hidden_dims, len(classes)]
-    weights = {}
-    for i, (d_in, d_out) in enumerate(zip(dims, dims[1:])):
-        weights[f"{3 * i}.weight"] = torch.randn(d_out, d_in) * 0.1
-        weights[f"{3 * i}.bias"] = torch.randn(d_out) * 0.1
-    save_file(weights, out / "classifier.safetensors")
+    head = classifier_head(input_dim, len(classes), hidden_dims)
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    save_file(head.state_dict(), out / "classifier.safetensors")
     (out / "classifier.json").write_text(json.dumps({"input_dim": input_dim, "hidden_dims": hidden_dims,
                                                      "classes": list(classes), "checkpoint": checkpoint_name}))
-    (out / "metrics.json").write_text(json.dumps({
-        "top1": 0.5, "top3": 0.9, "top5": 1.0, "knn_top1": 0.4, "knn_top5": 1.0,
-        "per_class": {c: 0.5 for c in classes}, "protocol": {"name": "linear"}, "checkpoint": checkpoint_name}))
+    labels = torch.arange(20) % len(classes)
+    metrics = classification_metrics(torch.randn(20, len(classes)), labels, list(classes))
+    protocol = {"name": "linear", "encoder": "frozen", "data_dir": "colours", "train_images": 40, "val_images": 0,
+                "test_images": 20, "label_fraction": 1.0, "epochs": 1, "stopping_epoch": 1, "lr": 0.1,
+                "weight_decay": 0.0, "seed": 0}
+    (out / "metrics.json").write_text(json.dumps({**metrics, "knn_top1": 0.4, "knn_top5": 1.0, "protocol": protocol,
+                                                  "checkpoint": checkpoint_name}))
 
 
 def colour_images(n_per_class: int, size: int = SIZE, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -76,12 +79,6 @@ def write_folder(root: Path, split: str, images: np.ndarray, labels: np.ndarray)
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{i:04d}.png")
     return root
-
-
-def png_bytes(image: np.ndarray | Image.Image, format: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, format=format)
-    return buffer.getvalue()
 
 
 def wait_ready(client, timeout: float = 60) -> dict:

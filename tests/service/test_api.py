@@ -8,12 +8,13 @@ import io
 import numpy as np
 import pytest
 import torch
-from factories import CLASSES, colour_images, make_run, png_bytes, wait_ready
+from factories import CLASSES, colour_images, make_run, wait_ready
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from benchmarks.harness.images import png_bytes
+from contract.bundle import load_bundle
 from service.app import create_app
-from service.bundle import load_bundle
 from service.model import Model
 from service.settings import Settings
 from trainer.export import export

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hmac
 
 import pytest
-from factories import colour_images, png_bytes, wait_ready
+from factories import colour_images, wait_ready
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-import service.auth
+from benchmarks.harness.images import png_bytes
 from service.app import create_app
+import service.auth
 from service.settings import Settings
 
 KEY = "s3cret-key"

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx2
 import numpy as np
 import pytest
-from soaking import free_port
+
+from benchmarks.harness.load import free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]  # run from the checkout, installed or not

@@ -1,4 +1,4 @@
-"""trainer.export writes the bundle; service.bundle reads it: the round trip pins the format."""
+"""trainer.export writes the bundle; contract.bundle reads it for the service: the round trip pins the format."""
 
 from __future__ import annotations
 
@@ -7,18 +7,17 @@ import io
 import json
 import subprocess
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from factories import CLASSES, SIZE, colour_images, make_run
 from safetensors.torch import load_file
 
-from service.bundle import load_bundle
-from service.model import Model, decode_image
+from contract.bundle import load_bundle
+from contract.networks import classifier_head
+from service.model import Model
 from trainer.augment import normalize, to_float
 from trainer.export import export, main
-from trainer.heads import classifier_head
 
 
 @pytest.mark.parametrize("backbone, width, hidden", [("resnet18", 1, ()), ("resnet18", 2, (24,)),
@@ -34,7 +33,7 @@ def test_service_model_equals_trainer_model(tmp_path, backbone, width, hidden):
         x = normalize(to_float(images))
         h = model.encoder(x)
         z = model.projector(h)
-        head = classifier_head(model.feature_dim, len(CLASSES), hidden[0] if hidden else None)
+        head = classifier_head(model.feature_dim, len(CLASSES), hidden)
         head.load_state_dict(load_file(run / "eval" / "classifier.safetensors"))
         p = F.softmax(head.eval()(h), dim=1)
     torch.testing.assert_close(out.representation, h, atol=1e-5, rtol=0)
@@ -44,9 +43,9 @@ def test_service_model_equals_trainer_model(tmp_path, backbone, width, hidden):
 
 def test_manifest_describes_the_run(tmp_path, run_and_model):
     run, model = run_and_model
-    manifest = export(run, tmp_path / "bundle")
-    on_disk = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
-    assert on_disk == manifest
+    written = export(run, tmp_path / "bundle")
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest == written.model_dump(mode="json", by_alias=True)
     assert manifest["format"] == "simclr-bundle" and manifest["format_version"] == 1
     arch = manifest["architecture"]
     assert (arch["backbone"], arch["width"], arch["stem"], arch["representation_dim"]) == ("resnet18", 1, "cifar", 512)
@@ -55,7 +54,11 @@ def test_manifest_describes_the_run(tmp_path, run_and_model):
     assert manifest["input"] == {"size": SIZE, "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616],
                                  "resize": "fit-bicubic"}
     assert manifest["classes"] == list(CLASSES)
-    assert manifest["metrics"]["top1"] == 0.5 and set(manifest["metrics"]) >= {"top3", "knn_top1", "per_class"}
+    evaluation = json.loads((run / "eval" / "metrics.json").read_text())
+    assert {k: manifest["metrics"][k] for k in ("top1", "top3", "top5", "knn_top1", "checkpoint")} == \
+        {k: evaluation[k] for k in ("top1", "top3", "top5", "knn_top1", "checkpoint")}
+    assert [row["name"] for row in manifest["metrics"]["per_class"]] == list(CLASSES)
+    assert manifest["metrics"]["per_class"][0]["class"] == 0 and manifest["metrics"]["protocol"]["name"] == "linear"
     assert manifest["training"]["checkpoint_epoch"] == 1 and manifest["training"]["batch_size"] == 16
     assert set(manifest["files"]) == {"encoder.safetensors", "projector.safetensors", "classifier.safetensors"}
 
@@ -66,7 +69,7 @@ def test_unevaluated_run_has_no_classifier(tmp_path):
     (out).mkdir()
     (out / "classifier.safetensors").write_bytes(b"stale, from an earlier export")
     manifest = export(run, out)
-    assert manifest["metrics"] is None and manifest["architecture"]["classifier"] is None
+    assert manifest.metrics is None and manifest.architecture.classifier is None
     assert not (out / "classifier.safetensors").exists()
     assert load_bundle(out).classifier is None
 
@@ -86,11 +89,21 @@ def test_export_refuses_a_head_that_does_not_fit(tmp_path):
     spec = json.loads((run / "eval" / "classifier.json").read_text())
     (run / "eval" / "classifier.json").write_text(json.dumps({**spec, "classes": ["a", "b"]}))
     result = _cli("--run", str(run), "--out", str(tmp_path / "b"))
-    assert result.returncode == 2 and "does not match its classifier.json" in result.stderr
+    assert result.returncode == 2 and "does not fit" in result.stderr
+
+
+def test_export_refuses_metrics_of_another_shape(tmp_path):
+    run, _ = make_run(tmp_path / "run")
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    (run / "eval" / "metrics.json").write_text(json.dumps({**metrics, "per_class": {c: 0.5 for c in CLASSES}}))
+    result = _cli("--run", str(run), "--out", str(tmp_path / "b"))
+    assert result.returncode == 2 and "does not hold what trainer.linear_eval writes (per_class" in result.stderr
+    assert not (tmp_path / "b" / "manifest.json").exists()
 
 
 @pytest.mark.parametrize("make_args, message", [
-    (lambda tmp: ["--run", str(tmp / "nowhere")], "is not a pretraining run"),
+    (lambda tmp: ["--run", str(tmp / "nowhere")], "nowhere does not exist"),
+    (lambda tmp: ["--run", str(tmp)], "is not a pretraining run"),
     (lambda tmp: ["--run", str(tmp / "run"), "--checkpoint", str(tmp / "run" / "missing.pt")], "does not exist"),
 ])
 def test_cli_errors_are_one_line(tmp_path, make_args, message):
@@ -105,20 +118,6 @@ def test_cli_writes_a_loadable_bundle(tmp_path, run_and_model):
     assert result.returncode == 0, result.stderr
     assert "with a classifier" in result.stdout
     assert load_bundle(tmp_path / "b").manifest.classes == list(CLASSES)
-
-
-def test_preprocessing_matches_the_trainers_decoder(tmp_path):
-    """The service decodes files exactly as trainer.data did for the evaluation, resize included."""
-    from PIL import Image
-
-    from trainer.data import _decode
-
-    rng = np.random.default_rng(0)
-    for i, (mode, size) in enumerate([("RGB", (40, 24)), ("L", (16, 16)), ("RGBA", (9, 31)), ("P", (50, 50))]):
-        image = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
-        path = tmp_path / f"{i}.png"
-        image.save(path)
-        np.testing.assert_array_equal(decode_image(path.read_bytes(), SIZE, 10**6), _decode(path, SIZE))
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -1,15 +1,15 @@
 """Property-based fuzzing of the HTTP API from its own OpenAPI schema (schemathesis): every operation, valid and
 malformed parameters and bodies; no answer may be a 5xx, and every answer must conform to the schema (status
-code, content type, headers, body). The long run is benchmarks/fuzz.py."""
+code, content type, headers, body). The long run is `python -m benchmarks.fuzz`."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 import pytest
-from fuzzing import fuzz_operation, load_schema
 from schemathesis import GenerationMode
 
+from benchmarks.harness.fuzzing import fuzz_operation, load_schema
 from service.app import create_app
 from service.settings import Settings
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from factories import CLASSES, colour_images, png_bytes
+from factories import CLASSES, colour_images
 
+from benchmarks.harness.images import png_bytes
+from contract.bundle import load_bundle
 from service.build_index import build, main, recall_at
-from service.bundle import load_bundle
 from service.index import SearchIndex, SearchIndexError
 from service.model import Model
 

@@ -10,8 +10,10 @@ import zlib
 
 import numpy as np
 import pytest
-from factories import colour_images, png_bytes
+from factories import colour_images
 from PIL import Image
+
+from benchmarks.harness.images import png_bytes
 
 IMAGE = colour_images(1, seed=3)[0][0]
 

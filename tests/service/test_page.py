@@ -10,8 +10,9 @@ import time
 import httpx2
 import pytest
 import uvicorn
-from factories import colour_images, png_bytes, wait_ready
+from factories import colour_images, wait_ready
 
+from benchmarks.harness.images import png_bytes
 from service.app import create_app
 from service.settings import Settings
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import httpx2
 import pytest
-from soaking import CONNECTION_ERRORS, MULTIPART, PROBLEM, Server, generated_images, multipart
+
+from benchmarks.harness.load import CONNECTION_ERRORS, MULTIPART, PROBLEM, Server, generated_images, multipart
 
 CLIENTS = 4
 TIMEOUT = 10  # seconds per connect, write and read: a request that takes longer hangs

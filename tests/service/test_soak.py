@@ -1,14 +1,14 @@
-"""A short soak over real HTTP: benchmarks/soak.py's mix (every API route with good input, and a non-image, bad k,
+"""A short soak over real HTTP: benchmarks.soak's mix (every API route with good input, and a non-image, bad k,
 unknown ids and oversized bodies, each of which must get its 4xx) from 16 closed-loop clients for 8 s against
 `python -m service` in a subprocess. Every answer must be the expected one: no 5xx, no dropped connection or
 other transport error, nothing logged as an error by the server. The long run, which also watches the server's
-memory, is benchmarks/soak.py."""
+memory, is `python -m benchmarks.soak`."""
 
 from __future__ import annotations
 
 import asyncio
 
-from soaking import Server, drive, generated_images, index_ids, make_mix, report
+from benchmarks.harness.load import Server, drive, generated_images, index_ids, make_mix, report
 
 LIMIT = 200_000  # the server's body limit: oversized requests stay small
 

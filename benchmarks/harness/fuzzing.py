@@ -1,4 +1,4 @@
-"""What the schema fuzz test and benchmarks/fuzz.py share: the schema, loaded from a live app, and the checks."""
+"""What the schema fuzz test and benchmarks.fuzz share: the schema, loaded from a live app, and the checks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Preprocessing: any image size and mode becomes the evaluation's input; bad bytes are refused with a status."""
+"""contract.images: any image size and mode becomes the evaluation's input; bad bytes are refused with a status;
+the trainer reads files with the same decoding."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import io
 
 import numpy as np
 import pytest
-from factories import png_bytes
 from PIL import Image, ImageOps
 
-from service.model import ImageError, decode_image
+from benchmarks.harness.images import png_bytes
+from contract.images import ImageError, decode_image, list_images
+from trainer.data import load_split
 
 rng = np.random.default_rng(0)
 RGB = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
@@ -68,3 +70,21 @@ def test_pillows_own_bomb_check_is_a_413_too(monkeypatch):
     with pytest.raises(ImageError, match="decompression bomb") as caught:
         decode_image(png_bytes(Image.new("L", (40, 30))), 16, 10**6)  # 1200 pixels: over Pillow's limit only
     assert caught.value.status == 413
+
+
+def test_the_trainer_reads_files_as_the_service_reads_bytes(tmp_path):
+    """One decoding for both sides: a 16-bit greyscale PNG, an animated GIF and an odd-sized JPEG in a training
+    folder become the pixels decode_image gives the service for the same bytes."""
+    frames = [Image.new("RGB", (12, 9), colour) for colour in [(255, 0, 0), (0, 0, 255)]]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100)
+    files = {"a.png": png_bytes(Image.fromarray(np.full((8, 8), 40_000, dtype=np.uint16))),
+             "b.gif": gif.getvalue(), "c.jpg": png_bytes(RGB, "JPEG"), ".hidden.png": png_bytes(RGB)}
+    for name, data in files.items():
+        (tmp_path / "train" / "x").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "train" / "x" / name).write_bytes(data)
+    assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.gif", "c.jpg"]
+    data = load_split(tmp_path, "train", image_size=8, cache_dir=None)
+    expected = np.stack([decode_image(files[name], 8) for name in ("a.png", "b.gif", "c.jpg")])
+    np.testing.assert_array_equal(data.images.permute(0, 2, 3, 1).numpy(), expected)
+    assert data.images[0].float().mean() == 40_000 >> 8  # scaled to 8 bits, not clipped to white

@@ -1,4 +1,4 @@
-"""What the soak and restart tests and benchmarks/soak.py share: `python -m service` as a subprocess on a free
+"""What the soak and restart tests and benchmarks.soak share: `python -m service` as a subprocess on a free
 loopback port, the request mix (good requests, and bad ones with the 4xx each must get), closed-loop clients on
 one asyncio loop, the server's resident memory sampled from /proc, and the report with its checks.
 
@@ -28,8 +28,9 @@ from typing import Any
 import httpx2
 import numpy as np
 from PIL import Image
-from factories import png_bytes
 from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.harness.images import png_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 BOUNDARY = "soakboundary0123456789"

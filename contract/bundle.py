@@ -1,0 +1,258 @@
+"""The model bundle: what `python -m trainer.export` writes and the service loads.
+
+BUNDLE_DIR holds encoder.safetensors, projector.safetensors, classifier.safetensors (when the run was
+evaluated) and manifest.json, written last: format and version, architecture, input preprocessing, class
+names, evaluation metrics, a training summary and the sha256 of every file. Manifest is the one description
+of that file: the writer builds it and the reader validates it. Weights are safetensors (tensors, never
+pickles); an unknown format or version, a missing file or a wrong checksum is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import Tensor, nn
+
+from contract.files import atomic_write
+from contract.images import RESIZE
+from contract.networks import BACKBONES, classifier_head, projector, resnet_encoder
+
+FORMAT, FORMAT_VERSION = "simclr-bundle", 1
+ENCODER, PROJECTOR, CLASSIFIER = "encoder.safetensors", "projector.safetensors", "classifier.safetensors"
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class BundleError(Exception):
+    """A bundle that cannot be served: missing, corrupt, tampered with, or of an unknown format."""
+
+
+class Projection(BaseModel):
+    hidden_dim: int = Field(gt=0)
+    out_dim: int = Field(gt=0)
+
+
+class ClassifierSpec(BaseModel):
+    hidden_dims: list[int] = Field(max_length=1)
+    num_classes: int = Field(gt=0)
+
+
+class Architecture(BaseModel):
+    backbone: Literal[tuple(BACKBONES)]
+    width: int = Field(ge=1)
+    stem: Literal["cifar"]
+    representation_dim: int = Field(gt=0)
+    projection: Projection
+    classifier: ClassifierSpec | None
+
+
+class InputSpec(BaseModel):
+    size: int = Field(gt=0)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: Literal[RESIZE]
+
+
+class ClassScore(BaseModel):
+    """One class's accuracy on the evaluation's test set."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    index: int = Field(alias="class", ge=0)
+    name: str
+    count: int = Field(ge=0)
+    top1: Fraction
+    top3: Fraction
+    top5: Fraction
+
+
+class Protocol(BaseModel):
+    """How the numbers were measured (trainer.linear_eval); its other settings are carried as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str  # linear, mlp or finetune
+    encoder: Literal["frozen", "fine-tuned"]
+    data_dir: str
+    train_images: int
+    val_images: int
+    test_images: int
+    label_fraction: float
+    epochs: int
+    stopping_epoch: int
+    lr: float
+    weight_decay: float
+    seed: int
+
+
+class Metrics(BaseModel):
+    """The linear evaluation of the bundled checkpoint: accuracies as fractions of the test set."""
+
+    top1: Fraction
+    top3: Fraction
+    top5: Fraction
+    knn_top1: Fraction | None = None
+    knn_top5: Fraction | None = None
+    per_class: list[ClassScore]
+    protocol: Protocol
+    checkpoint: str
+
+
+class Training(BaseModel):
+    """What the bundled checkpoint came from."""
+
+    model_config = ConfigDict(extra="allow")  # newer summaries (same version) are carried, not refused
+
+    epochs: float
+    checkpoint_epoch: int
+    checkpoint: str
+    batch_size: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+    temperature: float
+    data_dir: str
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # newer minor fields (same version) are carried, not refused
+
+    format: Literal[FORMAT] = FORMAT
+    format_version: int = FORMAT_VERSION
+    architecture: Architecture
+    input: InputSpec
+    classes: list[str]
+    metrics: Metrics | None
+    training: Training
+    files: dict[str, str] = {}
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2, by_alias=True) + "\n"
+
+
+@dataclass
+class Bundle:
+    """A verified bundle: its manifest, the manifest's sha256 (the bundle's identity) and the networks in
+    eval mode. classifier is None when the run was not evaluated."""
+
+    path: Path
+    manifest: Manifest
+    fingerprint: str
+    encoder: nn.Module
+    projector: nn.Module
+    classifier: nn.Module | None
+
+    @property
+    def name(self) -> str:
+        arch = self.manifest.architecture
+        width = f"x{arch.width}" if arch.width != 1 else ""
+        return f"simclr-{arch.backbone}{width}-epoch{self.manifest.training.checkpoint_epoch}-{self.fingerprint[:12]}"
+
+
+def write_bundle(path: str | Path, manifest: Manifest, weights: dict[str, dict[str, Tensor]]) -> Manifest:
+    """Write weights (file name -> state_dict) as safetensors, then manifest.json with their sha256, and
+    return the manifest written. A classifier left from an earlier export into path is removed."""
+    path = Path(path)
+    files = {}
+    for name, state in weights.items():
+        data = save_safetensors({k: v.detach().cpu().contiguous() for k, v in state.items()})
+        atomic_write(path / name, data)
+        files[name] = hashlib.sha256(data).hexdigest()
+    if CLASSIFIER not in files:
+        (path / CLASSIFIER).unlink(missing_ok=True)
+    manifest = manifest.model_copy(update={"files": files})
+    _check_files_listed(manifest, path / "manifest.json")
+    atomic_write(path / "manifest.json", manifest.to_json())
+    return manifest
+
+
+def read_manifest(path: str | Path) -> tuple[Manifest, str]:
+    """The bundle's manifest and fingerprint, after checking the format, the version and every file's sha256."""
+    path = Path(path)
+    file = path / "manifest.json"
+    if not file.is_file():
+        raise BundleError(f"{path} is not a model bundle: {file} does not exist "
+                          f"(make one with python -m trainer.export)")
+    raw = file.read_bytes()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{file} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise BundleError(f"{file} is not a {FORMAT} manifest")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{path} has bundle format version {data.get('format_version')!r}; this service reads "
+                          f"version {FORMAT_VERSION} only: export it again with a matching trainer")
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as e:
+        raise BundleError(f"{file} is malformed: {describe(e)}") from None
+    _check_files_listed(manifest, file)
+    for name, digest in manifest.files.items():
+        member = path / name
+        if Path(name).name != name or not member.is_file():
+            raise BundleError(f"bundle file {member} is missing")
+        if _sha256(member) != digest:
+            raise BundleError(f"bundle file {member} does not match its sha256 in the manifest: corrupt or altered")
+    return manifest, hashlib.sha256(raw).hexdigest()
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Verify the bundle at path and build its networks (eval mode, CPU)."""
+    path = Path(path)
+    manifest, fingerprint = read_manifest(path)
+    arch = manifest.architecture
+    if arch.classifier and arch.classifier.num_classes != len(manifest.classes):
+        raise BundleError(f"{path}: the classifier has {arch.classifier.num_classes} outputs but the manifest "
+                          f"names {len(manifest.classes)} classes")
+    encoder = load_weights(resnet_encoder(arch.backbone, arch.width), path / ENCODER, BundleError)
+    head = projector(arch.representation_dim, arch.projection.hidden_dim, arch.projection.out_dim)
+    head = load_weights(head, path / PROJECTOR, BundleError)
+    classifier = None
+    if arch.classifier:
+        classifier = classifier_head(arch.representation_dim, arch.classifier.num_classes, arch.classifier.hidden_dims)
+        classifier = load_weights(classifier, path / CLASSIFIER, BundleError)
+    for net in (encoder, head, classifier):
+        if net is not None:
+            net.requires_grad_(False).eval()
+    return Bundle(path, manifest, fingerprint, encoder, head, classifier)
+
+
+def load_weights(net: nn.Module, file: Path, error: type[Exception]) -> nn.Module:
+    """net with the tensors of a safetensors file; a file that cannot be read or does not fit raises error."""
+    try:
+        net.load_state_dict(load_safetensors(file.read_bytes()))
+    except (OSError, SafetensorError) as e:
+        raise error(f"{file} is not a readable safetensors file: {e}") from None
+    except RuntimeError as e:  # missing, unexpected or mis-shaped tensors
+        message = " ".join(str(e).split())[:300]
+        raise error(f"{file} does not fit the architecture it is meant for: {message}") from None
+    return net
+
+
+def describe(error: ValidationError) -> str:
+    """The first problem pydantic found, as one line: where, and what."""
+    first = error.errors()[0]
+    return f"{'.'.join(map(str, first['loc'])) or 'top level'}: {first['msg']}"
+
+
+def _check_files_listed(manifest: Manifest, file: Path) -> None:
+    required = {ENCODER, PROJECTOR} | ({CLASSIFIER} if manifest.architecture.classifier else set())
+    missing = required - manifest.files.keys()
+    if missing:
+        raise BundleError(f"{file} lists no checksum for {', '.join(sorted(missing))}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

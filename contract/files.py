@@ -1,0 +1,32 @@
+"""Files written atomically: a reader, or a process resumed after a crash, sees the old file or the new one,
+never half of one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def atomic_write(path: str | Path, content: bytes | str | Callable[[BinaryIO], object]) -> None:
+    """Write content (bytes, text as UTF-8, or a function that writes to the open binary file) to a temporary
+    file beside path, fsync it, then rename it over path. On any error the temporary file is removed and the
+    old file, if any, is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode() if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+

@@ -1,0 +1,76 @@
+"""Image files and bytes -> the model's input: the one decoding that training, evaluation, index building and
+the service all use, so that an image means the same pixels everywhere.
+
+decode (first frame of an animation), convert to RGB (alpha dropped, palette and greyscale expanded; 16-bit
+greyscale scaled to 8 bits first), then, when the size differs, resize the shorter side and centre-crop
+(PIL ImageOps.fit, bicubic). The bundle's manifest names this as RESIZE.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Formats Pillow decodes natively; the rest (EPS via Ghostscript, PSD, ...) are refused rather than trusted.
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+RESIZE = "fit-bicubic"
+
+
+class ImageError(Exception):
+    """Bytes that are not a usable image; status is the HTTP status that says why (413, 415 or 422)."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+def list_images(root: Path) -> list[Path]:
+    """The image files under root (by extension, any depth), sorted, hidden files and folders skipped."""
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def decode_image(data: bytes, size: int, max_pixels: int | None = None) -> np.ndarray:
+    """RGB uint8 (size, size, 3) from encoded image bytes. max_pixels bounds width x height, read from the
+    header before anything is decompressed (None: Pillow's own decompression-bomb limit only)."""
+    if not data:
+        raise ImageError("the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=FORMATS) as img:
+                width, height = img.size
+                if max_pixels is not None and width * height > max_pixels:
+                    raise ImageError(f"the image is {width}x{height} = {width * height} pixels, over the limit of "
+                                     f"{max_pixels}", status=413)
+                img.load()
+                img = _to_rgb(img)
+    except UnidentifiedImageError:
+        raise ImageError(f"not an image in a supported format ({', '.join(FORMATS)})", status=415) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"refused as a decompression bomb: {e}", status=413) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data, bad headers
+        raise ImageError(f"the image data is corrupt or truncated ({e})") from None
+    return fit(img, size)
+
+
+def fit(img: Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """RGB uint8 (size, size, 3): the shorter side resized to size and the centre cropped (RESIZE); an image
+    already at that size is untouched."""
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    if img.size != (size, size):
+        img = ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC)
+    return np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only arrays
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit greyscale: keep the top 8 bits
+        # convert("RGB") would clip at 255 and turn almost every 16-bit image white.
+        return Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
