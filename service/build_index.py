@@ -1,49 +1,97 @@
-"""Build the similar-image index: embed image folders with a bundle's encoder into a FAISS index.
+"""Build the similar-image index: embed images with a bundle's encoder into a FAISS index.
 
     python -m service.build_index --bundle bundles/r18 --data-dir ~/data/cifar10 --out indexes/cifar10-train
     python -m service.build_index --bundle bundles/r18 --data-dir ~/data/cifar10 --splits train test \\
         --data-dir ~/photos --index-type hnsw --out indexes/all
 
-A --data-dir laid out as train/<class>/* [test/<class>/*] contributes its --splits, labelled; any other folder
-contributes all its images, unlabelled. Images go through the service's own preprocessing, so an indexed
-image sent to /search finds itself. --index-type flat (default) is exact; hnsw is a graph index for large
+A --data-dir with CIFAR-10 in torchvision's layout (cifar-10-batches-py/; an empty or missing folder gets it
+downloaded, as the trainer does) or laid out as train/<class>/* [test/<class>/*] contributes its --splits,
+labelled; any other folder contributes all its images, unlabelled. Images go through the service's own
+preprocessing, so an indexed image sent to /search finds itself. --index-type flat (default) is exact; hnsw is a graph index for large
 collections, whose recall@10 against exact search is measured on a sample of the indexed vectors and printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch import Tensor
 from tqdm import tqdm
 
 from contract.bundle import BundleError, load_bundle
-from contract.images import ImageError, decode_image, list_images
+from contract.cifar10 import DataError, is_cifar10_root, load_cifar10
+from contract.images import ImageError, decode_image, fit, list_images
 from service.index import FORMAT, FORMAT_VERSION, write_index
-from service.model import Model
+from service.model import Model, Outputs, pick_precision
 
 
 class BuildError(Exception):
     """Bad input to the build: printed as one line, exit status 2."""
 
 
-def find_images(root: Path, splits: list[str]) -> list[tuple[Path, str, str | None]]:
-    """(file, split, class name or None) for every image the folder contributes."""
+@dataclass
+class Entry:
+    """One image to index: its pixels (already decoded) or its file, and what the index says of it."""
+
+    pixels: np.ndarray | Path
+    split: str
+    class_name: str | None
+    source: str
+
+
+def find_images(root: Path, splits: list[str], download: bool = True) -> list[Entry]:
+    """Every image a --data-dir contributes: CIFAR-10 in torchvision's layout (downloaded into an empty or
+    missing folder) or a labelled image folder gives its splits, any other folder all its images, unlabelled."""
+    if is_cifar10_root(root):
+        entries = []
+        for split in splits:
+            try:
+                images, labels, classes = load_cifar10(root, split, download)
+            except DataError as e:
+                raise BuildError(str(e)) from None
+            entries += [Entry(image, split, classes[label], f"cifar-10-batches-py/{split}/{i}")
+                        for i, (image, label) in enumerate(zip(images, labels))]
+        return entries
     if not root.is_dir():
         raise BuildError(f"--data-dir {root} is not a directory")
     if (root / "train").is_dir():
-        found = []
+        entries = []
         for split in splits:
             for class_dir in sorted(d for d in (root / split).glob("*") if d.is_dir() and not d.name.startswith(".")):
-                found += [(f, split, class_dir.name) for f in list_images(class_dir)]
-        return found
-    return [(f, root.name, None) for f in list_images(root)]
+                entries += [Entry(f, split, class_dir.name, str(f.relative_to(root))) for f in list_images(class_dir)]
+        return entries
+    return [Entry(f, root.name, None, str(f.relative_to(root))) for f in list_images(root)]
+
+
+def decode_all(entries: list[Entry], size: int, max_pixels: int, threads: int = os.cpu_count() or 1,
+               bar: bool = True) -> np.ndarray:
+    """uint8 (N, size, size, 3): files decoded (Pillow releases the GIL, so threads decode in parallel) and
+    arrays resized as the service resizes uploads."""
+    images = np.empty((len(entries), size, size, 3), dtype=np.uint8)
+
+    def decode(i: int) -> None:
+        pixels = entries[i].pixels
+        try:
+            images[i] = decode_image(pixels.read_bytes(), size, max_pixels) if isinstance(pixels, Path) \
+                else fit(pixels, size)
+        except (ImageError, OSError) as e:
+            raise BuildError(f"cannot read image {pixels}: {e}") from None
+
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in tqdm(pool.map(decode, range(len(entries)), chunksize=256), total=len(entries), desc="decoding",
+                      unit="img", mininterval=1, disable=not bar):
+            pass
+    return images
 
 
 def recall_at(approx: faiss.Index, vectors: np.ndarray, k: int = 10, queries: int = 1000, seed: int = 0) -> float:
@@ -56,35 +104,39 @@ def recall_at(approx: faiss.Index, vectors: np.ndarray, k: int = 10, queries: in
     return float(np.mean([len(set(t) & set(f)) / len(t) for t, f in zip(truth, found)]))
 
 
-def build(bundle_dir: str, data_dirs: list[str], out: str, splits: list[str], index_type: str = "flat",
-          hnsw_m: int = 32, ef_search: int = 128, batch_size: int = 256, max_pixels: int = 40_000_000) -> dict:
-    """Embed the images, build the index, write it to out; returns the index's info (index.json)."""
-    bundle = load_bundle(bundle_dir)
-    model = Model(bundle)
+def build(bundle_dir: str | Path, data_dirs: list[str], out: str | Path, splits: list[str],
+          index_type: str = "flat", hnsw_m: int = 32, ef_search: int = 128, batch_size: int = 256,
+          max_pixels: int = 40_000_000, download: bool = True, model: Model | None = None,
+          infer: Callable[[Tensor], Outputs] | None = None, progress: Callable[[int, int], None] | None = None,
+          precision: str = "auto") -> dict:
+    """Embed the images, build the index, write it to out; returns the index's info (index.json). The service
+    passes its own model, an infer that runs each batch in its inference thread, and progress(done, total),
+    called after each batch instead of drawing progress bars."""
+    if model is None:
+        model = Model(load_bundle(bundle_dir))
+        print(f"inference: {pick_precision(model, precision)[0]}, channels-last")
+    infer = infer or model.infer
+    bundle = model.bundle
     classes = list(bundle.manifest.classes)  # label ids agree with /classify's where the names do
-    entries = []
-    for root in map(Path, data_dirs):
-        entries += [(root, *entry) for entry in find_images(root, splits)]
+    entries = [entry for root in data_dirs for entry in find_images(Path(root), splits, download)]
     if not entries:
         raise BuildError(f"no images found in {', '.join(data_dirs)} (splits {', '.join(splits)})")
-    for _, _, _, name in entries:
-        if name is not None and name not in classes:
-            classes.append(name)
-
-    images = np.empty((len(entries), model.size, model.size, 3), dtype=np.uint8)
-    for i, (root, file, _, _) in enumerate(tqdm(entries, desc="decoding", unit="img", mininterval=1)):
-        try:
-            images[i] = decode_image(file.read_bytes(), model.size, max_pixels)
-        except (ImageError, OSError) as e:
-            raise BuildError(f"cannot read image {file}: {e}") from None
-    vectors = np.empty((len(entries), bundle.manifest.architecture.representation_dim), dtype=np.float32)
-    with tqdm(total=len(entries), desc="embedding", unit="img", mininterval=1) as bar:
-        for start in range(0, len(entries), batch_size):
-            batch = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)
-            vectors[start:start + len(batch)] = F.normalize(model.infer(batch).representation, dim=1).numpy()
-            bar.update(len(batch))
+    for entry in entries:
+        if entry.class_name is not None and entry.class_name not in classes:
+            classes.append(entry.class_name)
 
     started = time.perf_counter()
+    images = decode_all(entries, model.size, max_pixels, bar=progress is None)
+    vectors = np.empty((len(entries), bundle.manifest.architecture.representation_dim), dtype=np.float32)
+    with tqdm(total=len(entries), desc="embedding", unit="img", mininterval=1, disable=progress is not None) as bar:
+        for start in range(0, len(entries), batch_size):
+            batch = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)
+            vectors[start:start + len(batch)] = infer(batch).unit.numpy()
+            bar.update(len(batch))
+            if progress:
+                progress(start + len(batch), len(entries))
+    embedded = time.perf_counter()
+
     if index_type == "hnsw":
         index = faiss.IndexHNSWFlat(vectors.shape[1], hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = max(2 * hnsw_m, ef_search)
@@ -92,7 +144,9 @@ def build(bundle_dir: str, data_dirs: list[str], out: str, splits: list[str], in
     else:
         index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
-    print(f"{index_type} index of {len(vectors)} vectors built in {time.perf_counter() - started:.1f} s")
+    print(f"{len(vectors)} images decoded and embedded in {embedded - started:.1f} s "
+          f"({len(vectors) / (embedded - started):.0f} images/s); {index_type} index built in "
+          f"{time.perf_counter() - embedded:.1f} s")
     recall = recall_at(index, vectors) if index_type != "flat" else 1.0
     if index_type != "flat":
         print(f"recall@10 against exact search: {recall:.4f} (efSearch {ef_search}, {min(1000, len(vectors))} "
@@ -102,12 +156,13 @@ def build(bundle_dir: str, data_dirs: list[str], out: str, splits: list[str], in
         "format": FORMAT, "format_version": FORMAT_VERSION, "bundle": bundle.fingerprint, "bundle_name": bundle.name,
         "index_type": index_type, **({"hnsw_m": hnsw_m, "ef_search": ef_search} if index_type == "hnsw" else {}),
         "recall_at_10": recall, "count": len(vectors), "dim": int(vectors.shape[1]), "image_size": model.size,
+        "precision": model.precision,
         "classes": classes, "data_dirs": [str(Path(d).resolve()) for d in data_dirs], "splits": splits,
     }
     metadata = {
-        "split": [split for _, _, split, _ in entries],
-        "label": [classes.index(name) if name is not None else -1 for _, _, _, name in entries],
-        "source": [str(file.relative_to(root)) for root, file, _, _ in entries],
+        "split": [e.split for e in entries],
+        "label": [classes.index(e.class_name) if e.class_name is not None else -1 for e in entries],
+        "source": [e.source for e in entries],
     }
     write_index(Path(out), index, images, metadata, info)
     return info
@@ -126,10 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW neighbours per node (default: 32)")
     parser.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth (default: 128)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per inference batch (default: 256)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="encoder precision, as the service's --precision (default: auto)")
+    parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                        help="download CIFAR-10 into an empty or missing --data-dir (default: on)")
     args = parser.parse_args(argv)
     try:
         info = build(args.bundle, args.data_dir, args.out, args.splits, args.index_type, args.hnsw_m,
-                     args.ef_search, args.batch_size)
+                     args.ef_search, args.batch_size, download=args.download, precision=args.precision)
     except (BuildError, BundleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from contract.cifar10 import DataError, is_cifar10_root, load_cifar10
 from contract.files import atomic_write
 from contract.images import EXTENSIONS, ImageError, decode_image, fit, list_images
 from trainer.errors import UserError
@@ -62,7 +63,7 @@ def load_split(root: str | Path, split: str, image_size: int = 32, download: boo
             return None
         classes = None if split == "train" else _folder_classes(root / "train")
         return _cached(folder, image_size, cache_dir, lambda files: _decode_labelled(folder, files, classes))
-    if (root / "cifar-10-batches-py").is_dir() or not root.exists() or not any(root.iterdir()):
+    if is_cifar10_root(root):
         return _torchvision_cifar10(root, split, image_size, download)
     if split != "train":
         return None
@@ -154,21 +155,14 @@ def _write_cache(path: Path, data: ImageSet) -> None:
 
 
 def _torchvision_cifar10(root: Path, split: str, image_size: int, download: bool) -> ImageSet:
-    from torchvision.datasets import CIFAR10
-
     try:
-        # torchvision unpickles the batches, but only after checking each file's MD5 against the published one.
-        ds = CIFAR10(str(root), train=split == "train", download=download)
-    except Exception as e:  # torchvision raises RuntimeError, URLError, OSError ... depending on the failure
-        how = "could not be downloaded" if download else "is not there and --no-download was given"
-        raise UserError(
-            f"CIFAR-10 {how} in {root} ({type(e).__name__}: {e}); point --data-dir at an image folder "
-            f"laid out as train/<class>/*.jpg [test/<class>/*.jpg] instead") from None
-    array = ds.data
+        array, labels, classes = load_cifar10(root, split, download)
+    except DataError as e:
+        raise UserError(str(e)) from None
     if image_size != array.shape[1]:  # resized as every other image is (contract.images.RESIZE)
         array = np.stack([fit(image, image_size) for image in tqdm(array, desc="resizing", unit="img", mininterval=2)])
     images = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
-    return ImageSet(images, torch.tensor(ds.targets), list(ds.classes))
+    return ImageSet(images, torch.tensor(labels), classes)
 
 
 class DeviceLoader:

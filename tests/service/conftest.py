@@ -3,6 +3,7 @@ module-scoped: they cost seconds on CPU)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,10 @@ from service.build_index import build
 from service.settings import Settings
 from trainer.export import export
 from trainer.models import SimCLR
+
+# The tests compare scores and vectors exactly, so every service they start (in process or not) serves fp32,
+# whatever this CPU's bf16 speed; tests/service/test_model.py covers bf16 and the automatic choice.
+os.environ["SIMCLR_PRECISION"] = "fp32"
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +44,7 @@ def image_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def index_dir(bundle_dir, image_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("index") / "index"
-    build(str(bundle_dir), [str(image_folder)], str(out), ["train"])
+    build(str(bundle_dir), [str(image_folder)], str(out), ["train"], precision="fp32")
     return out
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from factories import CLASSES, colour_images
+from factories import CLASSES, SIZE, colour_images
 
 from benchmarks.harness.images import png_bytes
 from contract.bundle import load_bundle
@@ -107,12 +107,36 @@ def test_a_truncated_index_is_refused(tmp_path, index_dir):
 def test_cli_builds_and_reports_errors_in_one_line(tmp_path, bundle_dir, image_folder, capsys):
     assert main(["--bundle", str(bundle_dir), "--data-dir", str(image_folder), "--out", str(tmp_path / "i")]) == 0
     assert json.loads((tmp_path / "i" / "index.json").read_text())["count"] == 24
-    for args, message in [(["--bundle", str(tmp_path)], "is not a model bundle"),
-                          (["--data-dir", str(tmp_path / "nowhere")], "is not a directory")]:
+    (tmp_path / "file.txt").write_text("not a folder")
+    for args, message in [(["--bundle", str(tmp_path), "--data-dir", str(image_folder)], "is not a model bundle"),
+                          (["--data-dir", str(tmp_path / "nowhere"), "--no-download"], "CIFAR-10 is not there"),
+                          (["--data-dir", str(tmp_path / "file.txt")], "is not a directory")]:
         capsys.readouterr()
-        flags = {"--bundle": str(bundle_dir), "--data-dir": str(image_folder), "--out": str(tmp_path / "j"),
-                 **dict(zip(args[::2], args[1::2]))}
-        assert main([x for pair in flags.items() for x in pair]) == 2
+        bundle = [] if "--bundle" in args else ["--bundle", str(bundle_dir)]
+        assert main([*bundle, *args, "--out", str(tmp_path / "j")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
         assert not (tmp_path / "j" / "index.json").exists()
+
+
+def test_cifar10_in_torchvisions_layout_is_indexed_with_its_classes(tmp_path, bundle_dir, monkeypatch):
+    """The batches torchvision downloads (here written by hand, a few images each) are read as arrays."""
+    import pickle
+
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    rng = np.random.default_rng(0)
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), "labels": [3, 5]}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": names}, f)
+    monkeypatch.setattr("torchvision.datasets.CIFAR10._check_integrity", lambda self: True)  # made-up files
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda path, md5: True)
+    info = build(bundle_dir, [str(tmp_path / "cifar")], tmp_path / "index", ["train", "test"], download=False)
+    index = SearchIndex(tmp_path / "index")
+    assert info["count"] == 12 and index.splits == ["train"] * 10 + ["test"] * 2
+    assert [index.classes[label] for label in index.labels] == ["cat", "dog"] * 6
+    assert index.sources[:2] == ["cifar-10-batches-py/train/0", "cifar-10-batches-py/train/1"]
+    assert index.images.shape == (12, SIZE, SIZE, 3)  # resized to the bundle's input, as uploads are
