@@ -13,6 +13,8 @@ from service.index import SearchIndex
 from service.problems import Problem
 from service.state import ServiceState
 
+RETRY_AFTER_S = 10  # a CIFAR-10 index takes minutes to build: polling more often than this gains nothing
+
 
 async def get_state(request: Request) -> ServiceState:
     return request.app.state.service
@@ -28,10 +30,13 @@ async def get_ready(state: Annotated[ServiceState, Depends(get_state)]) -> Servi
 
 
 async def get_index(state: Annotated[ServiceState, Depends(get_ready)]) -> SearchIndex:
-    if state.index is None:
-        raise Problem(503, "no similar-image index is loaded: start the service with --index "
-                      "(build one with python -m service.build_index)")
-    return state.index
+    if state.index is not None:
+        return state.index
+    if state.search in ("loading", "building"):
+        raise Problem(503, f"similar-image search is not ready yet: {state.search_detail or 'the index is loading'}; "
+                      f"retry later (GET /readyz says when)", headers={"Retry-After": str(RETRY_AFTER_S)})
+    raise Problem(503, f"similar-image search is off: {state.search_detail} (start the service with --index, "
+                  f"or with --data-dir to build one)")
 
 
 Ready = Annotated[ServiceState, Depends(get_ready)]

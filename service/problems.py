@@ -25,11 +25,11 @@ log = logging.getLogger("service")
 
 
 class Problem(Exception):
-    """An error answer: status, a human-readable detail, and optional extension members."""
+    """An error answer: status, a human-readable detail, optional headers (Retry-After) and extension members."""
 
-    def __init__(self, status: int, detail: str, **extensions: Any):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None, **extensions: Any):
         super().__init__(detail)
-        self.status, self.detail, self.extensions = status, detail, extensions
+        self.status, self.detail, self.headers, self.extensions = status, detail, headers or {}, extensions
 
 
 def problem_response(status: int, detail: str, instance: str | None = None, **extensions: Any) -> JSONResponse:
@@ -43,7 +43,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc.status, exc.detail, request.url.path, **exc.extensions)
+        response = problem_response(exc.status, exc.detail, request.url.path, **exc.extensions)
+        response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(BatcherStopped)
     async def _stopping(request: Request, exc: BatcherStopped) -> JSONResponse:

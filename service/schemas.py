@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 MAX_CLASSIFY_K = 10
@@ -68,10 +70,14 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    ready: bool
+    ready: bool = Field(description="/embed and /classify can be served (and /search, when --index was named)")
     bundle: bool = Field(description="the model bundle is loaded")
-    index: bool = Field(description="the index is loaded (true when none is configured)")
-    error: str | None = Field(None, description="why loading failed, if it did")
+    index: bool = Field(description="the similar-image index is loaded")
+    search: Literal["loading", "building", "ready", "off"] = Field(
+        description="similar-image search: the index is loading, being built (search answers 503 with "
+                    "Retry-After meanwhile), ready, or off (search_detail says why)")
+    search_detail: str | None = Field(None, description="what the index is doing, or why search is off")
+    error: str | None = Field(None, description="why loading the model failed, if it did")
 
 
 class ProblemDetail(BaseModel):

@@ -4,17 +4,37 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+# models/reference beside the packages: there in a clone (an editable install), not in a wheel.
+REFERENCE_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "reference"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIMCLR_", cli_kebab_case=True, cli_prog_name="python -m service")
 
-    bundle: Path = Field(description="model bundle directory (python -m trainer.export)")
-    index: Path | None = Field(None, description="index directory (python -m service.build_index); without it "
-                               "/search answers 503")
+    bundle: Path = Field(REFERENCE_BUNDLE, description="model bundle directory (python -m trainer.export); "
+                         "default: the reference model committed with the project")
+    index: Path | None = Field(None, description="index directory to serve (python -m service.build_index); "
+                               "without it, the bundle's index in --index-root is served, built there first when "
+                               "missing")
+    index_root: Path = Field(Path("indexes"), description="where indexes built by the service are kept, one "
+                             "folder per bundle")
+    data_dir: Path | None = Field(Path("data/cifar10"), description="images the service indexes when the bundle "
+                                  "has no index yet: CIFAR-10 (torchvision's layout, downloaded into an empty or "
+                                  "missing folder) or an image folder; embeddings and classes are served while "
+                                  "it builds; null: build none")
+    download: bool = Field(True, description="download CIFAR-10 into an empty or missing --data-dir")
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        """SIMCLR_DATA_DIR= (empty), like --data-dir null, means: build no index."""
+        return None if value == "" else value
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     max_request_bytes: int = Field(16 * 2**20, gt=0, description="largest request body; larger ones get 413")
@@ -23,6 +43,9 @@ class Settings(BaseSettings):
                                   "larger ones get 413, which also stops decompression bombs")
     max_batch_size: int = Field(64, gt=0, description="most images in one inference batch")
     max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits at most for requests still being read")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="encoder precision: bf16 autocast is "
+                                                       "about 2x faster on CPUs with fast bf16 (AVX512_BF16, AMX) "
+                                                       "and slower elsewhere; auto times both at start")
     # Inference gets every core: one batch runs at a time and torch parallelises inside it.
     torch_threads: int = Field(os.cpu_count() or 1, gt=0, description="torch intra-op threads")
     # One thread per search: a single query is too small to split, and more threads would fight torch for cores.

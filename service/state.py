@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
@@ -21,13 +22,30 @@ import torch
 
 from contract.bundle import BundleError, load_bundle
 from service.batching import Batcher
+from service.build_index import BuildError, build
 from service.index import SearchIndex, SearchIndexError
 from service.metrics import Metrics
-from service.model import Model, Outputs
+from service.model import Model, Outputs, pick_precision
 from service.settings import Settings
 
 log = logging.getLogger("service")
 R = TypeVar("R")
+
+
+class Progress:
+    """The index build's progress, in /readyz's search_detail and in the log (a line every 10 s at most)."""
+
+    def __init__(self, state: ServiceState, every_s: float = 10.0):
+        self.state, self.every_s = state, every_s
+        self.started = self.logged = time.monotonic()
+        self.detail = state.search_detail
+
+    def __call__(self, done: int, total: int) -> None:
+        rate = done / max(time.monotonic() - self.started, 1e-9)
+        self.state.search_detail = f"{self.detail}: {done} of {total} images embedded ({rate:.0f} images/s)"
+        if time.monotonic() - self.logged >= self.every_s or done == total:
+            self.logged = time.monotonic()
+            log.info("search: %s", self.state.search_detail)
 
 
 class ServiceState:
@@ -37,39 +55,102 @@ class ServiceState:
         self.index: SearchIndex | None = None
         self.batcher: Batcher[Outputs] | None = None
         self.error: str | None = None
+        self.search = "loading"  # loading, building, ready or off
+        self.search_detail: str | None = None
         self._search: ThreadPoolExecutor | None = None
+        self._inference: ThreadPoolExecutor | None = None
 
     @property
     def ready(self) -> bool:
+        """Embeddings and classes can be served (and search too when an --index was named: it must load)."""
         return self.batcher is not None and (self.settings.index is None or self.index is not None)
 
     async def load(self) -> None:
-        """Load everything off the event loop; a failure is kept in .error for /readyz and logged."""
-        inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        """Load everything off the event loop; a failure is kept in .error for /readyz and logged. Without an
+        --index, the index of the bundle is then loaded from --index-root, or built there in the background
+        while embeddings and classes are already served."""
+        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._search = ThreadPoolExecutor(max_workers=1, thread_name_prefix="search",
                                           initializer=faiss.omp_set_num_threads,
                                           initargs=(self.settings.faiss_threads,))
+        loop = asyncio.get_running_loop()
         try:
-            model, index = await asyncio.get_running_loop().run_in_executor(inference, self._load)
+            model, index = await loop.run_in_executor(self._inference, self._load)
         except (BundleError, SearchIndexError) as e:
-            inference.shutdown(wait=False)
+            self._inference.shutdown(wait=False)
             self.error = str(e)
+            self.search, self.search_detail = "off", "the model could not be loaded"
             log.error("error: %s", e)
             return
         self.model, self.index = model, index
         batcher = Batcher(model.infer, self.settings.max_batch_size, self.settings.max_wait_ms / 1000, self.metrics,
-                          executor=inference)
+                          executor=self._inference)
         batcher.start()
         self.batcher = batcher  # set last: ready from here on
-        log.info("ready: %s%s", model.bundle.name, f", index of {index.count} images" if index else ", no index")
+        log.info("ready: %s%s", model.bundle.name, f", index of {index.count} images" if index else "")
+        if index is not None:
+            self.search = "ready"
+            self._check_precision(index, model)
+        else:
+            await self._find_or_build_index(model)
 
     def _load(self) -> tuple[Model, SearchIndex | None]:
         torch.set_num_threads(self.settings.torch_threads)
         bundle = load_bundle(self.settings.bundle)
         model = Model(bundle)
         model.infer(torch.zeros(1, 3, model.size, model.size, dtype=torch.uint8))  # warm-up: first calls allocate
+        precision, why = pick_precision(model, self.settings.precision)
+        log.info("inference: %s (%s), channels-last, %d torch threads", precision, why, torch.get_num_threads())
         index = SearchIndex(self.settings.index, bundle.fingerprint) if self.settings.index else None
         return model, index
+
+    async def _find_or_build_index(self, model: Model) -> None:
+        """The bundle's index in --index-root (one folder per bundle), built there from --data-dir when missing.
+        The build runs in a thread of its own and sends its batches to the inference thread, between requests'."""
+        settings, loop = self.settings, asyncio.get_running_loop()
+        path = settings.index_root / model.bundle.fingerprint[:16]
+        if not (path / "index.json").is_file():  # written last: without it a build did not finish
+            if settings.data_dir is None:
+                self._search_off("no --index and no --data-dir to build one from")
+                return
+            self.search = "building"
+            self.search_detail = f"building the index {path} from {settings.data_dir}"
+            log.info("search: %s (embeddings and classes are served meanwhile)", self.search_detail)
+
+            def infer(batch: torch.Tensor) -> Outputs:
+                return self._inference.submit(model.infer, batch).result()
+
+            try:
+                await loop.run_in_executor(None, lambda: build(
+                    model.bundle.path, [str(settings.data_dir)], path, ["train"], download=settings.download,
+                    batch_size=settings.max_batch_size, max_pixels=settings.max_image_pixels, model=model,
+                    infer=infer, progress=Progress(self)))
+            except (BuildError, OSError) as e:
+                self._search_off(f"the index could not be built: {e}")
+                return
+            except Exception as e:  # a bug, not bad data: logged with its traceback, and search says so
+                log.exception("the index build failed")
+                self._search_off(f"the index build failed ({type(e).__name__}: {e}); the log has the details")
+                return
+        try:
+            self.index = await loop.run_in_executor(self._search, SearchIndex, path, model.bundle.fingerprint)
+        except SearchIndexError as e:
+            self._search_off(str(e))
+            return
+        self.search, self.search_detail = "ready", None
+        log.info("search: ready, index %s of %d images", path, self.index.count)
+        self._check_precision(self.index, model)
+
+    @staticmethod
+    def _check_precision(index: SearchIndex, model: Model) -> None:
+        built = index.info.get("precision", "fp32")
+        if built != model.precision:  # a query then scores its own indexed copy at about 0.9999, not 1
+            log.warning("the index was embedded in %s but queries are in %s: give --precision %s to match",
+                        built, model.precision, built)
+
+    def _search_off(self, why: str) -> None:
+        self.search, self.search_detail = "off", why
+        log.warning("search is off: %s; /embed and /classify are served", why)
 
     async def run_search(self, fn: Callable[..., R], *args) -> R:
         """fn(*args) in the search thread."""

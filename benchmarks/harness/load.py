@@ -63,7 +63,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log, self.own_session = Path(log), own_session
         self.command = [sys.executable, "-m", "service", "--bundle", str(bundle), "--host", "127.0.0.1",
-                        "--port", str(self.port)] + (["--index", str(index)] if index else [])
+                        "--port", str(self.port)] + (["--index", str(index)] if index else ["--data-dir", "null"])
         for flag, value in (flags or {}).items():
             self.command += [f"--{flag}", str(value)]
         self.process: subprocess.Popen | None = None

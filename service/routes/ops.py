@@ -22,9 +22,10 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 def readyz(state: State) -> JSONResponse:
-    """200 once the bundle (and the index, when one is configured) are loaded, 503 until then."""
-    body = Readiness(ready=state.ready, bundle=state.model is not None,
-                     index=state.index is not None or state.settings.index is None, error=state.error)
+    """200 once the bundle (and the index, when --index names one) are loaded, 503 until then; `search` says
+    whether similar-image search is ready, still building its index, or off and why."""
+    body = Readiness(ready=state.ready, bundle=state.model is not None, index=state.index is not None,
+                     search=state.search, search_detail=state.search_detail, error=state.error)
     return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
 
 
@@ -38,5 +39,6 @@ def metrics(state: State) -> Response:
 def version(state: Ready) -> dict[str, Any]:
     """The served bundle's manifest, its fingerprint (sha256 of manifest.json) and the index's description."""
     return {"model": state.model.bundle.name, "bundle_fingerprint": state.model.bundle.fingerprint,
+            "precision": state.model.precision,
             "manifest": state.model.bundle.manifest.model_dump(mode="json", by_alias=True),
             "index": state.index.info if state.index else None}

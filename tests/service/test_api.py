@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -42,7 +43,8 @@ def assert_problem(response, status: int, *words: str) -> dict:
 
 def test_health_readiness_version(client, bundle_dir):
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"ready": True, "bundle": True, "index": True, "error": None}
+    assert client.get("/readyz").json() == {"ready": True, "bundle": True, "index": True, "search": "ready",
+                                            "search_detail": None, "error": None}
     version = client.get("/version").json()
     assert version["manifest"] == json.loads((bundle_dir / "manifest.json").read_text())  # as written, metrics too
     assert version["manifest"]["classes"] == list(CLASSES)
@@ -282,15 +284,61 @@ def test_a_request_caught_by_shutdown_gets_a_503_problem(client, monkeypatch):
     assert_problem(client.post("/embed", files=files(png_bytes(IMAGES[0]))), 503, "shutting down", "retry")
 
 
+def test_without_an_index_the_service_builds_one_and_serves_meanwhile(bundle_dir, image_folder, tmp_path,
+                                                                      monkeypatch):
+    import threading
+
+    import service.state
+
+    release, real = threading.Event(), service.state.build
+    monkeypatch.setattr(service.state, "build", lambda *a, **k: release.wait(30) and real(*a, **k))
+    settings = Settings(bundle=bundle_dir, data_dir=image_folder, index_root=tmp_path / "indexes")
+    with TestClient(create_app(settings)) as client:
+        readiness = wait_ready(client)
+        assert readiness["ready"] and readiness["search"] == "building" and not readiness["index"]
+        assert client.post("/classify", files=files(png_bytes(IMAGES[0]))).status_code == 200  # served meanwhile
+        response = client.post("/search", files=files(png_bytes(IMAGES[0])))
+        assert_problem(response, 503, "not ready yet", "retry later")
+        assert response.headers["retry-after"] == "10"
+        release.set()
+        while client.get("/readyz").json()["search"] == "building":
+            time.sleep(0.05)
+        assert client.get("/readyz").json()["search"] == "ready"
+        hits = client.post("/search", params={"k": 1}, files=files(png_bytes(IMAGES[0]))).json()
+        assert hits["results"][0]["neighbours"][0]["score"] == pytest.approx(1, abs=1e-4)  # it finds itself
+    built = list((tmp_path / "indexes").iterdir())
+    assert len(built) == 1 and (built[0] / "index.json").is_file()
+    monkeypatch.setattr(service.state, "build", lambda *a, **k: pytest.fail("built again"))
+    with TestClient(create_app(settings)) as client:  # a restart serves the index it built
+        assert wait_ready(client)["ready"]
+        while client.get("/readyz").json()["search"] == "loading":
+            time.sleep(0.05)
+        assert client.get("/readyz").json()["search"] == "ready"
+
+
+def test_without_data_search_is_off_and_says_why(bundle_dir, tmp_path):
+    settings = Settings(bundle=bundle_dir, data_dir=tmp_path / "none", download=False, index_root=tmp_path / "i")
+    with TestClient(create_app(settings)) as client:
+        assert wait_ready(client)["ready"]
+        while client.get("/readyz").json()["search"] in ("loading", "building"):
+            time.sleep(0.05)
+        readiness = client.get("/readyz").json()
+        assert readiness["search"] == "off" and "CIFAR-10 is not there" in readiness["search_detail"]
+        assert client.post("/embed", files=files(png_bytes(IMAGES[0]))).status_code == 200
+        response = client.post("/search", files=files(png_bytes(IMAGES[0])))
+        assert_problem(response, 503, "search is off", "CIFAR-10 is not there")
+        assert "retry-after" not in response.headers  # waiting would not help
+
+
 def test_unevaluated_bundle_embeds_but_does_not_classify(tmp_path):
     run, _ = make_run(tmp_path / "run", evaluated=False)
     export(run, tmp_path / "bundle")
-    with TestClient(create_app(Settings(bundle=tmp_path / "bundle"))) as client:
+    with TestClient(create_app(Settings(bundle=tmp_path / "bundle", data_dir=None))) as client:
         assert wait_ready(client)["ready"]
         assert client.post("/embed", files=files(png_bytes(IMAGES[0]))).status_code == 200
         assert_problem(client.post("/classify", files=files(png_bytes(IMAGES[0]))), 503, "not evaluated")
-        assert_problem(client.post("/search", files=files(png_bytes(IMAGES[0]))), 503, "no similar-image index")
-        assert_problem(client.get("/images/0"), 503, "no similar-image index")
+        assert_problem(client.post("/search", files=files(png_bytes(IMAGES[0]))), 503, "search is off")
+        assert_problem(client.get("/images/0"), 503, "search is off")
 
 
 def test_an_index_of_another_bundle_is_refused(tmp_path, index_dir):
@@ -308,5 +356,5 @@ def test_a_tampered_bundle_is_refused(tmp_path, bundle_dir):
     shutil.copytree(bundle_dir, tmp_path / "bundle")
     weights = tmp_path / "bundle" / "projector.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
-    with TestClient(create_app(Settings(bundle=tmp_path / "bundle"))) as client:
+    with TestClient(create_app(Settings(bundle=tmp_path / "bundle", data_dir=None))) as client:
         assert "does not match its sha256" in wait_ready(client)["error"]
