@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -176,10 +177,18 @@ def write_bundle(path: str | Path, manifest: Manifest, weights: dict[str, dict[s
 def read_manifest(path: str | Path) -> tuple[Manifest, str]:
     """The bundle's manifest and fingerprint, after checking the format, the version and every file's sha256."""
     path = Path(path)
+    try:
+        return _read_manifest(path)
+    except PermissionError as e:  # export writes 0600 files: another user (a container's) cannot read them
+        raise BundleError(f"the bundle {path} is not readable by this user (uid {os.getuid()}): {e}; make it "
+                          f"readable with chmod -R a+rX {path}") from None
+
+
+def _read_manifest(path: Path) -> tuple[Manifest, str]:
     file = path / "manifest.json"
     if not file.is_file():
-        raise BundleError(f"{path} is not a model bundle: {file} does not exist "
-                          f"(make one with python -m trainer.export)")
+        raise BundleError(f"{path} is not a model bundle: {file} does not exist (make one with python -m "
+                          f"trainer.export and name it with --bundle)")
     raw = file.read_bytes()
     try:
         data = json.loads(raw)

@@ -37,7 +37,6 @@ RUN --mount=type=secret,id=pip_ca --mount=type=bind,target=/src,rw \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi; \
     pip install --no-deps /src \
     && pip uninstall -y pip \
-    && cp /src/docker/entrypoint.py /opt/simclr/ \
     && mkdir -p /opt/simclr/indexes /opt/simclr/data/cifar10 \
     && chown 10001:10001 /opt/simclr/indexes && chmod 1777 /opt/simclr/data/cifar10
 
@@ -50,12 +49,13 @@ ENV PATH=/opt/simclr/venv/bin:$PATH \
     SIMCLR_HOST=0.0.0.0 \
     SIMCLR_PORT=8000 \
     SIMCLR_BUNDLE=/bundle \
-    INDEX_ROOT=/opt/simclr/indexes \
-    INDEX_DATA_DIR=/opt/simclr/data/cifar10
+    SIMCLR_INDEX_ROOT=/opt/simclr/indexes \
+    SIMCLR_DATA_DIR=/opt/simclr/data/cifar10
 # A fixed, unnamed uid: no layer for a user account, and what it writes into volumes has a known owner.
 USER 10001:10001
 EXPOSE 8000
-# Alive, not ready: /healthz answers while the index is built; /readyz says when requests can be served.
+# Alive as soon as it listens: /healthz answers while the model loads; /readyz says what can be served (embeddings
+# and classes first, search once the index, built on first start from SIMCLR_DATA_DIR, is ready).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:${SIMCLR_PORT}/healthz', timeout=4)"
-ENTRYPOINT ["python", "/opt/simclr/entrypoint.py"]
+ENTRYPOINT ["python", "-m", "service"]

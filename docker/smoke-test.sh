@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
-# The stack for real: build the service image, `docker compose up` with a bundle from a tiny real training run,
-# wait until /readyz, check /classify (401 without the API key) and /search over HTTP from the host, show that
-# the service runs as a non-root user with the bundle read-only, and tear it all down, volumes too. Any
-# failure: non-zero exit.
+# The stack for real: build the service image, `docker compose up` with the reference bundle (or, until one is
+# committed, a bundle from a tiny real training run), wait until /readyz and then search, check /classify (401
+# without the API key; with the reference bundle, "cat" in the top 3 of a test cat) and /search over HTTP from
+# the host, show that the service runs as a non-root user with the bundle read-only, and tear it all down,
+# volumes too. Any failure: non-zero exit.
 #
 #   docker/smoke-test.sh              # a running Docker engine with compose, and BASE_IMAGE pullable or local
 #   docker/smoke-test.sh --prepare    # (or SMOKE_PREPARE=1) as root: first start an engine and make a base
 #                                     # image as ../shared/ENVIRONMENT.md does
 #
-# Exit status 77 (skipped) when it cannot run here at all: no engine can be started, or no CIFAR-10 folder.
+# Exit status 77 (skipped) when it cannot run here at all: no engine can be started, or no CIFAR-10 folder
+# (SMOKE_CIFAR10, default /root/data/cifar10) and no ../shared/data/cifar10-jpeg.tar.gz to extract one from.
 #
-# The bundle: 1 epoch of pretraining, a 3-epoch linear head and the export, on CPU with PYTHON (default python3,
-# with the project installed), over SMOKE_PER_CLASS images per class (default 30) taken from the CIFAR-10 image
-# folder SMOKE_CIFAR10 (default /root/data/cifar10). The service builds its index from the same images on
-# first start, which tests that path too. BASE_IMAGE, TORCH_INDEX_URL and PIP_CA_BUNDLE go to compose.
+# The data: SMOKE_PER_CLASS train images per class (default 30) and 10 test images per class. The tiny run's
+# bundle: 1 epoch of pretraining, a 3-epoch linear head and the export, on CPU with PYTHON (default python3,
+# with the project installed). The service builds its index from the same images on first start, which tests
+# that path too. BASE_IMAGE, TORCH_INDEX_URL and PIP_CA_BUNDLE go to compose.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 SOURCE=${SMOKE_CIFAR10:-/root/data/cifar10}
+# Where no copy sits at SOURCE (a fresh machine), the project's shared offline copy is extracted instead.
+SHARED_TAR=${SMOKE_CIFAR10_TAR:-$(pwd)/../shared/data/cifar10-jpeg.tar.gz}
 PER_CLASS=${SMOKE_PER_CLASS:-30}
 READY_TIMEOUT=${SMOKE_READY_TIMEOUT:-600}
 PREPARE=${SMOKE_PREPARE:-0}
@@ -105,6 +109,10 @@ docker compose version >/dev/null 2>&1 || fail "no docker compose plugin; --prep
 work=$(mktemp -d)
 chmod 755 "$work"  # the container's user reads the bundle and the images through bind mounts
 
+if [ ! -d "$SOURCE/train" ] && [ -z "${SMOKE_CIFAR10:-}" ] && [ -f "$SHARED_TAR" ]; then
+    say "data: no CIFAR-10 folder at $SOURCE: extracting $SHARED_TAR"
+    mkdir "$work/cifar10" && tar -xzf "$SHARED_TAR" -C "$work/cifar10" && SOURCE=$work/cifar10
+fi
 [ -d "$SOURCE/train" ] || { say "cannot run here: $SOURCE is not a CIFAR-10 image folder (train/<class>/*): set SMOKE_CIFAR10"; exit 77; }
 say "data: $PER_CLASS train and 10 test images per class from $SOURCE"
 for split in train test; do
@@ -117,14 +125,21 @@ for split in train test; do
     done
 done
 
-say "bundle: a tiny real run on CPU (pretrain 1 epoch, linear head, export)"
-"$PYTHON" -m trainer.pretrain --data-dir "$work/data" --out "$work/run" --epochs 1 --batch-size 64 \
-    --image-size 32 --device cpu --cache-dir "$work/cache" >"$work/train.log" 2>&1 \
-    || { cat "$work/train.log"; fail "pretraining"; }
-"$PYTHON" -m trainer.linear_eval --run "$work/run" --epochs 3 --device cpu --cache-dir "$work/cache" \
-    >>"$work/train.log" 2>&1 || { cat "$work/train.log"; fail "linear evaluation"; }
-"$PYTHON" -m trainer.export --run "$work/run" --out "$work/bundle" >>"$work/train.log" 2>&1 \
-    || { cat "$work/train.log"; fail "export"; }
+if [ -f models/reference/manifest.json ]; then
+    say "bundle: the committed reference model (models/reference)"
+    cp -r models/reference "$work/bundle"
+    reference=1
+else
+    say "bundle: no reference model committed yet: a tiny real run on CPU (pretrain 1 epoch, linear head, export)"
+    "$PYTHON" -m trainer.pretrain --data-dir "$work/data" --out "$work/run" --epochs 1 --batch-size 64 \
+        --image-size 32 --device cpu --cache-dir "$work/cache" >"$work/train.log" 2>&1 \
+        || { cat "$work/train.log"; fail "pretraining"; }
+    "$PYTHON" -m trainer.linear_eval --run "$work/run" --epochs 3 --device cpu --cache-dir "$work/cache" \
+        >>"$work/train.log" 2>&1 || { cat "$work/train.log"; fail "linear evaluation"; }
+    "$PYTHON" -m trainer.export --run "$work/run" --out "$work/bundle" >>"$work/train.log" 2>&1 \
+        || { cat "$work/train.log"; fail "export"; }
+    reference=0
+fi
 chmod -R a+rX "$work/bundle" "$work/data"
 
 # --- build and start -----------------------------------------------------------------------------------------
@@ -173,7 +188,16 @@ while :; do
 done
 say "ready $("$PYTHON" -c "import time; print(f'{time.time() - $started:.1f}')") s after docker compose up" \
     "(/readyz answered 503 before: $([ $not_ready_seen = 1 ] && echo yes || echo no))"
-docker compose logs service | grep -E 'entrypoint|embedding|index of|ready' | sed 's/^/    /' >&2 || true
+# Embeddings and classes are served from here; search once the index built on first start is ready.
+while :; do
+    search=$(curl -s "$base/readyz" | "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["search"])')
+    [ "$search" = ready ] && break
+    [ "$search" = off ] && { docker compose logs service; fail "search is off (the log says why)"; }
+    (( $(date +%s) - ${started%.*} < READY_TIMEOUT )) || { docker compose logs service; fail "no index in time"; }
+    sleep 0.5
+done
+say "search ready $("$PYTHON" -c "import time; print(f'{time.time() - $started:.1f}')") s after docker compose up"
+docker compose logs service | grep -E 'search|ready|error' | sed 's/^/    /' >&2 || true
 
 # --- over real HTTP from the host ---------------------------------------------------------------------------
 query=$(find "$work/data/train/cat" -type f | sort | sed -n 1p)
@@ -182,14 +206,20 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -F "images=@$query" "$base/classif
 key=(-H "X-API-Key: $SIMCLR_API_KEY")
 curl -sf "${key[@]}" -F "images=@$query" "$base/classify" >"$work/classify.json" || fail "POST /classify"
 curl -sf "${key[@]}" -F "images=@$query" "$base/search?k=5" >"$work/search.json" || fail "POST /search"
+# The reference model must know a cat when it sees one (a test image, never indexed or trained on).
+cat_image=$(find "$work/data/test/cat" -type f | sort | sed -n 1p)
+curl -sf "${key[@]}" -F "images=@$cat_image" "$base/classify" >"$work/cat.json" || fail "POST /classify (cat)"
 # The answers, checked: 3 classes best first with probabilities, and an indexed image finds itself first.
-"$PYTHON" - "$work" "${query#"$work/data/"}" <<'EOF' || fail "the answers are wrong"
+"$PYTHON" - "$work" "${query#"$work/data/"}" "$reference" <<'EOF' || fail "the answers are wrong"
 import json, sys
-work, source = sys.argv[1], sys.argv[2]
+work, source, reference = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 predictions = json.load(open(f"{work}/classify.json"))["classifications"][0]["predictions"]
 probabilities = [p["probability"] for p in predictions]
 assert len(predictions) == 3 and probabilities == sorted(probabilities, reverse=True), predictions
 print("  /classify:", ", ".join(f"{p['class_name']} {p['probability']:.3f}" for p in predictions))
+cat = [p["class_name"] for p in json.load(open(f"{work}/cat.json"))["classifications"][0]["predictions"]]
+print("  /classify of a test cat:", ", ".join(cat))
+assert not reference or "cat" in cat, f"the reference model's top 3 for a cat: {cat}"
 hits = json.load(open(f"{work}/search.json"))["results"][0]["neighbours"]
 assert len(hits) == 5 and hits[0]["source"] == source and hits[0]["score"] > 0.99, hits
 print("  /search:", ", ".join(f"#{h['id']} {h['class_name']} {h['score']:.3f}" for h in hits))
