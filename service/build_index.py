@@ -181,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW neighbours per node (default: 32)")
     parser.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth (default: 128)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per inference batch (default: 256)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                        help="encoder precision, as the service's --precision (default: auto)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                        default=os.environ.get("SIMCLR_PRECISION", "auto"),
+                        help="encoder precision: queries score best against an index embedded as they are, so "
+                             "this is the service's --precision, SIMCLR_PRECISION too (default: that, else auto)")
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                         help="download CIFAR-10 into an empty or missing --data-dir (default: on)")
     args = parser.parse_args(argv)
