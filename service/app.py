@@ -16,7 +16,7 @@ from service import problems
 from service.auth import ApiKey
 from service.limits import BodyLimit
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import classify, embed, images, ops, page, search
+from service.routes import classify, embed, images, openai, ops, page, search
 from service.routes.page import STATIC
 from service.settings import Settings
 from service.state import ServiceState
@@ -39,7 +39,8 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Embeddings, top-k classes and similar-image search from a SimCLR model bundle.")
     app.state.service = state
     problems.install(app)
-    for router in (embed.router, classify.router, search.router, images.router, ops.router, page.router):
+    for router in (embed.router, classify.router, search.router, images.router, openai.router, ops.router,
+                   page.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)

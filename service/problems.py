@@ -35,6 +35,9 @@ class Problem(Exception):
 def problem_response(status: int, detail: str, instance: str | None = None, **extensions: Any) -> JSONResponse:
     body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status, "detail": detail,
             **({"instance": instance} if instance else {}), **extensions}
+    if instance and instance.startswith("/v1/"):  # OpenAI's clients read their message from an "error" member
+        body["error"] = {"message": detail, "type": "invalid_request_error" if status < 500 else "server_error",
+                         "code": extensions.get("code")}
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE)
 
 

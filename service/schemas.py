@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 MAX_CLASSIFY_K = 10
 MAX_SEARCH_K = 100
@@ -88,3 +88,46 @@ class ProblemDetail(BaseModel):
     status: int
     detail: str
     instance: str | None = None
+
+
+# -- OpenAI-compatible embeddings (/v1): the shapes the openai package sends and reads -----------------------
+
+class EmbeddingsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | list[str] = Field(description="an image as a base64 string or a data: URL, or a list of them")
+    model: str = Field(description="the served model's id, as GET /v1/models lists it")
+    encoding_format: Literal["float", "base64"] = Field("float", description="a list of floats, or base64 of "
+                                                       "little-endian float32 (what the openai package asks for)")
+    dimensions: int | None = Field(None, description="accepted only as the representation's own size")
+    user: str | None = Field(None, description="ignored (accepted for compatibility)")
+
+
+class EmbeddingObject(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="the L2-normalised representation")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="images embedded (an image counts as one token)")
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingObject]
+    model: str
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="when the bundle's manifest was written (Unix time)")
+    owned_by: str = "simclr-cifar"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

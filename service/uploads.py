@@ -50,6 +50,13 @@ async def _read_images(request: Request, state: ServiceState) -> Tensor:
     if not files:
         raise Problem(422, "the request holds no images: send them as multipart files in the field 'images' or "
                       "as a JSON list of base64 strings")
+    return await decode_files(files, state)
+
+
+async def decode_files(files: list[tuple[str, bytes]], state: ServiceState) -> Tensor:
+    """uint8 (N, 3, S, S) from (name, encoded bytes) pairs, decoded in a worker thread; a bad image or too many
+    of them is a problem naming which."""
+    limit = state.settings.max_images
     if len(files) > limit:
         raise Problem(413, f"too many images in one request: {len(files)}, at most {limit}")
     model, max_pixels = state.model, state.settings.max_image_pixels
@@ -89,14 +96,19 @@ def _json(body: bytes) -> list[tuple[str, bytes]]:
         first = e.errors()[0]
         where = ".".join(map(str, first["loc"])) or "body"
         raise Problem(422, f"invalid JSON body at {where}: {first['msg']} (expected {{\"images\": [base64, ...]}})")
+    return base64_files(payload.images, "images")
+
+
+def base64_files(texts: list[str], field: str) -> list[tuple[str, bytes]]:
+    """(name, bytes) of base64 strings (a data: URL prefix, as browsers make them, is accepted)."""
     files = []
-    for i, text in enumerate(payload.images):
-        if text.startswith("data:"):  # a data: URL as browsers make them
+    for i, text in enumerate(texts):
+        if text.startswith("data:"):
             text = text.partition(",")[2]
         try:
-            files.append((f"images[{i}]", base64.b64decode(text, validate=True)))
+            files.append((f"{field}[{i}]", base64.b64decode(text, validate=True)))
         except (binascii.Error, ValueError):
-            raise Problem(422, f"images[{i}] is not valid base64") from None
+            raise Problem(422, f"{field}[{i}] is not valid base64 (an image as base64 or a data: URL)") from None
     return files
 
 

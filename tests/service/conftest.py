@@ -10,6 +10,7 @@ import pytest
 from factories import colour_images, make_run, wait_ready, write_folder
 from fastapi.testclient import TestClient
 
+from benchmarks.harness.load import Server
 from service.app import create_app
 from service.build_index import build
 from service.settings import Settings
@@ -46,6 +47,21 @@ def index_dir(bundle_dir, image_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("index") / "index"
     build(str(bundle_dir), [str(image_folder)], str(out), ["train"], precision="fp32")
     return out
+
+
+KEY = "sk-test-key"
+
+
+@pytest.fixture(scope="session")
+def live_server(bundle_dir, index_dir, tmp_path_factory) -> Server:
+    """`python -m service` over real HTTP, with the API key KEY, for clients that bring their own connection."""
+    server = Server(bundle_dir, index_dir, tmp_path_factory.mktemp("live") / "server.log", flags={"api-key": KEY})
+    server.start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,186 @@
+"""A Python client for the service, on httpx2: typed results (the service's own response models) and every
+problem raised as a ServiceError; and a command line on it.
+
+    from service.client import Client
+    with Client("http://127.0.0.1:8000", api_key=None) as client:
+        client.classify(["cat.jpg"], k=3).classifications[0].predictions[0].class_name
+        client.search(["cat.jpg"], k=5).results[0].neighbours
+
+    python -m service.client classify cat.jpg dog.png        # top-3 classes per image
+    python -m service.client search cat.jpg -k 5             # the most similar indexed images
+    python -m service.client embed photos/ --json            # a folder: batched, with a progress bar
+
+The URL and key come from --url / SIMCLR_URL (default http://127.0.0.1:8000) and --api-key / SIMCLR_API_KEY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx2
+from pydantic import BaseModel
+from tqdm import tqdm
+
+from contract.images import EXTENSIONS, list_images
+from service.schemas import ClassifyResponse, EmbedResponse, Readiness, SearchResponse
+
+M = TypeVar("M", bound=BaseModel)
+Image = str | Path | bytes
+
+
+class ServiceError(Exception):
+    """An answer other than 2xx: status, the problem's detail, and Retry-After (seconds) where the service sent
+    one (503 while the model loads or the index builds)."""
+
+    def __init__(self, status: int, detail: str, retry_after: float | None = None):
+        super().__init__(f"{status}: {detail}")
+        self.status, self.detail, self.retry_after = status, detail, retry_after
+
+
+class Client:
+    def __init__(self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 60):
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self.http = httpx2.Client(base_url=url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+
+    def embed(self, images: list[Image], normalize: bool = True, projection: bool = False) -> EmbedResponse:
+        return self._post("/embed", images, EmbedResponse, normalize=normalize, projection=projection)
+
+    def classify(self, images: list[Image], k: int = 3) -> ClassifyResponse:
+        return self._post("/classify", images, ClassifyResponse, k=k)
+
+    def search(self, images: list[Image], k: int = 10, class_name: str | None = None) -> SearchResponse:
+        return self._post("/search", images, SearchResponse, k=k, class_name=class_name)
+
+    def search_by_id(self, id: int, k: int = 10, class_name: str | None = None) -> SearchResponse:
+        return self._parse(self.http.get("/search", params=_params(id=id, k=k, class_name=class_name)),
+                           SearchResponse)
+
+    def image(self, id: int) -> bytes:
+        """An indexed image, as PNG bytes."""
+        response = self.http.get(f"/images/{id}")
+        _check(response)
+        return response.content
+
+    def readiness(self) -> Readiness:
+        response = self.http.get("/readyz")  # 503 until ready: an answer, not an error
+        return Readiness.model_validate_json(response.content)
+
+    def _post(self, path: str, images: list[Image], model: type[M], **params: Any) -> M:
+        files = [("images", (_name(image, i), _read(image))) for i, image in enumerate(images)]
+        return self._parse(self.http.post(path, files=files, params=_params(**params)), model)
+
+    @staticmethod
+    def _parse(response: httpx2.Response, model: type[M]) -> M:
+        _check(response)
+        return model.model_validate_json(response.content)
+
+
+def _check(response: httpx2.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        detail = response.json()["detail"]
+    except (ValueError, KeyError, TypeError):
+        detail = response.text[:300] or response.reason_phrase
+    retry = response.headers.get("retry-after")
+    raise ServiceError(response.status_code, detail, float(retry) if retry else None)
+
+
+def _params(**params: Any) -> dict[str, Any]:
+    return {k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items() if v is not None}
+
+
+def _name(image: Image, i: int) -> str:
+    return Path(image).name if isinstance(image, (str, Path)) else f"image-{i}"
+
+
+def _read(image: Image) -> bytes:
+    return image if isinstance(image, bytes) else Path(image).read_bytes()
+
+
+# -- the command line ----------------------------------------------------------------------------------------
+
+def expand(paths: list[str]) -> list[Path]:
+    """Files as given, folders as the image files under them."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += list_images(path)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise ServiceError(0, f"{path} is neither a file nor a folder")
+    return found
+
+
+def batches(files: list[Path], size: int) -> Iterator[list[Path]]:
+    with tqdm(total=len(files), unit="img", disable=len(files) <= size, file=sys.stderr) as bar:
+        for start in range(0, len(files), size):
+            yield files[start:start + size]
+            bar.update(len(files[start:start + size]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service.client", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default=os.environ.get("SIMCLR_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--api-key", default=os.environ.get("SIMCLR_API_KEY"))
+    parser.add_argument("--json", action="store_true", help="print each answer as a JSON line")
+    parser.add_argument("--batch", type=int, default=16, help="images per request (default: 16)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, what in [("embed", "the representation of each image"), ("classify", "the top-k classes"),
+                       ("search", "the most similar indexed images")]:
+        command = commands.add_parser(name, help=what)
+        command.add_argument("paths", nargs="+", help=f"image files or folders ({', '.join(EXTENSIONS)})")
+        if name != "embed":
+            command.add_argument("-k", type=int, default=3 if name == "classify" else 10)
+        if name == "search":
+            command.add_argument("--class-name", help="only neighbours of this class")
+    args = parser.parse_args(argv)
+    try:
+        files = expand(args.paths)
+        with Client(args.url, args.api_key) as client:
+            for batch in batches(files, args.batch):
+                for file, answer in zip(batch, _ask(client, args, batch)):
+                    print(json.dumps({"file": str(file), **answer}) if args.json else _line(file, args.command, answer))
+    except ServiceError as e:
+        print(f"error: {e.detail if e.status == 0 else e}", file=sys.stderr)
+        return 2
+    except (httpx2.TransportError, OSError) as e:
+        print(f"error: {args.url}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _ask(client: Client, args: argparse.Namespace, batch: list[Path]) -> list[dict]:
+    if args.command == "embed":
+        return [e.model_dump() for e in client.embed(batch).embeddings]
+    if args.command == "classify":
+        return [c.model_dump() for c in client.classify(batch, args.k).classifications]
+    return [r.model_dump() for r in client.search(batch, args.k, args.class_name).results]
+
+
+def _line(file: Path, command: str, answer: dict) -> str:
+    if command == "classify":
+        return f"{file}: " + ", ".join(f"{p['class_name']} {p['probability']:.3f}" for p in answer["predictions"])
+    if command == "search":
+        return f"{file}: " + ", ".join(f"#{n['id']} {n['class_name'] or n['source']} {n['score']:.3f}"
+                                      for n in answer["neighbours"])
+    vector = answer["representation"]
+    return f"{file}: {len(vector)}-d [{', '.join(f'{x:.4f}' for x in vector[:4])}, ...]"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
