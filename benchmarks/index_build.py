@@ -5,8 +5,8 @@
 
 Before: images decoded one after another, the encoder in fp32 on NCHW tensors (timed on --before-images
 images and projected to the whole set). Now: service.build_index.build as the service runs it (threads
-decode, the encoder channels-last), once per --precision. Speed does not depend on the weights: without
---bundle a ResNet-18 bundle with random weights is made in a temporary folder. Target: 50,000 CIFAR-10
+decode), once per --runtime. Speed does not depend on the weights: without --bundle a ResNet-18 bundle with
+random weights (and its ONNX graphs, int8 calibrated on noise) is made in a temporary folder. Target: 50,000 CIFAR-10
 images in at most 3 minutes on 2 cores.
 """
 
@@ -20,11 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from contract.bundle import ENCODER, PROJECTOR, Architecture, InputSpec, Manifest, Projection, Training, load_bundle
-from contract.bundle import write_bundle
+from contract.bundle import (ENCODER, ONNX_FP32, ONNX_INT8, PROJECTOR, Architecture, InputSpec, Manifest, OnnxGraphs,
+                             Projection, Training, load_bundle, write_bundle)
 from contract.images import RESIZE, decode_image
 from contract.networks import projector, resnet_encoder
 from service.build_index import build, find_images
+from service.model import RUNTIMES
+from trainer.onnx_export import OPSET, InferenceGraph, export_graph, quantize_int8
 
 
 def random_bundle(out: Path) -> Path:
@@ -36,7 +38,11 @@ def random_bundle(out: Path) -> Path:
         classes=[], metrics=None,
         training=Training(epochs=0, checkpoint_epoch=0, checkpoint="none (random weights, for timing)", batch_size=0,
                           optimizer="none", lr=0, weight_decay=0, temperature=1, data_dir="none"))
-    write_bundle(out, manifest, {ENCODER: encoder.state_dict(), PROJECTOR: head.state_dict()})
+    graph = export_graph(InferenceGraph(encoder, head, None, manifest.input.mean, manifest.input.std), 32)
+    calibration = np.random.default_rng(0).integers(0, 256, (64, 3, 32, 32), dtype=np.uint8)  # timing only
+    manifest.onnx = OnnxGraphs(int8=ONNX_INT8, opset=OPSET, int8_calibration_images=len(calibration))
+    write_bundle(out, manifest, {ENCODER: encoder.state_dict(), PROJECTOR: head.state_dict()},
+                 {ONNX_FP32: graph, ONNX_INT8: quantize_int8(graph, calibration)})
     return out
 
 
@@ -60,7 +66,8 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, help="bundle to embed with (default: random ResNet-18 weights)")
     parser.add_argument("--limit", type=int, help="index only the first N training images (default: all)")
     parser.add_argument("--before-images", type=int, default=5000, help="images the old way is timed on")
-    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
+    parser.add_argument("--runtime", nargs="+", default=list(RUNTIMES), choices=RUNTIMES,
+                        help="runtimes to build with (default: all four)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         bundle = args.bundle or random_bundle(Path(tmp) / "bundle")
@@ -74,11 +81,11 @@ def main() -> None:
         n = len(find_images(data, ["train"]))
         rate = before(bundle, args.data_dir, min(args.before_images, n))
         rows = [("before: serial decode, fp32 NCHW", n / rate, rate)]
-        for precision in args.precision:
+        for runtime in args.runtime:
             started = time.perf_counter()
-            build(bundle, [str(data)], Path(tmp) / f"index-{precision}", ["train"], precision=precision)
+            build(bundle, [str(data)], Path(tmp) / f"index-{runtime}", ["train"], runtime=runtime)
             seconds = time.perf_counter() - started
-            rows.append((f"now: build(), {precision} channels-last", seconds, n / seconds))
+            rows.append((f"now: build(), {runtime}", seconds, n / seconds))
     print(f"\n{n} images, {torch.get_num_threads()} torch threads")
     print(f"{'path':<40} {'seconds':>9} {'images/s':>9} {'vs before':>10}")
     for name, seconds, rate in rows:

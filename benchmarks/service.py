@@ -1,12 +1,13 @@
-"""Service throughput and latency over real HTTP, side by side with the raw model on the same machine.
+"""Service throughput and latency per runtime, over real HTTP and raw, side by side in one run.
 
-    python -m benchmarks.service --bundle bundles/r18 --data-dir ~/data/cifar10 [--index indexes/cifar10-train]
+    python -m benchmarks.service --bundle models/reference --data-dir ~/data/cifar10
 
-Per level, side by side: raw in-process inference (service.model.Model.infer on preprocessed uint8 tensors)
-at batch 1, 8, 32, 64, then `python -m service` (a subprocess) driven with POST /embed, one CIFAR-10 test
-image per request, at concurrency 1, 8, 32, 64 for --seconds: throughput, p50/p95/p99 latency, errors.
-Then the ratios the issue sets targets for: HTTP throughput at concurrency 32 over raw batch-32 throughput
-   (target >= 0.8), and one lone request's median latency over the raw batch-1 time (target <= 1.5).
+Per runtime the bundle offers (torch-fp32, torch-bf16, onnx-fp32, onnx-int8; --runtimes to choose): raw
+in-process inference (service.model.Model.infer on preprocessed uint8 tensors) at each --levels batch size,
+then `python -m service --runtime R` (a subprocess) driven with POST /embed, one CIFAR-10 test image per
+request, at each --levels concurrency for --seconds: throughput, p50/p95/p99 latency, errors. Then the ratios
+against torch-fp32 (the eager torch path) and the targets: a lone /embed at most 10 ms p50, and at
+concurrency 32 at least 2x torch-fp32's throughput with int8 (1.2x with ONNX fp32), no errors.
 
 The load generator runs on the same cores as the server, so its own CPU time counts against the server.
 """
@@ -26,10 +27,7 @@ import torch
 
 from benchmarks.harness.load import MULTIPART, Server, multipart
 from contract.bundle import load_bundle
-from service.model import Model
-
-LEVELS = (1, 8, 32, 64)
-
+from service.model import RUNTIMES, Model
 
 def raw_throughput(model: Model, images: torch.Tensor, batch: int, seconds: float) -> tuple[float, float]:
     """(images per second, ms per batch) of model.infer at this batch size."""
@@ -81,6 +79,8 @@ def main() -> None:
     parser.add_argument("--bundle", required=True)
     parser.add_argument("--index")
     parser.add_argument("--data-dir", required=True, help="an image folder with test/<class>/* (CIFAR-10's copy)")
+    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, help="default: all the bundle offers")
+    parser.add_argument("--levels", nargs="+", type=int, default=[1, 32], help="batch sizes and concurrencies")
     parser.add_argument("--images", type=int, default=256, help="distinct query images")
     parser.add_argument("--seconds", type=float, default=10, help="measuring time per level")
     parser.add_argument("--max-batch-size", type=int, default=64)
@@ -91,41 +91,37 @@ def main() -> None:
     bodies = [multipart(f.read_bytes()) for f in files]
     torch.set_num_threads(os.cpu_count())
     model = Model(load_bundle(args.bundle))
-    images = model.batch([model.preprocess(f.read_bytes(), 10**8) for f in files[:64]]).contiguous()
+    images = model.batch([model.preprocess(f.read_bytes(), 10**8) for f in files[:max(args.levels)]]).contiguous()
+    runtimes = args.runtimes or model.runtimes
     print(f"{os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
           f"{model.bundle.name}, input {model.size}px")
-    log = Path(tempfile.mkstemp(prefix="service-benchmark-", suffix=".log")[1])
-    server = Server(args.bundle, args.index, log, flags={"max-batch-size": args.max_batch_size,
-                                                          "max-wait-ms": args.max_wait_ms})
-    server.start()
+    print(f"raw: Model.infer in this process; HTTP: POST /embed, one image per request, {args.seconds:g} s per "
+          f"level (max batch {args.max_batch_size}, max wait {args.max_wait_ms:g} ms)\n")
+    print("  runtime     level | raw img/s  ms/batch | HTTP req/s   p50 ms   p95 ms   p99 ms  errors | HTTP/raw")
     raw, http = {}, {}
-    try:
-        server.wait_ready()
-        # Side by side per level (raw while the server idles, then HTTP), so that a noisy neighbour on the
-        # machine disturbs both figures of a ratio alike.
-        print(f"\nraw: Model.infer in this process; HTTP: POST /embed, one image per request, {args.seconds:g} s "
-              f"per level (max batch {args.max_batch_size}, max wait {args.max_wait_ms:g} ms)")
-        print("  batch | raw img/s  ms/batch | concurrency  req/s   p50 ms   p95 ms   p99 ms  requests  errors | "
-              "HTTP/raw")
-        for c in LEVELS:
-            raw[c] = raw_throughput(model, images, c, min(args.seconds, 5))
-            r = http[c] = asyncio.run(drive(server.url, bodies, c, args.seconds))
-            print(f"  {c:5d} | {raw[c][0]:9.1f} {raw[c][1]:9.2f} | {c:11d} {r['throughput']:6.1f} {r['p50']:8.1f} "
-                  f"{r['p95']:8.1f} {r['p99']:8.1f} {r['requests']:9d} {r['errors']:7d} | "
-                  f"{r['throughput'] / raw[c][0]:8.2f}")
-        metrics = httpx2.get(f"{server.url}/metrics").text
-    finally:
-        server.stop()
-        log.unlink()  # a failure to start has already shown its tail
-    batches = [line for line in metrics.splitlines() if line.startswith("inference_batch_size_")]
-    count = float(next(line for line in batches if "_count" in line).split()[-1])
-    total = float(next(line for line in batches if "_sum" in line).split()[-1])
-    print(f"\nserver batches: {count:.0f}, mean size {total / count:.1f}")
-    print(f"\nconcurrency 32 throughput / raw batch-32 throughput: {http[32]['throughput'] / raw[32][0]:.2f} "
-          f"(target >= 0.80)")
-    print(f"lone request p50 / raw batch-1 time: {http[1]['p50']:.1f} / {raw[1][1]:.1f} ms = "
-          f"{http[1]['p50'] / raw[1][1]:.2f} (target <= 1.50)")
-
-
-if __name__ == "__main__":
-    main()
+    for runtime in runtimes:
+        model.use(runtime)
+        log = Path(tempfile.mkstemp(prefix="service-benchmark-", suffix=".log")[1])
+        server = Server(args.bundle, args.index, log, flags={"max-batch-size": args.max_batch_size,
+                                                              "max-wait-ms": args.max_wait_ms, "runtime": runtime})
+        server.start()
+        try:
+            server.wait_ready()
+            for c in args.levels:  # side by side per level: a noisy neighbour disturbs both figures of a ratio
+                raw[runtime, c] = raw_throughput(model, images, c, min(args.seconds, 5))
+                r = http[runtime, c] = asyncio.run(drive(server.url, bodies, c, args.seconds))
+                print(f"  {runtime:10s} {c:5d} | {raw[runtime, c][0]:9.1f} {raw[runtime, c][1]:9.2f} | "
+                      f"{r['throughput']:10.1f} {r['p50']:8.1f} {r['p95']:8.1f} {r['p99']:8.1f} {r['errors']:7d} | "
+                      f"{r['throughput'] / raw[runtime, c][0]:8.2f}")
+        finally:
+            server.stop()
+            log.unlink()  # a failure to start has already shown its tail
+    if "torch-fp32" in runtimes:
+        top = max(args.levels)
+        print(f"\nagainst torch-fp32, HTTP throughput at concurrency {top} (raw batch {top}):")
+        for runtime in runtimes:
+            print(f"  {runtime:10s} {http[runtime, top]['throughput'] / http['torch-fp32', top]['throughput']:5.2f}x "
+                  f"({raw[runtime, top][0] / raw['torch-fp32', top][0]:.2f}x)")
+    if 1 in args.levels:
+        print("lone /embed p50: " + ", ".join(f"{r} {http[r, 1]['p50']:.1f} ms" for r in runtimes)
+              + " (target <= 10 ms)")

@@ -28,6 +28,7 @@ from contract.networks import BACKBONES, classifier_head, projector, resnet_enco
 
 FORMAT, FORMAT_VERSION = "simclr-bundle", 1
 ENCODER, PROJECTOR, CLASSIFIER = "encoder.safetensors", "projector.safetensors", "classifier.safetensors"
+ONNX_FP32, ONNX_INT8 = "model.onnx", "model.int8.onnx"
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -122,6 +123,19 @@ class Training(BaseModel):
     data_dir: str
 
 
+class OnnxGraphs(BaseModel):
+    """The whole inference as ONNX graphs (an addition to format version 1: older readers ignore it).
+
+    Input "images": uint8 (N, 3, S, S), normalised inside the graph; outputs "representation" (N, D),
+    "projection" (N, P) and, with a classifier, "probabilities" (N, C): what the torch networks compute.
+    """
+
+    fp32: str = ONNX_FP32
+    int8: str | None = Field(None, description="statically quantised (QDQ) graph, calibrated on training images")
+    int8_calibration_images: int | None = None
+    opset: int
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="allow")  # newer minor fields (same version) are carried, not refused
 
@@ -132,6 +146,7 @@ class Manifest(BaseModel):
     classes: list[str]
     metrics: Metrics | None
     training: Training
+    onnx: OnnxGraphs | None = None
     files: dict[str, str] = {}
 
     def to_json(self) -> str:
@@ -157,17 +172,20 @@ class Bundle:
         return f"simclr-{arch.backbone}{width}-epoch{self.manifest.training.checkpoint_epoch}-{self.fingerprint[:12]}"
 
 
-def write_bundle(path: str | Path, manifest: Manifest, weights: dict[str, dict[str, Tensor]]) -> Manifest:
-    """Write weights (file name -> state_dict) as safetensors, then manifest.json with their sha256, and
-    return the manifest written. A classifier left from an earlier export into path is removed."""
+def write_bundle(path: str | Path, manifest: Manifest, weights: dict[str, dict[str, Tensor]],
+                 graphs: dict[str, bytes] | None = None) -> Manifest:
+    """Write weights (file name -> state_dict) as safetensors and graphs (file name -> ONNX bytes), then
+    manifest.json with their sha256, and return the manifest written. Optional files left from an earlier
+    export into path are removed."""
     path = Path(path)
     files = {}
-    for name, state in weights.items():
-        data = save_safetensors({k: v.detach().cpu().contiguous() for k, v in state.items()})
+    blobs = {name: save_safetensors({k: v.detach().cpu().contiguous() for k, v in state.items()})
+             for name, state in weights.items()} | (graphs or {})
+    for name, data in blobs.items():
         atomic_write(path / name, data)
         files[name] = hashlib.sha256(data).hexdigest()
-    if CLASSIFIER not in files:
-        (path / CLASSIFIER).unlink(missing_ok=True)
+    for stale in {CLASSIFIER, ONNX_FP32, ONNX_INT8} - files.keys():
+        (path / stale).unlink(missing_ok=True)
     manifest = manifest.model_copy(update={"files": files})
     _check_files_listed(manifest, path / "manifest.json")
     atomic_write(path / "manifest.json", manifest.to_json())
@@ -253,7 +271,9 @@ def describe(error: ValidationError) -> str:
 
 
 def _check_files_listed(manifest: Manifest, file: Path) -> None:
-    required = {ENCODER, PROJECTOR} | ({CLASSIFIER} if manifest.architecture.classifier else set())
+    onnx = manifest.onnx
+    required = {ENCODER, PROJECTOR} | ({CLASSIFIER} if manifest.architecture.classifier else set()) | (
+        {onnx.fp32} | ({onnx.int8} if onnx.int8 else set()) if onnx else set())
     missing = required - manifest.files.keys()
     if missing:
         raise BundleError(f"{file} lists no checksum for {', '.join(sorted(missing))}")

@@ -32,7 +32,7 @@ from contract.bundle import BundleError, load_bundle
 from contract.cifar10 import DataError, is_cifar10_root, load_cifar10
 from contract.images import ImageError, decode_image, fit, list_images
 from service.index import FORMAT, FORMAT_VERSION, write_index
-from service.model import Model, Outputs, pick_precision
+from service.model import RUNTIMES, Model, Outputs, pick_runtime
 
 
 class BuildError(Exception):
@@ -108,13 +108,13 @@ def build(bundle_dir: str | Path, data_dirs: list[str], out: str | Path, splits:
           index_type: str = "flat", hnsw_m: int = 32, ef_search: int = 128, batch_size: int = 256,
           max_pixels: int = 40_000_000, download: bool = True, model: Model | None = None,
           infer: Callable[[Tensor], Outputs] | None = None, progress: Callable[[int, int], None] | None = None,
-          precision: str = "auto") -> dict:
+          runtime: str = "auto") -> dict:
     """Embed the images, build the index, write it to out; returns the index's info (index.json). The service
     passes its own model, an infer that runs each batch in its inference thread, and progress(done, total),
     called after each batch instead of drawing progress bars."""
     if model is None:
         model = Model(load_bundle(bundle_dir))
-        print(f"inference: {pick_precision(model, precision)[0]}, channels-last")
+        print(f"inference: {pick_runtime(model, runtime)[0]}")
     infer = infer or model.infer
     bundle = model.bundle
     classes = list(bundle.manifest.classes)  # label ids agree with /classify's where the names do
@@ -156,7 +156,7 @@ def build(bundle_dir: str | Path, data_dirs: list[str], out: str | Path, splits:
         "format": FORMAT, "format_version": FORMAT_VERSION, "bundle": bundle.fingerprint, "bundle_name": bundle.name,
         "index_type": index_type, **({"hnsw_m": hnsw_m, "ef_search": ef_search} if index_type == "hnsw" else {}),
         "recall_at_10": recall, "count": len(vectors), "dim": int(vectors.shape[1]), "image_size": model.size,
-        "precision": model.precision,
+        "runtime": model.runtime,
         "classes": classes, "data_dirs": [str(Path(d).resolve()) for d in data_dirs], "splits": splits,
     }
     metadata = {
@@ -181,16 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW neighbours per node (default: 32)")
     parser.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth (default: 128)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per inference batch (default: 256)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"),
-                        default=os.environ.get("SIMCLR_PRECISION", "auto"),
-                        help="encoder precision: queries score best against an index embedded as they are, so "
-                             "this is the service's --precision, SIMCLR_PRECISION too (default: that, else auto)")
+    parser.add_argument("--runtime", choices=("auto", *RUNTIMES), default=os.environ.get("SIMCLR_RUNTIME", "auto"),
+                        help="what runs the model: queries score best against an index embedded as they are, so "
+                             "this is the service's --runtime, SIMCLR_RUNTIME too (default: that, else auto)")
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                         help="download CIFAR-10 into an empty or missing --data-dir (default: on)")
     args = parser.parse_args(argv)
     try:
         info = build(args.bundle, args.data_dir, args.out, args.splits, args.index_type, args.hnsw_m,
-                     args.ef_search, args.batch_size, download=args.download, precision=args.precision)
+                     args.ef_search, args.batch_size, download=args.download, runtime=args.runtime)
     except (BuildError, BundleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

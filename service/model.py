@@ -7,6 +7,7 @@ input size, then the pixels are scaled to [0, 1] and normalised with the manifes
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from contract.bundle import Bundle
+from contract.bundle import Bundle, BundleError
 from contract.images import decode_image
 
 @dataclass
@@ -34,20 +35,42 @@ class Outputs:
         return Outputs(self.representation[rows], self.unit[rows], self.projection[rows], probabilities)
 
 
-class Model:
-    """A loaded bundle's networks with its preprocessing; infer() is what the batcher runs.
+RUNTIMES = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
 
-    The encoder runs channels-last (uint8 images arrive in that layout, and the convolutions are faster in
-    it), under bf16 autocast when precision is "bf16"; the heads and every output stay float32.
+
+class Model:
+    """A loaded bundle's networks with its preprocessing; infer() is what the batcher runs, on one runtime:
+
+    - torch-fp32, torch-bf16: the torch networks, channels-last (uint8 images arrive in that layout, and the
+      convolutions are faster in it), the encoder under bf16 autocast for torch-bf16;
+    - onnx-fp32, onnx-int8: the bundle's ONNX graphs (normalisation, encoder and heads) in ONNX Runtime.
+    Every output is float32 whatever the runtime.
     """
 
-    def __init__(self, bundle: Bundle, precision: str = "fp32"):
-        self.bundle, self.precision = bundle, precision
+    def __init__(self, bundle: Bundle, runtime: str = "torch-fp32"):
+        self.bundle = bundle
         spec = bundle.manifest.input
         self.size = spec.size
         self.mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
         self.std = torch.tensor(spec.std).view(1, 3, 1, 1)
         bundle.encoder.to(memory_format=torch.channels_last)
+        self._sessions: dict[str, object] = {}
+        self.use(runtime)
+
+    @property
+    def runtimes(self) -> list[str]:
+        """The runtimes this bundle (and this install) offers."""
+        graphs = self.bundle.manifest.onnx
+        if graphs is None or importlib.util.find_spec("onnxruntime") is None:
+            return ["torch-fp32", "torch-bf16"]
+        return ["torch-fp32", "torch-bf16", "onnx-fp32"] + (["onnx-int8"] if graphs.int8 else [])
+
+    def use(self, runtime: str) -> None:
+        if runtime not in self.runtimes:
+            raise BundleError(f"runtime {runtime} is not available for {self.bundle.path}: it offers "
+                              f"{', '.join(self.runtimes)} (the ONNX runtimes need a bundle exported with its "
+                              f"graphs, onnx-int8 with --int8-calibration, and onnxruntime installed)")
+        self.runtime = runtime
 
     def preprocess(self, data: bytes, max_pixels: int) -> np.ndarray:
         """uint8 (S, S, 3) from encoded image bytes; raises ImageError."""
@@ -63,29 +86,53 @@ class Model:
         """Outputs of uint8 images (N, 3, S, S), any strides. The heads cost almost nothing next to the encoder,
         so every output is computed and each route takes what it needs. All of it runs in the service's one
         inference thread: see service.state for why no other thread runs torch's parallel kernels."""
+        if self.runtime.startswith("onnx"):
+            return self._infer_onnx(images)
         x = (images.contiguous(memory_format=torch.channels_last).float() / 255 - self.mean) / self.std
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.runtime == "torch-bf16"):
             h = self.bundle.encoder(x)
         h = h.float()
         z = self.bundle.projector(h)
         head = self.bundle.classifier
         return Outputs(h, F.normalize(h, dim=1), z, F.softmax(head(h), dim=1) if head is not None else None)
 
+    def _infer_onnx(self, images: Tensor) -> Outputs:
+        outputs = [torch.from_numpy(o) for o in self._session().run(None, {"images": images.contiguous().numpy()})]
+        h, z = outputs[0], outputs[1]
+        return Outputs(h, F.normalize(h, dim=1), z, outputs[2] if len(outputs) > 2 else None)
 
-def pick_precision(model: Model, asked: str, batch: int = 32, min_gain: float = 1.15) -> tuple[str, str]:
-    """The precision to serve with, and why: as asked, or for "auto" bf16 where a few timed batches show it
-    at least min_gain times faster than fp32 (CPUs with fast bf16 dot products; on others it is slower)."""
+    def _session(self):
+        """The runtime's ONNX Runtime session, made on first use (in the inference thread), with as many threads
+        as torch has."""
+        if self.runtime not in self._sessions:
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+            graphs = self.bundle.manifest.onnx
+            file = self.bundle.path / (graphs.int8 if self.runtime == "onnx-int8" else graphs.fp32)
+            self._sessions[self.runtime] = onnxruntime.InferenceSession(str(file), options,
+                                                                        providers=["CPUExecutionProvider"])
+        return self._sessions[self.runtime]
+
+
+def pick_runtime(model: Model, asked: str, batch: int = 32, min_gain: float = 1.15) -> tuple[str, str]:
+    """The runtime to serve with, and why: as asked, or for "auto" the fastest of those the bundle offers
+    (onnx-int8 left out: it is chosen, not found), timed on a few batches in turns, where it is at least
+    min_gain times torch-fp32's speed (bf16 is that on CPUs with fast bf16, and slower on others)."""
     if asked != "auto":
-        model.precision = asked
+        model.use(asked)
         return asked, "as asked"
     images = torch.randint(0, 256, (batch, 3, model.size, model.size), dtype=torch.uint8)
-    seconds = {}
-    for precision in ("fp32", "bf16", "fp32", "bf16"):  # in turns, so that a busy moment hits both
-        model.precision = precision
-        model.infer(images)  # warm-up: the first call of a precision allocates
+    candidates = [r for r in model.runtimes if r != "onnx-int8"]
+    seconds: dict[str, float] = {}
+    for runtime in candidates * 2:  # in turns, so that a busy moment hits all of them
+        model.use(runtime)
+        model.infer(images)  # warm-up: the first call of a runtime allocates
         started = time.perf_counter()
         model.infer(images)
-        seconds[precision] = min(seconds.get(precision, float("inf")), time.perf_counter() - started)
-    gain = seconds["fp32"] / seconds["bf16"]
-    model.precision = "bf16" if gain >= min_gain else "fp32"
-    return model.precision, f"auto: bf16 measured {gain:.2f}x fp32 here"
+        seconds[runtime] = min(seconds.get(runtime, float("inf")), time.perf_counter() - started)
+    gains = {r: seconds["torch-fp32"] / s for r, s in seconds.items()}
+    best = max(gains, key=gains.get)
+    model.use(best if gains[best] >= min_gain else "torch-fp32")
+    return model.runtime, "auto: " + ", ".join(f"{r} {g:.2f}x" for r, g in gains.items())

@@ -43,9 +43,10 @@ class Settings(BaseSettings):
                                   "larger ones get 413, which also stops decompression bombs")
     max_batch_size: int = Field(64, gt=0, description="most images in one inference batch")
     max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits at most for requests still being read")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="encoder precision: bf16 autocast is "
-                                                       "about 2x faster on CPUs with fast bf16 (AVX512_BF16, AMX) "
-                                                       "and slower elsewhere; auto times both at start")
+    runtime: Literal["auto", "torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"] = Field(
+        "auto", description="what runs the model: torch in fp32 or bf16 (about 2x faster on CPUs with fast bf16, "
+        "slower elsewhere), or ONNX Runtime on the bundle's fp32 or int8 graph; auto times those the bundle offers "
+        "at start (int8 only when asked for) and takes the fastest")
     # Inference gets every core: one batch runs at a time and torch parallelises inside it.
     torch_threads: int = Field(os.cpu_count() or 1, gt=0, description="torch intra-op threads")
     # One thread per search: a single query is too small to split, and more threads would fight torch for cores.

@@ -25,7 +25,7 @@ from service.batching import Batcher
 from service.build_index import BuildError, build
 from service.index import SearchIndex, SearchIndexError
 from service.metrics import Metrics
-from service.model import Model, Outputs, pick_precision
+from service.model import Model, Outputs, pick_runtime
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -90,7 +90,7 @@ class ServiceState:
         log.info("ready: %s%s", model.bundle.name, f", index of {index.count} images" if index else "")
         if index is not None:
             self.search = "ready"
-            self._check_precision(index, model)
+            self._check_runtime(index, model)
         else:
             await self._find_or_build_index(model)
 
@@ -99,8 +99,8 @@ class ServiceState:
         bundle = load_bundle(self.settings.bundle)
         model = Model(bundle)
         model.infer(torch.zeros(1, 3, model.size, model.size, dtype=torch.uint8))  # warm-up: first calls allocate
-        precision, why = pick_precision(model, self.settings.precision)
-        log.info("inference: %s (%s), channels-last, %d torch threads", precision, why, torch.get_num_threads())
+        runtime, why = pick_runtime(model, self.settings.runtime)
+        log.info("inference: %s (%s), %d threads", runtime, why, torch.get_num_threads())
         index = SearchIndex(self.settings.index, bundle.fingerprint) if self.settings.index else None
         return model, index
 
@@ -139,14 +139,14 @@ class ServiceState:
             return
         self.search, self.search_detail = "ready", None
         log.info("search: ready, index %s of %d images", path, self.index.count)
-        self._check_precision(self.index, model)
+        self._check_runtime(self.index, model)
 
     @staticmethod
-    def _check_precision(index: SearchIndex, model: Model) -> None:
-        built = index.info.get("precision", "fp32")
-        if built != model.precision:  # a query then scores its own indexed copy at about 0.9999, not 1
-            log.warning("the index was embedded in %s but queries are in %s: give --precision %s to match",
-                        built, model.precision, built)
+    def _check_runtime(index: SearchIndex, model: Model) -> None:
+        built = index.info.get("runtime", "torch-fp32")
+        if built.split("-")[1] != model.runtime.split("-")[1]:  # its own indexed copy then scores ~0.999, not 1
+            log.warning("the index was embedded with %s but queries run on %s: give --runtime %s to match",
+                        built, model.runtime, built)
 
     def _search_off(self, why: str) -> None:
         self.search, self.search_detail = "off", why

@@ -13,21 +13,28 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 from pydantic import ValidationError
 
-from contract.bundle import (CLASSIFIER, ENCODER, PROJECTOR, Architecture, ClassifierSpec, InputSpec, Manifest,
-                             Metrics, Projection, Training, describe, load_weights, write_bundle)
+from contract.bundle import (CLASSIFIER, ENCODER, ONNX_FP32, ONNX_INT8, PROJECTOR, Architecture, ClassifierSpec,
+                             InputSpec, Manifest, Metrics, OnnxGraphs, Projection, Training, describe, load_weights,
+                             write_bundle)
 from contract.images import RESIZE
 from contract.networks import classifier_head
 from trainer.augment import CIFAR_MEAN, CIFAR_STD
 from trainer.cli import OneLineErrorParser
+from trainer.config import Config
+from trainer.data import balanced_subset, load_split
 from trainer.errors import UserError
+from trainer.onnx_export import OPSET, InferenceGraph, export_graph, quantize_int8
 from trainer.run_dir import RunDir
 
 
-def export(run_dir: str | Path, out: str | Path, checkpoint_file: str | Path | None = None) -> Manifest:
+def export(run_dir: str | Path, out: str | Path, checkpoint_file: str | Path | None = None, onnx: bool = True,
+           int8_calibration: int = 0) -> Manifest:
     """Write the bundle of run_dir's checkpoint (default: the one RUN_DIR/eval evaluated, else the latest) into
-    out and return its manifest."""
+    out and return its manifest. With onnx, the inference also goes in as an ONNX graph, and with
+    int8_calibration N > 0 as an int8 graph calibrated on N class-balanced training images of the run."""
     run = RunDir(run_dir)
     config = run.read_config()
     evaluation = run.eval_dir()
@@ -41,7 +48,7 @@ def export(run_dir: str | Path, out: str | Path, checkpoint_file: str | Path | N
                         f"evaluated one")
     model, state = run.load_model(config, checkpoint_file)
     weights = {ENCODER: model.encoder.state_dict(), PROJECTOR: model.projector.state_dict()}
-    classes, classifier, metrics = list(state.get("classes") or []), None, None
+    classes, classifier, metrics, head = list(state.get("classes") or []), None, None, None
     if head_spec:
         try:
             classes = [str(c) for c in head_spec["classes"]]
@@ -65,7 +72,22 @@ def export(run_dir: str | Path, out: str | Path, checkpoint_file: str | Path | N
             epochs=config.epochs, checkpoint_epoch=state["epoch"], checkpoint=run.relative(checkpoint_file),
             batch_size=config.batch_size, optimizer=config.optimizer, lr=config.peak_lr, weight_decay=config.wd,
             temperature=config.temperature, data_dir=config.data_dir))
-    return write_bundle(out, manifest, weights)
+    graphs = {}
+    if onnx:
+        fp32 = export_graph(InferenceGraph(model.encoder, model.projector, head,
+                                           CIFAR_MEAN, CIFAR_STD), config.image_size)
+        graphs[ONNX_FP32] = fp32
+        if int8_calibration:
+            graphs[ONNX_INT8] = quantize_int8(fp32, _calibration_images(config, int8_calibration))
+        manifest.onnx = OnnxGraphs(int8=ONNX_INT8 if int8_calibration else None, opset=OPSET,
+                                   int8_calibration_images=int8_calibration or None)
+    return write_bundle(out, manifest, weights, graphs)
+
+
+def _calibration_images(config: Config, n: int) -> np.ndarray:
+    """n class-balanced training images of the run (uint8 (n, 3, S, S)): the int8 graph's activation ranges."""
+    train = load_split(config.data_dir, "train", config.image_size, download=False, cache_dir=config.cache_dir)
+    return balanced_subset(train, min(n, len(train)), seed=0).images.numpy()
 
 
 def _metrics(path: Path) -> Metrics:
@@ -84,9 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, metavar="BUNDLE_DIR", help="bundle directory to write")
     parser.add_argument("--checkpoint", metavar="FILE",
                         help="checkpoint to export (default: the one RUN_DIR/eval evaluated, else the latest)")
+    parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
+                        help="add the inference as an ONNX graph, for ONNX Runtime (default: on)")
+    parser.add_argument("--int8-calibration", type=int, default=0, metavar="N",
+                        help="add an int8 ONNX graph calibrated on N training images of the run (default: 0, none)")
     args = parser.parse_args(argv)
     try:
-        manifest = export(args.run, args.out, args.checkpoint)
+        manifest = export(args.run, args.out, args.checkpoint, args.onnx, args.int8_calibration)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

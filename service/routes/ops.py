@@ -39,6 +39,6 @@ def metrics(state: State) -> Response:
 def version(state: Ready) -> dict[str, Any]:
     """The served bundle's manifest, its fingerprint (sha256 of manifest.json) and the index's description."""
     return {"model": state.model.bundle.name, "bundle_fingerprint": state.model.bundle.fingerprint,
-            "precision": state.model.precision,
+            "runtime": state.model.runtime,
             "manifest": state.model.bundle.manifest.model_dump(mode="json", by_alias=True),
             "index": state.index.info if state.index else None}

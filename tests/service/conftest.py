@@ -17,9 +17,9 @@ from service.settings import Settings
 from trainer.export import export
 from trainer.models import SimCLR
 
-# The tests compare scores and vectors exactly, so every service they start (in process or not) serves fp32,
-# whatever this CPU's bf16 speed; tests/service/test_model.py covers bf16 and the automatic choice.
-os.environ["SIMCLR_PRECISION"] = "fp32"
+# The tests compare scores and vectors exactly, so every service they start (in process or not) runs torch in
+# fp32, whatever this CPU's bf16 speed; tests/service/test_model.py covers the other runtimes and the choice.
+os.environ["SIMCLR_RUNTIME"] = "torch-fp32"
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +45,7 @@ def image_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def index_dir(bundle_dir, image_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("index") / "index"
-    build(str(bundle_dir), [str(image_folder)], str(out), ["train"], precision="fp32")
+    build(str(bundle_dir), [str(image_folder)], str(out), ["train"], runtime="torch-fp32")
     return out
 
 

@@ -60,7 +60,9 @@ def test_manifest_describes_the_run(tmp_path, run_and_model):
     assert [row["name"] for row in manifest["metrics"]["per_class"]] == list(CLASSES)
     assert manifest["metrics"]["per_class"][0]["class"] == 0 and manifest["metrics"]["protocol"]["name"] == "linear"
     assert manifest["training"]["checkpoint_epoch"] == 1 and manifest["training"]["batch_size"] == 16
-    assert set(manifest["files"]) == {"encoder.safetensors", "projector.safetensors", "classifier.safetensors"}
+    assert set(manifest["files"]) == {"encoder.safetensors", "projector.safetensors", "classifier.safetensors",
+                                      "model.onnx"}
+    assert manifest["onnx"] == {"fp32": "model.onnx", "int8": None, "int8_calibration_images": None, "opset": 17}
 
 
 def test_unevaluated_run_has_no_classifier(tmp_path):
