@@ -125,3 +125,7 @@ def main() -> None:
     if 1 in args.levels:
         print("lone /embed p50: " + ", ".join(f"{r} {http[r, 1]['p50']:.1f} ms" for r in runtimes)
               + " (target <= 10 ms)")
+
+
+if __name__ == "__main__":
+    main()
