@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
+import torch
 from torch import Tensor, nn
 
 from contract.files import atomic_write
@@ -146,6 +147,8 @@ class Manifest(BaseModel):
     classes: list[str]
     metrics: Metrics | None
     training: Training
+    # float16 halves the files; the networks are rebuilt and run in float32 either way.
+    weights_dtype: Literal["float32", "float16"] = "float32"
     onnx: OnnxGraphs | None = None
     files: dict[str, str] = {}
 
@@ -179,8 +182,9 @@ def write_bundle(path: str | Path, manifest: Manifest, weights: dict[str, dict[s
     export into path are removed."""
     path = Path(path)
     files = {}
-    blobs = {name: save_safetensors({k: v.detach().cpu().contiguous() for k, v in state.items()})
-             for name, state in weights.items()} | (graphs or {})
+    dtype = torch.float16 if manifest.weights_dtype == "float16" else torch.float32
+    blobs = {name: save_safetensors({k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+                                     for k, v in state.items()}) for name, state in weights.items()} | (graphs or {})
     for name, data in blobs.items():
         atomic_write(path / name, data)
         files[name] = hashlib.sha256(data).hexdigest()

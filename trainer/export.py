@@ -31,10 +31,11 @@ from trainer.run_dir import RunDir
 
 
 def export(run_dir: str | Path, out: str | Path, checkpoint_file: str | Path | None = None, onnx: bool = True,
-           int8_calibration: int = 0) -> Manifest:
+           int8_calibration: int = 0, half: bool = False) -> Manifest:
     """Write the bundle of run_dir's checkpoint (default: the one RUN_DIR/eval evaluated, else the latest) into
     out and return its manifest. With onnx, the inference also goes in as an ONNX graph, and with
-    int8_calibration N > 0 as an int8 graph calibrated on N class-balanced training images of the run."""
+    int8_calibration N > 0 as an int8 graph calibrated on N class-balanced training images of the run. With half,
+    the safetensors hold float16 (the graphs are made from the float32 weights)."""
     run = RunDir(run_dir)
     config = run.read_config()
     evaluation = run.eval_dir()
@@ -71,7 +72,8 @@ def export(run_dir: str | Path, out: str | Path, checkpoint_file: str | Path | N
         training=Training(
             epochs=config.epochs, checkpoint_epoch=state["epoch"], checkpoint=run.relative(checkpoint_file),
             batch_size=config.batch_size, optimizer=config.optimizer, lr=config.peak_lr, weight_decay=config.wd,
-            temperature=config.temperature, data_dir=config.data_dir))
+            temperature=config.temperature, data_dir=config.data_dir),
+        weights_dtype="float16" if half else "float32")
     graphs = {}
     if onnx:
         fp32 = export_graph(InferenceGraph(model.encoder, model.projector, head,
@@ -110,9 +112,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="add the inference as an ONNX graph, for ONNX Runtime (default: on)")
     parser.add_argument("--int8-calibration", type=int, default=0, metavar="N",
                         help="add an int8 ONNX graph calibrated on N training images of the run (default: 0, none)")
+    parser.add_argument("--half", action="store_true",
+                        help="store the weights as float16: half the size, still run in float32 (default: float32)")
     args = parser.parse_args(argv)
     try:
-        manifest = export(args.run, args.out, args.checkpoint, args.onnx, args.int8_calibration)
+        manifest = export(args.run, args.out, args.checkpoint, args.onnx, args.int8_calibration, args.half)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

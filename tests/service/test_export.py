@@ -65,6 +65,20 @@ def test_manifest_describes_the_run(tmp_path, run_and_model):
     assert manifest["onnx"] == {"fp32": "model.onnx", "int8": None, "int8_calibration_images": None, "opset": 17}
 
 
+def test_half_weights_take_half_the_room_and_give_the_same_answers(tmp_path, run_and_model):
+    run, _ = run_and_model
+    full = export(run, tmp_path / "full", onnx=False)
+    half = export(run, tmp_path / "half", onnx=False, half=True)
+    assert (full.weights_dtype, half.weights_dtype) == ("float32", "float16")
+    size = lambda folder: sum(f.stat().st_size for f in folder.glob("*.safetensors"))  # noqa: E731
+    assert size(tmp_path / "half") < 0.55 * size(tmp_path / "full")
+    images = torch.from_numpy(colour_images(2)[0]).permute(0, 3, 1, 2)
+    a, b = (Model(load_bundle(tmp_path / name)).infer(images) for name in ("full", "half"))
+    assert b.representation.dtype == torch.float32
+    assert F.cosine_similarity(a.representation, b.representation).min() > 0.999
+    torch.testing.assert_close(a.probabilities, b.probabilities, atol=1e-2, rtol=0)
+
+
 def test_unevaluated_run_has_no_classifier(tmp_path):
     run, _ = make_run(tmp_path / "run", evaluated=False)
     out = tmp_path / "bundle"
