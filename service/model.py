@@ -35,31 +35,36 @@ class Outputs:
         return Outputs(self.representation[rows], self.unit[rows], self.projection[rows], probabilities)
 
 
-RUNTIMES = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
+RUNTIMES = ("torch-fp32", "torch-bf16", "torch-fp16", "onnx-fp32", "onnx-int8")
 
 
 class Model:
     """A loaded bundle's networks with its preprocessing; infer() is what the batcher runs, on one runtime:
 
-    - torch-fp32, torch-bf16: the torch networks, channels-last (uint8 images arrive in that layout, and the
-      convolutions are faster in it), the encoder under bf16 autocast for torch-bf16;
-    - onnx-fp32, onnx-int8: the bundle's ONNX graphs (normalisation, encoder and heads) in ONNX Runtime.
-    Every output is float32 whatever the runtime.
+    - torch-fp32, torch-bf16 (and torch-fp16 on a GPU): the torch networks, channels-last (uint8 images arrive
+      in that layout, and the convolutions are faster in it), the encoder under autocast for bf16 and fp16;
+    - onnx-fp32, onnx-int8 (CPU): the bundle's ONNX graphs (normalisation, encoder and heads) in ONNX Runtime.
+    The torch networks live on device; every output is float32, on the CPU, whatever the runtime.
     """
 
-    def __init__(self, bundle: Bundle, runtime: str = "torch-fp32"):
-        self.bundle = bundle
+    def __init__(self, bundle: Bundle, runtime: str = "torch-fp32", device: str | torch.device = "cpu"):
+        self.bundle, self.device = bundle, torch.device(device)
         spec = bundle.manifest.input
         self.size = spec.size
-        self.mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(spec.std).view(1, 3, 1, 1)
+        self.mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
+        for net in (bundle.encoder, bundle.projector, bundle.classifier):
+            if net is not None:
+                net.to(self.device)
         bundle.encoder.to(memory_format=torch.channels_last)
         self._sessions: dict[str, object] = {}
         self.use(runtime)
 
     @property
     def runtimes(self) -> list[str]:
-        """The runtimes this bundle (and this install) offers."""
+        """The runtimes this bundle (and this install) offers on the model's device."""
+        if self.device.type == "cuda":
+            return ["torch-fp32", "torch-fp16", "torch-bf16"]
         graphs = self.bundle.manifest.onnx
         if graphs is None or importlib.util.find_spec("onnxruntime") is None:
             return ["torch-fp32", "torch-bf16"]
@@ -67,9 +72,10 @@ class Model:
 
     def use(self, runtime: str) -> None:
         if runtime not in self.runtimes:
-            raise BundleError(f"runtime {runtime} is not available for {self.bundle.path}: it offers "
-                              f"{', '.join(self.runtimes)} (the ONNX runtimes need a bundle exported with its "
-                              f"graphs, onnx-int8 with --int8-calibration, and onnxruntime installed)")
+            raise BundleError(f"runtime {runtime} is not available for {self.bundle.path} on {self.device.type}: "
+                              f"it offers {', '.join(self.runtimes)} (the ONNX runtimes run on CPUs and need a "
+                              f"bundle exported with its graphs, onnx-int8 with --int8-calibration, and "
+                              f"onnxruntime installed; torch-fp16 runs on GPUs)")
         self.runtime = runtime
 
     def preprocess(self, data: bytes, max_pixels: int) -> np.ndarray:
@@ -88,13 +94,16 @@ class Model:
         inference thread: see service.state for why no other thread runs torch's parallel kernels."""
         if self.runtime.startswith("onnx"):
             return self._infer_onnx(images)
-        x = (images.contiguous(memory_format=torch.channels_last).float() / 255 - self.mean) / self.std
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.runtime == "torch-bf16"):
+        x = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x = (x.float() / 255 - self.mean) / self.std
+        dtype = {"torch-bf16": torch.bfloat16, "torch-fp16": torch.float16}.get(self.runtime)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             h = self.bundle.encoder(x)
         h = h.float()
         z = self.bundle.projector(h)
         head = self.bundle.classifier
-        return Outputs(h, F.normalize(h, dim=1), z, F.softmax(head(h), dim=1) if head is not None else None)
+        p = F.softmax(head(h), dim=1) if head is not None else None
+        return Outputs(h.cpu(), F.normalize(h, dim=1).cpu(), z.cpu(), p.cpu() if p is not None else None)
 
     def _infer_onnx(self, images: Tensor) -> Outputs:
         outputs = [torch.from_numpy(o) for o in self._session().run(None, {"images": images.contiguous().numpy()})]

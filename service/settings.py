@@ -41,9 +41,12 @@ class Settings(BaseSettings):
     max_images: int = Field(64, gt=0, description="most images in one request")
     max_image_pixels: int = Field(40_000_000, gt=0, description="largest image (width x height) decoded; "
                                   "larger ones get 413, which also stops decompression bombs")
-    max_batch_size: int = Field(64, gt=0, description="most images in one inference batch")
+    max_batch_size: int | None = Field(None, gt=0, description="most images in one inference batch (default: 64 "
+                                       "on a CPU, 256 on a GPU)")
     max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits at most for requests still being read")
-    runtime: Literal["auto", "torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"] = Field(
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where torch runs the model (auto: a CUDA "
+                                                   "GPU when torch sees one)")
+    runtime: Literal["auto", "torch-fp32", "torch-bf16", "torch-fp16", "onnx-fp32", "onnx-int8"] = Field(
         "auto", description="what runs the model: torch in fp32 or bf16 (about 2x faster on CPUs with fast bf16, "
         "slower elsewhere), or ONNX Runtime on the bundle's fp32 or int8 graph; auto times those the bundle offers "
         "at start (int8 only when asked for) and takes the fastest")

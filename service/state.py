@@ -57,6 +57,7 @@ class ServiceState:
         self.error: str | None = None
         self.search = "loading"  # loading, building, ready or off
         self.search_detail: str | None = None
+        self.batch_size = settings.max_batch_size or 64  # until the device is known (see _load)
         self._search: ThreadPoolExecutor | None = None
         self._inference: ThreadPoolExecutor | None = None
 
@@ -83,7 +84,7 @@ class ServiceState:
             log.error("error: %s", e)
             return
         self.model, self.index = model, index
-        batcher = Batcher(model.infer, self.settings.max_batch_size, self.settings.max_wait_ms / 1000, self.metrics,
+        batcher = Batcher(model.infer, self.batch_size, self.settings.max_wait_ms / 1000, self.metrics,
                           executor=self._inference)
         batcher.start()
         self.batcher = batcher  # set last: ready from here on
@@ -96,11 +97,18 @@ class ServiceState:
 
     def _load(self) -> tuple[Model, SearchIndex | None]:
         torch.set_num_threads(self.settings.torch_threads)
+        device = self.settings.device
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BundleError("--device cuda was asked for but torch sees no CUDA GPU")
+        device = "cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu")
+        # A GPU takes larger batches at little cost in latency; a CPU's time grows with every image.
+        self.batch_size = self.settings.max_batch_size or (256 if device == "cuda" else 64)
         bundle = load_bundle(self.settings.bundle)
-        model = Model(bundle)
+        model = Model(bundle, device=device)
         model.infer(torch.zeros(1, 3, model.size, model.size, dtype=torch.uint8))  # warm-up: first calls allocate
         runtime, why = pick_runtime(model, self.settings.runtime)
-        log.info("inference: %s (%s), %d threads", runtime, why, torch.get_num_threads())
+        log.info("inference: %s on %s (%s), batches of %d at most, %d threads", runtime, device, why, self.batch_size,
+                 torch.get_num_threads())
         index = SearchIndex(self.settings.index, bundle.fingerprint) if self.settings.index else None
         return model, index
 
@@ -123,7 +131,7 @@ class ServiceState:
             try:
                 await loop.run_in_executor(None, lambda: build(
                     model.bundle.path, [str(settings.data_dir)], path, ["train"], download=settings.download,
-                    batch_size=settings.max_batch_size, max_pixels=settings.max_image_pixels, model=model,
+                    batch_size=self.batch_size, max_pixels=settings.max_image_pixels, model=model,
                     infer=infer, progress=Progress(self)))
             except (BuildError, OSError) as e:
                 self._search_off(f"the index could not be built: {e}")

@@ -330,6 +330,13 @@ def test_without_data_search_is_off_and_says_why(bundle_dir, tmp_path):
         assert "retry-after" not in response.headers  # waiting would not help
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where there is no GPU")
+def test_a_gpu_asked_for_where_there_is_none_is_a_clear_error(bundle_dir):
+    with TestClient(create_app(Settings(bundle=bundle_dir, device="cuda", data_dir=None))) as client:
+        assert "--device cuda was asked for but torch sees no CUDA GPU" in wait_ready(client)["error"]
+        assert_problem(client.post("/embed", files=files(png_bytes(IMAGES[0]))), 503, "no CUDA GPU")
+
+
 def test_unevaluated_bundle_embeds_but_does_not_classify(tmp_path):
     run, _ = make_run(tmp_path / "run", evaluated=False)
     export(run, tmp_path / "bundle")

@@ -48,11 +48,13 @@ def test_any_input_layout_gives_the_same_answer(bundle_dir):
     torch.testing.assert_close(model.infer(IMAGES.contiguous()).representation, model.infer(IMAGES).representation)
 
 
-def test_runtimes_a_bundle_lacks_are_refused(bundle_dir):
+def test_runtimes_a_bundle_or_device_lacks_are_refused(bundle_dir):
     model = Model(load_bundle(bundle_dir))
-    assert model.runtimes == ["torch-fp32", "torch-bf16", "onnx-fp32"]  # exported without int8
+    assert model.runtimes == ["torch-fp32", "torch-bf16", "onnx-fp32"]  # exported without int8; no fp16 on CPU
     with pytest.raises(BundleError, match="onnx-int8 is not available"):
         model.use("onnx-int8")
+    with pytest.raises(BundleError, match="torch-fp16 runs on GPUs"):
+        model.use("torch-fp16")
 
 
 @pytest.mark.parametrize("fast, expected", [("torch-bf16", "torch-bf16"), ("onnx-fp32", "onnx-fp32"),
