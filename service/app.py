@@ -35,7 +35,10 @@ def create_app(settings: Settings) -> FastAPI:
         await asyncio.gather(loading, return_exceptions=True)
         await state.close()
 
+    # Operation ids are the route functions' names (embed, classify, search_images ...): what generated clients
+    # call their methods, rather than FastAPI's embed_embed_post.
     app = FastAPI(title="SimCLR CIFAR-10 service", lifespan=lifespan,
+                  generate_unique_id_function=lambda route: route.name,
                   description="Embeddings, top-k classes and similar-image search from a SimCLR model bundle.")
     app.state.service = state
     problems.install(app)

@@ -12,8 +12,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.problems import problem_response
 
-# Probes stay open: orchestrators and Prometheus scrape them without credentials, and they reveal no data.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Probes stay open: orchestrators and Prometheus scrape them without credentials, and they reveal no data. So
+# does the demo page (/ and its /static files): it asks for the key, and everything it fetches carries it.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})
+OPEN_PREFIXES = ("/static/",)
 
 
 class ApiKey:
@@ -23,7 +25,8 @@ class ApiKey:
         self.app, self.key = app, key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._presented(scope):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or self._presented(scope):
             return await self.app(scope, receive, send)
         response = problem_response(401, "this service needs an API key: send it as the X-API-Key header or as "
                                     "Authorization: Bearer KEY", scope["path"])

@@ -22,10 +22,11 @@ async def get_state(request: Request) -> ServiceState:
 
 async def get_ready(state: Annotated[ServiceState, Depends(get_state)]) -> ServiceState:
     """The state, once bundle and index are loaded."""
-    if state.error:
-        raise Problem(503, f"the service could not load its model: {state.error}")
+    if state.error:  # it will not clear: not a 503, which says "retry"
+        raise Problem(500, f"the service could not load its model: {state.error}", "load-failed")
     if not state.ready:
-        raise Problem(503, "the model is still loading: retry shortly (GET /readyz says when it is ready)")
+        raise Problem(503, "the model is still loading: retry shortly (GET /readyz says when it is ready)",
+                      "not-ready", headers={"Retry-After": "2"})
     return state
 
 
@@ -34,9 +35,10 @@ async def get_index(state: Annotated[ServiceState, Depends(get_ready)]) -> Searc
         return state.index
     if state.search in ("loading", "building"):
         raise Problem(503, f"similar-image search is not ready yet: {state.search_detail or 'the index is loading'}; "
-                      f"retry later (GET /readyz says when)", headers={"Retry-After": str(RETRY_AFTER_S)})
-    raise Problem(503, f"similar-image search is off: {state.search_detail} (start the service with --index, "
-                  f"or with --data-dir to build one)")
+                      f"retry later (GET /readyz says when)", "not-ready",
+                      headers={"Retry-After": str(RETRY_AFTER_S)})
+    raise Problem(501, f"similar-image search is off: {state.search_detail} (start the service with --index, "
+                  f"or with --data-dir to build one)", "search-off")
 
 
 Ready = Annotated[ServiceState, Depends(get_ready)]

@@ -1,10 +1,12 @@
-"""Prometheus metrics, one registry per app so that several apps (tests) never share counters."""
+"""Prometheus metrics, one registry per app so that several apps (tests) never share counters: ours prefixed
+simclr_, beside the standard process, platform and garbage-collector collectors."""
 
 from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter,
+                               Gauge, Histogram)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
@@ -14,17 +16,19 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("http_requests", "HTTP requests by route, method and status",
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # stateless: shared safely
+            self.registry.register(collector)
+        self.requests = Counter("simclr_http_requests", "HTTP requests by route, method and status",
                                 ["route", "method", "status"], registry=self.registry)
-        self.latency = Histogram("http_request_duration_seconds", "HTTP request latency by route", ["route"],
+        self.latency = Histogram("simclr_http_request_duration_seconds", "HTTP request latency by route", ["route"],
                                  buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.batch_size = Histogram("inference_batch_size", "images per inference batch",
+        self.batch_size = Histogram("simclr_inference_batch_size", "images per inference batch",
                                     buckets=_BATCH_BUCKETS, registry=self.registry)
-        self.inference = Histogram("inference_seconds", "model time per inference batch",
+        self.inference = Histogram("simclr_inference_seconds", "model time per inference batch",
                                    buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.queue_depth = Gauge("inference_queue_depth", "images waiting for an inference batch",
+        self.queue_depth = Gauge("simclr_inference_queue_depth", "images waiting for an inference batch",
                                  registry=self.registry)
-        self.search = Histogram("search_seconds", "FAISS time per search call", buckets=_LATENCY_BUCKETS,
+        self.search = Histogram("simclr_search_seconds", "FAISS time per search call", buckets=_LATENCY_BUCKETS,
                                 registry=self.registry)
 
 

@@ -20,21 +20,54 @@ from starlette.routing import Match
 from service.batching import BatcherStopped
 
 MEDIA_TYPE = "application/problem+json"
+# Each kind of problem has its own type URI, /problems/<kind> (GET it for the description), so that a client
+# tells them apart without parsing the detail's English. Kinds by status where the raiser names none.
+KINDS = {
+    "bad-request": "the request is malformed at the HTTP level (Content-Length, multipart framing)",
+    "unauthorized": "an API key is needed: send it as X-API-Key or Authorization: Bearer",
+    "not-found": "no such route, or no indexed image with that id",
+    "model-not-found": "the OpenAI-compatible request names a model this service does not serve",
+    "method-not-allowed": "the route exists but not with this method (the Allow header lists those it takes)",
+    "body-too-large": "the request body is larger than the service accepts (--max-request-bytes)",
+    "too-many-images": "more images in one request than the service accepts (--max-images)",
+    "image-too-large": "an image has more pixels than the service decodes (--max-image-pixels), or is a "
+                       "decompression bomb",
+    "unsupported-media-type": "the request's content type is neither multipart/form-data nor application/json",
+    "unsupported-image-format": "an upload is not an image in a supported format (JPEG, PNG, GIF, BMP, WebP, "
+                                "TIFF, PPM)",
+    "invalid-image": "an upload is empty, truncated or corrupt",
+    "invalid-request": "a parameter or the JSON body is not what the route takes (the detail says which)",
+    "not-ready": "the model or the index is still loading or being built: retry after Retry-After seconds",
+    "shutting-down": "the service is stopping: retry after Retry-After seconds (another replica, or this one "
+                     "once restarted)",
+    "no-classifier": "the served bundle has no classifier (its run was not evaluated): /classify is not offered",
+    "search-off": "similar-image search is not offered by this service (no index, and none could be built)",
+    "load-failed": "the service could not load its model bundle or index (the detail says why)",
+    "internal-error": "an unexpected error; the server logged it",
+}
+_BY_STATUS = {400: "bad-request", 401: "unauthorized", 404: "not-found", 405: "method-not-allowed",
+              413: "body-too-large", 415: "unsupported-media-type", 422: "invalid-request", 500: "internal-error",
+              503: "not-ready"}
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 log = logging.getLogger("service")
 
 
 class Problem(Exception):
-    """An error answer: status, a human-readable detail, optional headers (Retry-After) and extension members."""
+    """An error answer: status, a human-readable detail, its kind (KINDS; default: by status), optional headers
+    (Retry-After) and extension members."""
 
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None, **extensions: Any):
+    def __init__(self, status: int, detail: str, kind: str | None = None, headers: dict[str, str] | None = None,
+                 **extensions: Any):
         super().__init__(detail)
-        self.status, self.detail, self.headers, self.extensions = status, detail, headers or {}, extensions
+        self.status, self.detail, self.kind, self.headers, self.extensions = status, detail, kind, headers or {}, \
+            extensions
 
 
-def problem_response(status: int, detail: str, instance: str | None = None, **extensions: Any) -> JSONResponse:
-    body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status, "detail": detail,
-            **({"instance": instance} if instance else {}), **extensions}
+def problem_response(status: int, detail: str, instance: str | None = None, kind: str | None = None,
+                     **extensions: Any) -> JSONResponse:
+    kind = kind or _BY_STATUS.get(status)
+    body = {"type": f"/problems/{kind}" if kind else "about:blank", "title": HTTPStatus(status).phrase,
+            "status": status, "detail": detail, **({"instance": instance} if instance else {}), **extensions}
     if instance and instance.startswith("/v1/"):  # OpenAI's clients read their message from an "error" member
         body["error"] = {"message": detail, "type": "invalid_request_error" if status < 500 else "server_error",
                          "code": extensions.get("code")}
@@ -46,13 +79,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
-        response = problem_response(exc.status, exc.detail, request.url.path, **exc.extensions)
+        response = problem_response(exc.status, exc.detail, request.url.path, exc.kind, **exc.extensions)
         response.headers.update(exc.headers)
         return response
 
     @app.exception_handler(BatcherStopped)
     async def _stopping(request: Request, exc: BatcherStopped) -> JSONResponse:
-        return problem_response(503, f"{exc}: retry shortly", request.url.path)
+        response = problem_response(503, f"{exc}: retry shortly", request.url.path, "shutting-down")
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

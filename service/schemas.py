@@ -131,3 +131,46 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class Evaluation(BaseModel):
+    """The bundled model's evaluation on its test set (accuracies as fractions), as the manifest records it."""
+
+    protocol: str
+    top1: float
+    top3: float
+    top5: float
+    knn_top1: float | None
+
+
+class IndexSummary(BaseModel):
+    type: str
+    count: int
+    dim: int
+    classes: list[str]
+    runtime: str
+
+
+class Version(BaseModel):
+    """What a client needs to know of the served model and index (no server paths)."""
+
+    model: str
+    bundle_fingerprint: str = Field(description="sha256 of the bundle's manifest: its identity")
+    runtime: str
+    backbone: str
+    representation_dim: int
+    projection_dim: int
+    input_size: int
+    classes: list[str]
+    classifier: bool = Field(description="whether /classify is served")
+    checkpoint_epoch: int
+    evaluation: Evaluation | None
+    index: IndexSummary | None
+
+
+class ProblemType(BaseModel):
+    """A problem type URI's meaning."""
+
+    type: str
+    kind: str
+    description: str

@@ -23,6 +23,9 @@ from service.problems import Problem
 from service.schemas import ImagesJSON
 from service.state import ServiceState
 
+# The kind of problem each status of contract.images.ImageError is.
+IMAGE_PROBLEMS = {413: "image-too-large", 415: "unsupported-image-format", 422: "invalid-image"}
+
 # The request body both content types take, for the OpenAPI docs (the route reads the body itself).
 OPENAPI_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["images"], "properties": {
@@ -58,7 +61,7 @@ async def decode_files(files: list[tuple[str, bytes]], state: ServiceState) -> T
     of them is a problem naming which."""
     limit = state.settings.max_images
     if len(files) > limit:
-        raise Problem(413, f"too many images in one request: {len(files)}, at most {limit}")
+        raise Problem(413, f"too many images in one request: {len(files)}, at most {limit}", "too-many-images")
     model, max_pixels = state.model, state.settings.max_image_pixels
 
     def decode() -> Tensor:  # in a worker thread: decoding and resizing are CPU work
@@ -67,7 +70,7 @@ async def decode_files(files: list[tuple[str, bytes]], state: ServiceState) -> T
             try:
                 images.append(model.preprocess(data, max_pixels))
             except ImageError as e:
-                raise Problem(e.status, f"{name}: {e}") from None
+                raise Problem(e.status, f"{name}: {e}", IMAGE_PROBLEMS[e.status]) from None
         return model.batch(images)
 
     return await run_in_threadpool(decode)
@@ -84,7 +87,8 @@ async def _multipart(request: Request, limit: int) -> list[tuple[str, bytes]]:
                 files.append((name, await value.read()))
     except HTTPException as e:  # Starlette's 400 for too many parts: the same 413 as the JSON way
         if "Too many" in str(e.detail):
-            raise Problem(413, f"too many images or fields in one request: at most {limit}") from None
+            raise Problem(413, f"too many images or fields in one request: at most {limit}",
+                          "too-many-images") from None
         raise
     return files
 

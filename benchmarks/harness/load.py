@@ -119,16 +119,15 @@ class Server:
         return httpx2.get(f"{self.url}/version", timeout=30).json()["index"]["count"]
 
     def has_classifier(self) -> bool:
-        return httpx2.get(f"{self.url}/version", timeout=30).json()["manifest"]["architecture"]["classifier"] \
-            is not None
+        return httpx2.get(f"{self.url}/version", timeout=30).json()["classifier"]
 
     def status_counts(self) -> Counter[str]:
-        """The server's own count of its answers by status class (/metrics' http_requests), /readyz left out
+        """The server's own count of its answers by status class (/metrics' simclr_http_requests), /readyz left out
         (it answers 503 while loading)."""
         text = httpx2.get(f"{self.url}/metrics", timeout=30).text
         counts: Counter[str] = Counter()
         for family in text_string_to_metric_families(text):
-            if family.name == "http_requests":
+            if family.name == "simclr_http_requests":
                 for sample in family.samples:
                     if sample.name.endswith("_total") and sample.labels["route"] != "/readyz":
                         counts[f"{sample.labels['status'][0]}xx"] += int(sample.value)

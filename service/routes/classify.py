@@ -19,8 +19,8 @@ async def classify(images: Images, state: Ready,
                    ) -> ClassifyResponse:
     """Per image the k most probable classes (all of them when there are fewer than k), best first."""
     if state.model.bundle.classifier is None:
-        raise Problem(503, "this bundle has no classifier: its run was not evaluated (run python -m "
-                      "trainer.linear_eval, then export again); /embed and /search still work")
+        raise Problem(501, "this bundle has no classifier: its run was not evaluated (run python -m "
+                      "trainer.linear_eval, then export again); /embed and /search still work", "no-classifier")
     out = await state.batcher.submit(images)
     top = out.probabilities.topk(min(k, out.probabilities.shape[1]), dim=1)
     classes = state.model.bundle.manifest.classes

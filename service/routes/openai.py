@@ -18,18 +18,18 @@ router = APIRouter(prefix="/v1", tags=["openai-compatible"])
 
 
 @router.get("/models", response_model=ModelList)
-async def models(state: Ready) -> ModelList:
+async def list_models(state: Ready) -> ModelList:
     """The served model, as the one entry."""
     return ModelList(data=[_card(state)])
 
 
 @router.post("/embeddings", response_model=EmbeddingsResponse, responses=PROBLEMS | {404: PROBLEMS[422]})
-async def embeddings(body: EmbeddingsRequest, state: Ready) -> EmbeddingsResponse:
+async def create_embeddings(body: EmbeddingsRequest, state: Ready) -> EmbeddingsResponse:
     """The L2-normalised representation of each input image, as OpenAI's embeddings endpoint answers."""
     card = _card(state)
     if body.model != card.id:
         raise Problem(404, f"model {body.model!r} is not served here: GET /v1/models lists {card.id!r}",
-                      code="model_not_found")
+                      "model-not-found", code="model_not_found")
     dim = state.model.bundle.manifest.architecture.representation_dim
     if body.dimensions is not None and body.dimensions != dim:
         raise Problem(422, f"dimensions {body.dimensions}: this model's embeddings have {dim} (they cannot be "

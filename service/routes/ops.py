@@ -1,13 +1,15 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.dependencies import Ready, get_state
-from service.schemas import Health, Readiness
+from service.problems import KINDS, Problem
+from service.routes import NOT_FOUND
+from service.schemas import Evaluation, Health, IndexSummary, ProblemType, Readiness, Version
 from service.state import ServiceState
 
 router = APIRouter(tags=["operations"])
@@ -35,10 +37,26 @@ def metrics(state: State) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/version")
-def version(state: Ready) -> dict[str, Any]:
-    """The served bundle's manifest, its fingerprint (sha256 of manifest.json) and the index's description."""
-    return {"model": state.model.bundle.name, "bundle_fingerprint": state.model.bundle.fingerprint,
-            "runtime": state.model.runtime,
-            "manifest": state.model.bundle.manifest.model_dump(mode="json", by_alias=True),
-            "index": state.index.info if state.index else None}
+@router.get("/version", response_model=Version)
+def version(state: Ready) -> Version:
+    """The served model (name, fingerprint, runtime, architecture, classes, evaluation) and index."""
+    bundle, index = state.model.bundle, state.index
+    manifest, arch = bundle.manifest, bundle.manifest.architecture
+    metrics = manifest.metrics
+    return Version(
+        model=bundle.name, bundle_fingerprint=bundle.fingerprint, runtime=state.model.runtime,
+        backbone=arch.backbone, representation_dim=arch.representation_dim, projection_dim=arch.projection.out_dim,
+        input_size=manifest.input.size, classes=manifest.classes, classifier=bundle.classifier is not None,
+        checkpoint_epoch=manifest.training.checkpoint_epoch,
+        evaluation=Evaluation(protocol=metrics.protocol.name, top1=metrics.top1, top3=metrics.top3,
+                              top5=metrics.top5, knn_top1=metrics.knn_top1) if metrics else None,
+        index=IndexSummary(type=index.info["index_type"], count=index.count, dim=index.dim, classes=index.classes,
+                           runtime=index.info.get("runtime", "torch-fp32")) if index else None)
+
+
+@router.get("/problems/{kind}", response_model=ProblemType, responses=NOT_FOUND)
+def problem_type(kind: str) -> ProblemType:
+    """What a problem's type URI (/problems/<kind>) means."""
+    if kind not in KINDS:
+        raise Problem(404, f"no problem type {kind!r}: the types are {', '.join(KINDS)}")
+    return ProblemType(type=f"/problems/{kind}", kind=kind, description=KINDS[kind])

@@ -1,10 +1,23 @@
-// Send the chosen image to /classify and /search and draw the answers.
+// Send the chosen image to /classify and /search and draw the answers. Where the service needs an API key, the
+// page asks for it once (kept for this tab in sessionStorage) and sends it with every request, images included.
 const $ = (id) => document.getElementById(id);
+let lastFile = null;
+
+async function request(route, options = {}) {
+  const key = sessionStorage.getItem("apiKey");
+  const response = await fetch(route, { ...options, headers: key ? { "X-API-Key": key } : {} });
+  if (response.status === 401) {
+    $("key-form").hidden = false;
+    throw new Error(key ? "the API key was refused: enter the right one above"
+                        : "this service needs an API key: enter it above");
+  }
+  return response;
+}
 
 async function post(route, file) {
   const form = new FormData();
   form.append("images", file);
-  const response = await fetch(route, { method: "POST", body: form });
+  const response = await request(route, { method: "POST", body: form });
   const body = await response.json();
   if (!response.ok) throw new Error(body.detail || response.statusText);
   return body;
@@ -25,8 +38,9 @@ function showNeighbours(neighbours) {
   $("grid").replaceChildren(...neighbours.map((n) => {
     const figure = document.createElement("figure");
     const img = document.createElement("img");
-    img.src = n.image_url;
     img.alt = n.class_name || n.source;
+    // fetched, not linked: an <img src> could not carry the API key
+    request(n.image_url).then((r) => r.blob()).then((blob) => { img.src = URL.createObjectURL(blob); });
     const caption = document.createElement("figcaption");
     caption.textContent = `${n.class_name || n.split} ${n.score.toFixed(2)}`;
     figure.append(img, caption);
@@ -35,6 +49,7 @@ function showNeighbours(neighbours) {
 }
 
 async function analyse(file) {
+  lastFile = file;
   $("error").hidden = true;
   $("preview").src = URL.createObjectURL(file);
   const jobs = [post("/classify", file).then((r) => showPredictions(r.classifications[0].predictions)),
@@ -47,6 +62,11 @@ async function analyse(file) {
   }
 }
 
+function showModel() {
+  request("/version").then((r) => r.ok && r.json()).then((v) => v && ($("model").textContent = v.model))
+    .catch(() => {});
+}
+
 $("file").addEventListener("change", (e) => e.target.files[0] && analyse(e.target.files[0]));
 const drop = $("drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
@@ -56,4 +76,11 @@ drop.addEventListener("drop", (e) => {
   drop.classList.remove("over");
   if (e.dataTransfer.files[0]) analyse(e.dataTransfer.files[0]);
 });
-fetch("/version").then((r) => r.ok && r.json()).then((v) => v && ($("model").textContent = v.model));
+$("key-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  sessionStorage.setItem("apiKey", $("key").value);
+  $("key-form").hidden = true;
+  showModel();
+  if (lastFile) analyse(lastFile);
+});
+showModel();

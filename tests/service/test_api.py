@@ -46,10 +46,39 @@ def test_health_readiness_version(client, bundle_dir):
     assert client.get("/readyz").json() == {"ready": True, "bundle": True, "index": True, "search": "ready",
                                             "search_detail": None, "error": None}
     version = client.get("/version").json()
-    assert version["manifest"] == json.loads((bundle_dir / "manifest.json").read_text())  # as written, metrics too
-    assert version["manifest"]["classes"] == list(CLASSES)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert version["classes"] == manifest["classes"] == list(CLASSES) and version["classifier"] is True
+    assert version["evaluation"]["top1"] == manifest["metrics"]["top1"] and version["runtime"] == "torch-fp32"
     assert version["bundle_fingerprint"] == load_bundle(bundle_dir).fingerprint
-    assert version["index"]["count"] == len(IMAGES)
+    assert version["index"] == {"type": "flat", "count": len(IMAGES), "dim": 512, "classes": list(CLASSES),
+                                "runtime": "torch-fp32"}
+    assert str(bundle_dir) not in json.dumps(version) and "/" not in json.dumps(version)  # no server paths
+
+
+@pytest.mark.parametrize("request_args, kind", [
+    (("post", "/embed", {"content": b"x", "headers": {"content-type": "text/plain"}}), "unsupported-media-type"),
+    (("post", "/embed", {"files": [("images", ("a.txt", b"plain text"))]}), "unsupported-image-format"),
+    (("post", "/embed", {"files": [("images", ("a.png", png_bytes(IMAGES[0])[:60]))]}), "invalid-image"),
+    (("post", "/embed", {"files": [("images", ("a.png", b"x"))] * 9}), "too-many-images"),
+    (("get", "/images/99999", {}), "not-found"),
+    (("post", "/search", {"params": {"class_name": "cat"}, "files": [("images", png_bytes(IMAGES[0]))]}),
+     "invalid-request"),
+    (("delete", "/embed", {}), "method-not-allowed"),
+])
+def test_each_kind_of_problem_has_its_own_type(client, request_args, kind):
+    method, path, kwargs = request_args
+    body = getattr(client, method)(path, **kwargs).json()
+    assert body["type"] == f"/problems/{kind}", body
+    description = client.get(body["type"]).json()
+    assert description["kind"] == kind and description["description"]
+    assert client.get("/problems/nonsense").status_code == 404
+
+
+def test_openapi_operation_ids_are_readable(client):
+    operations = [op["operationId"] for path in client.get("/openapi.json").json()["paths"].values()
+                  for op in path.values()]
+    assert {"embed", "classify", "search_images", "search_by_id", "create_embeddings"} <= set(operations)
+    assert all("_post" not in op and "_get" not in op for op in operations)
 
 
 def test_embed_multipart(client, bundle_dir):
@@ -149,10 +178,11 @@ def test_metrics(client):
     client.post("/embed", files=files(png_bytes(IMAGES[0])))
     client.get("/images/99999")
     text = client.get("/metrics").text
-    assert 'http_requests_total{method="POST",route="/embed",status="200"}' in text
-    assert 'http_requests_total{method="GET",route="/images/{id}",status="404"}' in text
-    for name in ("http_request_duration_seconds_bucket", "inference_batch_size_bucket", "inference_queue_depth",
-                 "inference_seconds_count", "search_seconds_count"):
+    assert 'simclr_http_requests_total{method="POST",route="/embed",status="200"}' in text
+    assert 'simclr_http_requests_total{method="GET",route="/images/{id}",status="404"}' in text
+    for name in ("simclr_http_request_duration_seconds_bucket", "simclr_inference_batch_size_bucket",
+                 "simclr_inference_queue_depth", "simclr_inference_seconds_count", "simclr_search_seconds_count",
+                 "process_resident_memory_bytes", "python_info", "python_gc_objects_collected_total"):
         assert name in text
 
 
@@ -230,7 +260,9 @@ def test_not_ready_until_loading_ends(bundle_dir, index_dir, monkeypatch):
         assert client.get("/healthz").status_code == 200
         readiness = client.get("/readyz")
         assert readiness.status_code == 503 and readiness.json()["ready"] is False
-        assert_problem(client.post("/embed", files=files(png_bytes(IMAGES[0]))), 503, "still loading")
+        loading = client.post("/embed", files=files(png_bytes(IMAGES[0])))
+        assert_problem(loading, 503, "still loading")
+        assert loading.headers["retry-after"] == "2" and loading.json()["type"] == "/problems/not-ready"
         release.set()
         assert wait_ready(client)["ready"]
         assert client.post("/embed", files=files(png_bytes(IMAGES[0]))).status_code == 200
@@ -281,7 +313,9 @@ def test_a_request_caught_by_shutdown_gets_a_503_problem(client, monkeypatch):
         raise BatcherStopped("the service is shutting down")
 
     monkeypatch.setattr(client.app.state.service.batcher, "submit", stopped)
-    assert_problem(client.post("/embed", files=files(png_bytes(IMAGES[0]))), 503, "shutting down", "retry")
+    response = client.post("/embed", files=files(png_bytes(IMAGES[0])))
+    assert_problem(response, 503, "shutting down", "retry")
+    assert response.headers["retry-after"] == "1" and response.json()["type"] == "/problems/shutting-down"
 
 
 def test_without_an_index_the_service_builds_one_and_serves_meanwhile(bundle_dir, image_folder, tmp_path,
@@ -326,15 +360,15 @@ def test_without_data_search_is_off_and_says_why(bundle_dir, tmp_path):
         assert readiness["search"] == "off" and "CIFAR-10 is not there" in readiness["search_detail"]
         assert client.post("/embed", files=files(png_bytes(IMAGES[0]))).status_code == 200
         response = client.post("/search", files=files(png_bytes(IMAGES[0])))
-        assert_problem(response, 503, "search is off", "CIFAR-10 is not there")
-        assert "retry-after" not in response.headers  # waiting would not help
+        assert_problem(response, 501, "search is off", "CIFAR-10 is not there")
+        assert "retry-after" not in response.headers and response.json()["type"] == "/problems/search-off"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where there is no GPU")
 def test_a_gpu_asked_for_where_there_is_none_is_a_clear_error(bundle_dir):
     with TestClient(create_app(Settings(bundle=bundle_dir, device="cuda", data_dir=None))) as client:
         assert "--device cuda was asked for but torch sees no CUDA GPU" in wait_ready(client)["error"]
-        assert_problem(client.post("/embed", files=files(png_bytes(IMAGES[0]))), 503, "no CUDA GPU")
+        assert_problem(client.post("/embed", files=files(png_bytes(IMAGES[0]))), 500, "no CUDA GPU")
 
 
 def test_unevaluated_bundle_embeds_but_does_not_classify(tmp_path):
@@ -343,9 +377,9 @@ def test_unevaluated_bundle_embeds_but_does_not_classify(tmp_path):
     with TestClient(create_app(Settings(bundle=tmp_path / "bundle", data_dir=None))) as client:
         assert wait_ready(client)["ready"]
         assert client.post("/embed", files=files(png_bytes(IMAGES[0]))).status_code == 200
-        assert_problem(client.post("/classify", files=files(png_bytes(IMAGES[0]))), 503, "not evaluated")
-        assert_problem(client.post("/search", files=files(png_bytes(IMAGES[0]))), 503, "search is off")
-        assert_problem(client.get("/images/0"), 503, "search is off")
+        assert_problem(client.post("/classify", files=files(png_bytes(IMAGES[0]))), 501, "not evaluated")
+        assert_problem(client.post("/search", files=files(png_bytes(IMAGES[0]))), 501, "search is off")
+        assert_problem(client.get("/images/0"), 501, "search is off")
 
 
 def test_an_index_of_another_bundle_is_refused(tmp_path, index_dir):
@@ -354,7 +388,7 @@ def test_an_index_of_another_bundle_is_refused(tmp_path, index_dir):
     with TestClient(create_app(Settings(bundle=tmp_path / "bundle", index=index_dir))) as client:
         assert "built with another bundle" in wait_ready(client)["error"]
         assert client.get("/readyz").status_code == 503
-        assert_problem(client.post("/embed", files=files(png_bytes(IMAGES[0]))), 503, "built with another bundle")
+        assert_problem(client.post("/embed", files=files(png_bytes(IMAGES[0]))), 500, "built with another bundle")
 
 
 def test_a_tampered_bundle_is_refused(tmp_path, bundle_dir):

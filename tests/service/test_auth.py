@@ -46,7 +46,7 @@ def test_without_a_key_setting_everything_is_open(client):
 
 @pytest.mark.parametrize("method, path", [("GET", "/version"), ("GET", "/images/0"), ("GET", "/search?id=0"),
                                           ("POST", "/classify"), ("GET", "/openapi.json"), ("GET", "/docs"),
-                                          ("GET", "/"), ("GET", "/static/app.js"), ("GET", "/no/such/route")])
+                                          ("GET", "/static/../version"), ("GET", "/no/such/route")])
 def test_with_a_key_every_other_route_refuses_without_it(keyed, method, path):
     assert_unauthorized(keyed.request(method, path))
 
@@ -67,10 +67,11 @@ def test_the_right_key_is_let_through(keyed, headers):
     assert keyed.get("/version", headers=headers).status_code == 200
 
 
-def test_health_readiness_and_metrics_stay_open(keyed):
+def test_health_readiness_metrics_and_the_page_stay_open(keyed):
+    assert keyed.get("/").status_code == 200 and keyed.get("/static/app.js").status_code == 200  # it asks for the key
     assert keyed.get("/healthz").json() == {"status": "ok"}
     assert keyed.get("/readyz").json()["ready"] is True
-    assert "http_requests_total" in keyed.get("/metrics").text
+    assert "simclr_http_requests_total" in keyed.get("/metrics").text
 
 
 def test_a_request_without_the_key_is_refused_before_its_body_is_read(keyed):

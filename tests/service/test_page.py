@@ -20,14 +20,18 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 
 
-@pytest.fixture(scope="module")
-def base_url(bundle_dir, index_dir):
-    """The app served by uvicorn in a thread of this process, on a free loopback port."""
+KEY = "page-test-key"
+
+
+@pytest.fixture(scope="module", params=["open", "keyed"])
+def base_url(request, bundle_dir, index_dir):
+    """The app served by uvicorn in a thread of this process, on a free loopback port; without an API key, then
+    with one."""
+    settings = Settings(bundle=bundle_dir, index=index_dir, api_key=KEY if request.param == "keyed" else None)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(Settings(bundle=bundle_dir, index=index_dir)),
-                                           host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -35,7 +39,7 @@ def base_url(bundle_dir, index_dir):
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive()
         time.sleep(0.05)
-    with httpx2.Client(base_url=url) as client:
+    with httpx2.Client(base_url=url, headers={"X-API-Key": KEY}) as client:
         assert wait_ready(client)["ready"]
     yield url
     server.should_exit = True
@@ -54,11 +58,18 @@ def page(base_url):
         browser.close()
 
 
-def test_upload_shows_predictions_and_similar_images(page, base_url, tmp_path):
+def test_upload_shows_predictions_and_similar_images(page, base_url, tmp_path, request):
     image = tmp_path / "query.png"
     image.write_bytes(png_bytes(colour_images(1, size=48, seed=5)[0][2]))  # grey, another size
     page.goto(base_url + "/")
+    page.evaluate("sessionStorage.clear()")
     page.set_input_files("#file", str(image))
+    if "keyed" in request.node.callspec.id:  # the page asks for the key, then answers
+        page.locator("#error").wait_for(state="visible")
+        assert "needs an API key" in page.locator("#error").inner_text()
+        page.fill("#key", KEY)
+        page.click("#key-form button")
+        assert page.locator("#key-form").is_hidden()
     page.wait_for_function("document.querySelectorAll('#grid img').length === 12")
     predictions = page.locator("#predictions li")
     assert predictions.count() == 3
