@@ -4,6 +4,10 @@ Requests wait in a queue; one worker takes up to max_batch_size images, first wa
 more to arrive, and runs the model in its own thread so the event loop keeps accepting requests. While a
 batch runs, the next one fills up, so under load batches grow by themselves. The wait is only for requests
 already being read (announced with incoming()): a lone request does not wait for company that is not coming.
+
+Overload is refused, not queued: past max_queue images waiting, a submission fails at once with Overloaded,
+and so does one that has waited max_queue_wait_s without being taken into a batch. Latency then stays
+bounded at about the queue's drain time, and a refused client learns at once when to retry.
 """
 
 from __future__ import annotations
@@ -31,14 +35,26 @@ class BatcherStopped(RuntimeError):
     """The batcher was stopped (the service is shutting down): the request will not be answered by it."""
 
 
+class Overloaded(RuntimeError):
+    """The queue is full, or the request waited past its deadline: retry after retry_after_s seconds."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class Batcher(Generic[T]):
     """submit(images) -> fn(images) rows, with fn called on batches of many submissions in one thread."""
 
     def __init__(self, fn: Callable[[Tensor], T], max_batch_size: int, max_wait_s: float,
-                 metrics: Metrics | None = None, executor: ThreadPoolExecutor | None = None):
-        """fn runs in executor's one thread (default: a thread of the batcher's own); stop() shuts it down."""
+                 metrics: Metrics | None = None, executor: ThreadPoolExecutor | None = None,
+                 max_queue: int | None = None, max_queue_wait_s: float | None = None):
+        """fn runs in executor's one thread (default: a thread of the batcher's own); stop() shuts it down.
+        max_queue (images) and max_queue_wait_s bound the queue (None: unbounded)."""
         self.fn, self.max_batch_size, self.max_wait_s, self.metrics = fn, max_batch_size, max_wait_s, metrics
-        self._pending: deque[tuple[Tensor, asyncio.Future]] = deque()
+        self.max_queue, self.max_queue_wait_s = max_queue, max_queue_wait_s
+        self._pending: deque[tuple[Tensor, asyncio.Future, float]] = deque()
+        self._seconds_per_image = 0.0  # a moving average of inference time, for Retry-After
         self._rows = 0
         self._incoming = 0
         self._wake = asyncio.Event()
@@ -55,7 +71,7 @@ class Batcher(Generic[T]):
         if self._worker:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
-        self._fail(self._pending, BatcherStopped("the service is shutting down"))
+        self._fail(((x, f) for x, f, _ in self._pending), BatcherStopped("the service is shutting down"))
         self._pending.clear()
         self._add_rows(-self._rows)
         self._executor.shutdown(wait=True)
@@ -69,15 +85,30 @@ class Batcher(Generic[T]):
         finally:
             self._incoming -= 1
 
+    def check_capacity(self, rows: int = 1) -> None:
+        """Raise Overloaded if rows more images would overfill the queue: a request can be refused before it
+        is read and decoded."""
+        if self.max_queue is not None and self._rows + rows > self.max_queue:
+            if self.metrics:
+                self.metrics.shed.labels("queue full").inc()
+            raise Overloaded(f"the service is overloaded: {self._rows} images are waiting (at most "
+                             f"{self.max_queue})", self._retry_after())
+
     async def submit(self, images: Tensor) -> T:
         """fn's output for images (N, ...), computed in a batch with whatever else is waiting."""
         if self._stopped:
             raise BatcherStopped("the service is shutting down")
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append((images, future))
+        self.check_capacity(len(images))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append((images, future, loop.time()))
         self._add_rows(len(images))
         self._wake.set()
         return await future
+
+    def _retry_after(self) -> float:
+        """Seconds until the queue now waiting has drained, at least one."""
+        return max(1.0, self._rows * self._seconds_per_image)
 
     def _add_rows(self, n: int) -> None:
         self._rows += n
@@ -98,7 +129,7 @@ class Batcher(Generic[T]):
             batch = self._take()
             if not self._pending:
                 self._wake.clear()
-            batch = [(x, f) for x, f in batch if not f.done()]  # drop requests whose client went away
+            batch = [(x, f) for x, f, _ in batch if not f.done()]  # drop requests whose client went away
             if not batch:
                 continue
             started = loop.time()
@@ -110,9 +141,12 @@ class Batcher(Generic[T]):
             except Exception as e:  # the requests fail, the worker lives on
                 self._fail(batch, e)
                 continue
+            rows, seconds = sum(len(x) for x, _ in batch), loop.time() - started
+            self._seconds_per_image = 0.8 * self._seconds_per_image + 0.2 * seconds / rows if \
+                self._seconds_per_image else seconds / rows
             if self.metrics:
-                self.metrics.batch_size.observe(sum(len(x) for x, _ in batch))
-                self.metrics.inference.observe(loop.time() - started)
+                self.metrics.batch_size.observe(rows)
+                self.metrics.inference.observe(seconds)
             start = 0
             for x, future in batch:
                 if not future.done():
@@ -129,13 +163,21 @@ class Batcher(Generic[T]):
             if not future.done():
                 future.set_exception(error)
 
-    def _take(self) -> list[tuple[Tensor, asyncio.Future]]:
-        """Submissions from the front of the queue, up to max_batch_size images (at least one submission)."""
-        batch, rows = [], 0
+    def _take(self) -> list[tuple[Tensor, asyncio.Future, float]]:
+        """Submissions from the front of the queue, up to max_batch_size images (at least one submission);
+        those that waited past max_queue_wait_s fail with Overloaded instead."""
+        batch, rows, now = [], 0, asyncio.get_running_loop().time()
         while self._pending and (not batch or rows + len(self._pending[0][0]) <= self.max_batch_size):
-            x, future = self._pending.popleft()
-            batch.append((x, future))
+            x, future, queued = self._pending.popleft()
+            self._add_rows(-len(x))
+            if self.max_queue_wait_s is not None and now - queued > self.max_queue_wait_s:
+                if not future.done():
+                    future.set_exception(Overloaded(f"the service is overloaded: the request waited "
+                                                    f"{now - queued:.1f} s for the model", self._retry_after()))
+                    if self.metrics:
+                        self.metrics.shed.labels("deadline").inc()
+                continue
+            batch.append((x, future, queued))
             rows += len(x)
-        self._add_rows(-rows)
         return batch
 

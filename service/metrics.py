@@ -28,6 +28,8 @@ class Metrics:
                                    buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.queue_depth = Gauge("simclr_inference_queue_depth", "images waiting for an inference batch",
                                  registry=self.registry)
+        self.shed = Counter("simclr_requests_shed", "requests refused with 503 because the service was overloaded",
+                            ["reason"], registry=self.registry)
         self.search = Histogram("simclr_search_seconds", "FAISS time per search call", buckets=_LATENCY_BUCKETS,
                                 registry=self.registry)
 

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from service.batching import BatcherStopped
+from service.batching import BatcherStopped, Overloaded
 
 MEDIA_TYPE = "application/problem+json"
 # Each kind of problem has its own type URI, /problems/<kind> (GET it for the description), so that a client
@@ -38,6 +38,7 @@ KINDS = {
     "invalid-image": "an upload is empty, truncated or corrupt",
     "invalid-request": "a parameter or the JSON body is not what the route takes (the detail says which)",
     "not-ready": "the model or the index is still loading or being built: retry after Retry-After seconds",
+    "overloaded": "more requests than the service can answer in time: retry after Retry-After seconds",
     "shutting-down": "the service is stopping: retry after Retry-After seconds (another replica, or this one "
                      "once restarted)",
     "no-classifier": "the served bundle has no classifier (its run was not evaluated): /classify is not offered",
@@ -87,6 +88,13 @@ def install(app: FastAPI) -> None:
     async def _stopping(request: Request, exc: BatcherStopped) -> JSONResponse:
         response = problem_response(503, f"{exc}: retry shortly", request.url.path, "shutting-down")
         response.headers["Retry-After"] = "1"
+        return response
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        response = problem_response(503, f"{exc}: retry after {exc.retry_after_s:.0f} s", request.url.path,
+                                    "overloaded")
+        response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
         return response
 
     @app.exception_handler(RequestValidationError)

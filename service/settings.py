@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     max_batch_size: int | None = Field(None, gt=0, description="most images in one inference batch (default: 64 "
                                        "on a CPU, 256 on a GPU)")
     max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits at most for requests still being read")
+    max_queue_images: int = Field(256, gt=0, description="most images waiting for the model; past it requests "
+                                  "get a fast 503 with Retry-After")
+    max_queue_wait_ms: float = Field(2000, gt=0, description="longest a request waits for the model before it "
+                                     "gets a 503 with Retry-After instead of a late answer")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where torch runs the model (auto: a CUDA "
                                                    "GPU when torch sees one)")
     runtime: Literal["auto", "torch-fp32", "torch-bf16", "torch-fp16", "onnx-fp32", "onnx-int8"] = Field(

@@ -85,7 +85,8 @@ class ServiceState:
             return
         self.model, self.index = model, index
         batcher = Batcher(model.infer, self.batch_size, self.settings.max_wait_ms / 1000, self.metrics,
-                          executor=self._inference)
+                          executor=self._inference, max_queue=self.settings.max_queue_images,
+                          max_queue_wait_s=self.settings.max_queue_wait_ms / 1000)
         batcher.start()
         self.batcher = batcher  # set last: ready from here on
         log.info("ready: %s%s", model.bundle.name, f", index of {index.count} images" if index else "")

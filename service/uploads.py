@@ -36,6 +36,7 @@ OPENAPI_BODY = {"requestBody": {"required": True, "content": {
 
 async def read_images(request: Request, state: Ready) -> Tensor:
     """uint8 (N, 3, S, S): the request's images, preprocessed as the evaluation did."""
+    state.batcher.check_capacity()  # refused before the body is read and decoded, not after
     with state.batcher.incoming():  # a batch about to run may wait for these images
         return await _read_images(request, state)
 

@@ -306,6 +306,14 @@ def test_torch_runs_in_one_thread_and_faiss_in_another(bundle_dir, index_dir, mo
     assert len({thread for thread, _ in searches} | torch_threads) == 2
 
 
+def test_overload_is_a_fast_503_with_retry_after(client, monkeypatch):
+    monkeypatch.setattr(client.app.state.service.batcher, "max_queue", 0)  # as if the queue were full
+    response = client.post("/embed", files=files(png_bytes(IMAGES[0])))
+    assert_problem(response, 503, "overloaded")
+    assert response.json()["type"] == "/problems/overloaded" and int(response.headers["retry-after"]) >= 1
+    assert 'simclr_requests_shed_total{reason="queue full"}' in client.get("/metrics").text
+
+
 def test_a_request_caught_by_shutdown_gets_a_503_problem(client, monkeypatch):
     from service.batching import BatcherStopped
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from service.batching import Batcher, BatcherStopped
+from service.batching import Batcher, BatcherStopped, Overloaded
 
 
 def run(coroutine):
@@ -162,3 +162,45 @@ def test_a_batch_waits_for_a_request_still_being_read():
     first, second = run(scenario())
     assert (first.item(), second.item()) == (10.0, 20.0)
     assert fn.sizes == [2]  # one batch: the first request waited for the second
+
+
+class Slow(Recorder):
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        return super().__call__(x)
+
+
+def test_a_full_queue_refuses_at_once_and_the_accepted_are_answered():
+    async def scenario():
+        batcher = Batcher(Slow(0.2), max_batch_size=2, max_wait_s=0, max_queue=4)
+        async with running(batcher):
+            started = time.perf_counter()
+            tasks = [asyncio.ensure_future(batcher.submit(torch.full((1,), float(i)))) for i in range(10)]
+            await asyncio.sleep(0)
+            refused = [t for t in tasks if t.done() and isinstance(t.exception(), Overloaded)]
+            refused_after = time.perf_counter() - started
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        return refused, refused_after, results
+
+    refused, refused_after, results = run(scenario())
+    assert len(refused) == 6 and refused_after < 0.1  # at once, not after waiting for the model
+    assert refused[0].exception().retry_after_s >= 1
+    answered = [r for r in results if isinstance(r, torch.Tensor)]
+    assert [float(r) for r in answered] == [0.0, 10.0, 20.0, 30.0]  # the first four, each its own row
+
+
+def test_a_request_that_waited_past_its_deadline_is_refused_not_answered_late():
+    async def scenario():
+        batcher = Batcher(Slow(0.15), max_batch_size=1, max_wait_s=0, max_queue_wait_s=0.2)
+        async with running(batcher):
+            return await asyncio.gather(*(batcher.submit(torch.full((1,), float(i))) for i in range(5)),
+                                        return_exceptions=True)
+
+    results = run(scenario())
+    assert all(isinstance(r, torch.Tensor) for r in results[:2])  # taken within 0.2 s
+    late = [r for r in results if isinstance(r, Overloaded)]
+    assert late and "waited" in str(late[0]) and len(late) + 2 <= len(results)

@@ -1,0 +1,83 @@
+"""Overload: the service driven at a multiple of its capacity, open loop, to show that it refuses what it
+cannot answer in time (a fast 503 with Retry-After) instead of letting every request's latency grow.
+
+    python -m benchmarks.overload --bundle models/reference --data-dir ~/data/cifar10 --factor 3
+
+First the capacity: requests per second of POST /embed (one CIFAR-10 test image each) in a closed loop at
+concurrency 32. Then requests sent at --factor times that rate for --seconds, each on its own schedule whatever
+the answers: accepted requests' p50/p99 latency, refused requests (503 overloaded) and how fast they were
+refused, and anything else (errors, timeouts: "lost", which must be 0). The load generator shares the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+import httpx2
+import numpy as np
+
+from benchmarks.harness.load import MULTIPART, Server, multipart
+from benchmarks.service import drive
+
+
+async def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float) -> list[tuple[int, float]]:
+    """(status, seconds) of requests started every 1/rate s for `seconds`; status 0 for no answer."""
+    limits = httpx2.Limits(max_connections=None, max_keepalive_connections=512)
+    async with httpx2.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        async def one(i: int) -> tuple[int, float]:
+            started = time.perf_counter()
+            try:
+                response = await client.post("/embed", content=bodies[i % len(bodies)], headers=MULTIPART)
+                return response.status_code, time.perf_counter() - started
+            except httpx2.HTTPError:
+                return 0, time.perf_counter() - started
+
+        tasks, start = [], time.perf_counter()
+        for i in range(int(rate * seconds)):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(i)))
+        return await asyncio.gather(*tasks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--data-dir", required=True, help="an image folder with test/<class>/* (CIFAR-10's copy)")
+    parser.add_argument("--runtime", default="torch-fp32")
+    parser.add_argument("--factor", type=float, default=3.0, help="offered load, as a multiple of capacity")
+    parser.add_argument("--seconds", type=float, default=20)
+    args = parser.parse_args()
+    files = sorted(Path(args.data_dir, "test").rglob("*.*"))[::37][:256]
+    bodies = [multipart(f.read_bytes()) for f in files]
+    log = Path(tempfile.mkstemp(prefix="overload-", suffix=".log")[1])
+    server = Server(args.bundle, None, log, flags={"runtime": args.runtime})
+    server.start()
+    try:
+        server.wait_ready()
+        capacity = asyncio.run(drive(server.url, bodies, 32, 10))
+        rate = args.factor * capacity["throughput"]
+        answers = asyncio.run(open_loop(server.url, bodies, rate, args.seconds))
+    finally:
+        server.stop()
+        log.unlink()
+    status = np.array([s for s, _ in answers])
+    ms = np.array([t for _, t in answers]) * 1000
+    ok, refused, lost = status == 200, status == 503, ~np.isin(status, [200, 503])
+    print(f"{args.runtime}: capacity {capacity['throughput']:.0f} requests/s at concurrency 32 (p99 "
+          f"{capacity['p99']:.0f} ms); offered {rate:.0f} requests/s ({args.factor:g}x) for {args.seconds:g} s")
+    print(f"  accepted {ok.sum()} ({ok.sum() / args.seconds:.0f}/s): p50 {np.percentile(ms[ok], 50):.0f} ms, "
+          f"p99 {np.percentile(ms[ok], 99):.0f} ms")
+    if refused.any():
+        print(f"  refused  {refused.sum()} with 503 overloaded: p50 {np.percentile(ms[refused], 50):.0f} ms, "
+              f"p99 {np.percentile(ms[refused], 99):.0f} ms")
+    print(f"  lost     {lost.sum()} (errors other than 503, or no answer)")
+
+
+if __name__ == "__main__":
+    main()
