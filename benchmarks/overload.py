@@ -50,13 +50,15 @@ def main() -> None:
     parser.add_argument("--bundle", required=True)
     parser.add_argument("--data-dir", required=True, help="an image folder with test/<class>/* (CIFAR-10's copy)")
     parser.add_argument("--runtime", default="torch-fp32")
+    parser.add_argument("--torch-threads", type=int, help="the service's --torch-threads (default: all cores)")
     parser.add_argument("--factor", type=float, default=3.0, help="offered load, as a multiple of capacity")
     parser.add_argument("--seconds", type=float, default=20)
     args = parser.parse_args()
     files = sorted(Path(args.data_dir, "test").rglob("*.*"))[::37][:256]
     bodies = [multipart(f.read_bytes()) for f in files]
     log = Path(tempfile.mkstemp(prefix="overload-", suffix=".log")[1])
-    server = Server(args.bundle, None, log, flags={"runtime": args.runtime})
+    flags = {"runtime": args.runtime, **({"torch-threads": args.torch_threads} if args.torch_threads else {})}
+    server = Server(args.bundle, None, log, flags=flags)
     server.start()
     try:
         server.wait_ready()
