@@ -79,10 +79,11 @@ class SearchIndex:
         return Hit(id, score, self.splits[id], label, self.classes[label] if label >= 0 else None, self.sources[id])
 
     def search(self, queries: np.ndarray, k: int, class_name: str | None = None,
-               exclude: list[int] | None = None) -> list[list[Hit]]:
-        """The k best hits per query (Q, D) unit vectors, best first, optionally only of one class and never
-        the ids in exclude[q] (a query image need not find itself)."""
-        extra = 1 if exclude else 0
+               exclude: list[int] | None = None, offset: int = 0, min_score: float | None = None) -> list[list[Hit]]:
+        """The k best hits per query (Q, D) unit vectors after the first `offset` (a page), best first,
+        optionally only of one class, only scoring at least min_score, and never the ids in exclude[q] (a query
+        image need not find itself)."""
+        extra = (1 if exclude else 0) + offset
         queries = np.ascontiguousarray(queries, dtype="float32")
         if class_name is not None:
             params = faiss.SearchParameters(sel=self._by_class[class_name])
@@ -92,8 +93,8 @@ class SearchIndex:
         results = []
         for q, (row_scores, row_ids) in enumerate(zip(scores, ids)):
             hits = [self.hit(int(i), float(s)) for s, i in zip(row_scores, row_ids)
-                    if i >= 0 and not (exclude and i == exclude[q])]
-            results.append(hits[:k])
+                    if i >= 0 and not (exclude and i == exclude[q]) and (min_score is None or s >= min_score)]
+            results.append(hits[offset:offset + k])
         return results
 
 

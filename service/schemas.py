@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_CLASSIFY_K = 10
 MAX_SEARCH_K = 100
@@ -13,7 +13,25 @@ MAX_SEARCH_K = 100
 class ImagesJSON(BaseModel):
     """The JSON way to send images: each a base64 string (a data: URL prefix is accepted)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     images: list[str] = Field(min_length=1, description="base64-encoded image files (JPEG, PNG, ...)")
+
+
+class SearchJSON(BaseModel):
+    """/search's JSON body: query images, or query embeddings as /embed returns them (exactly one of the two)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[str] | None = Field(None, min_length=1, description="base64-encoded image files")
+    embeddings: list[list[float]] | None = Field(None, min_length=1, description="representations, as /embed "
+                                                 "returns them (normalised here)")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchJSON:
+        if (self.images is None) == (self.embeddings is None):
+            raise ValueError("give either images or embeddings")
+        return self
 
 
 class Embedding(BaseModel):

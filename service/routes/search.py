@@ -3,39 +3,68 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import ValidationError
 
 from service.dependencies import Index, Ready
 from service.index import Hit, SearchIndex
 from service.problems import Problem
 from service.routes import NOT_FOUND, PROBLEMS
-from service.schemas import MAX_SEARCH_K, Neighbour, SearchResponse, SearchResult
-from service.uploads import OPENAPI_BODY, Images
+from service.schemas import MAX_SEARCH_K, Neighbour, SearchJSON, SearchResponse, SearchResult
+from service.uploads import OPENAPI_BODY, read_images
 
 router = APIRouter(tags=["search"])
 K = Annotated[int, Query(ge=1, le=MAX_SEARCH_K, description="neighbours per query")]
 ClassName = Annotated[str | None, Query(description="only images of this class")]
+Offset = Annotated[int, Query(ge=0, le=10_000, description="hits to skip: the next page starts at offset + k")]
+MinScore = Annotated[float | None, Query(ge=-1, le=1, description="only hits at least this similar (cosine)")]
+SEARCH_BODY = {"requestBody": {"required": True, "content": {
+    **OPENAPI_BODY["requestBody"]["content"], "application/json": {"schema": SearchJSON.model_json_schema()}}}}
 
 
-@router.post("/search", response_model=SearchResponse, responses=PROBLEMS, openapi_extra=OPENAPI_BODY)
-async def search_images(images: Images, state: Ready, index: Index, k: K = 10,
-                        class_name: ClassName = None) -> SearchResponse:
-    """Per query image the k most similar indexed images, best first."""
+async def read_queries(request: Request, state: Ready, index: Index) -> np.ndarray:
+    """Unit query vectors (Q, D): the request's embeddings, or its images embedded."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
+        try:
+            payload = SearchJSON.model_validate_json(await request.body())
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise Problem(422, f"invalid JSON body at {'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']} "
+                          f"(expected {{\"images\": [base64, ...]}} or {{\"embeddings\": [[float, ...], ...]}})")
+        if payload.embeddings is not None:
+            return _unit_vectors(payload.embeddings, index.dim)
+    return (await state.batcher.submit(await read_images(request, state))).unit.numpy()
+
+
+def _unit_vectors(embeddings: list[list[float]], dim: int) -> np.ndarray:
+    vectors = np.asarray(embeddings, dtype=np.float32) if len({len(e) for e in embeddings}) == 1 else None
+    if vectors is None or vectors.shape[1] != dim:
+        raise Problem(422, f"each embedding must have the index's {dim} numbers (as /embed returns them)")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if not np.isfinite(vectors).all() or (norms == 0).any():
+        raise Problem(422, "an embedding is zero or not finite: it has no direction to search")
+    return vectors / norms
+
+
+@router.post("/search", response_model=SearchResponse, responses=PROBLEMS, openapi_extra=SEARCH_BODY)
+async def search_images(queries: Annotated[np.ndarray, Depends(read_queries)], state: Ready, index: Index,
+                        k: K = 10, class_name: ClassName = None, offset: Offset = 0,
+                        min_score: MinScore = None) -> SearchResponse:
+    """Per query image (or embedding) the k most similar indexed images, best first, after the first offset."""
     _check_class(index, class_name)
-    out = await state.batcher.submit(images)
-    queries = out.unit.numpy()
-    return await _search(state, index, queries, k, class_name)
+    return await _search(state, index, queries, k, class_name, offset=offset, min_score=min_score)
 
 
 @router.get("/search", response_model=SearchResponse, responses={**PROBLEMS, **NOT_FOUND})
 async def search_by_id(state: Ready, index: Index,
                        id: Annotated[int, Query(ge=0, description="an indexed image's id")], k: K = 10,
-                       class_name: ClassName = None) -> SearchResponse:
-    """The k indexed images most similar to indexed image `id`, itself left out."""
+                       class_name: ClassName = None, offset: Offset = 0, min_score: MinScore = None) -> SearchResponse:
+    """The k indexed images most similar to indexed image `id`, itself left out, after the first offset."""
     _check_class(index, class_name)
     if id >= index.count:
         raise Problem(404, f"no indexed image has id {id} (ids run from 0 to {index.count - 1})")
-    return await _search(state, index, index.vector(id)[None], k, class_name, exclude=[id])
+    return await _search(state, index, index.vector(id)[None], k, class_name, exclude=[id], offset=offset,
+                         min_score=min_score)
 
 
 def _check_class(index: SearchIndex, class_name: str | None) -> None:
@@ -44,9 +73,9 @@ def _check_class(index: SearchIndex, class_name: str | None) -> None:
 
 
 async def _search(state: Ready, index: SearchIndex, queries: np.ndarray, k: int, class_name: str | None,
-                  exclude: list[int] | None = None) -> SearchResponse:
+                  exclude: list[int] | None = None, offset: int = 0, min_score: float | None = None) -> SearchResponse:
     with state.metrics.search.time():
-        results = await state.run_search(index.search, queries, k, class_name, exclude)
+        results = await state.run_search(index.search, queries, k, class_name, exclude, offset, min_score)
     return SearchResponse(model=state.model.bundle.name, index_size=index.count,
                           results=[SearchResult(neighbours=[_neighbour(h) for h in hits]) for hits in results])
 

@@ -146,6 +146,29 @@ def test_search_finds_the_indexed_image_first(client):
     assert first["source"] == f"train/{CLASSES[LABELS[9]]}/0009.png" and first["image_url"] == "/images/9"
 
 
+def test_search_by_embedding_pages_and_thresholds(client):
+    vector = client.post("/embed", files=files(png_bytes(IMAGES[7]))).json()["embeddings"][0]["representation"]
+    scaled = [10 * x for x in vector]  # any length: normalised by the service
+    first = client.post("/search", params={"k": 4}, json={"embeddings": [scaled]}).json()["results"][0]["neighbours"]
+    assert first[0]["id"] == 7 and first[0]["score"] == pytest.approx(1, abs=1e-4)
+    page = client.post("/search", params={"k": 2, "offset": 2}, json={"embeddings": [vector]}).json()
+    assert [n["id"] for n in page["results"][0]["neighbours"]] == [n["id"] for n in first[2:4]]
+    close = client.post("/search", params={"k": 10, "min_score": first[1]["score"]},
+                        json={"embeddings": [vector]}).json()["results"][0]["neighbours"]
+    assert [n["id"] for n in close] == [n["id"] for n in first[:2]]
+    by_id = client.get("/search", params={"id": 7, "k": 1, "offset": 1}).json()["results"][0]["neighbours"]
+    assert by_id[0]["id"] == first[2]["id"]  # itself left out, then one skipped
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"embeddings": [[1.0, 2.0]]}, "512 numbers"), ({"embeddings": [[0.0] * 512]}, "no direction"),
+    ({"embeddings": [[1.0] * 512], "images": ["AAAA"]}, "either images or embeddings"),
+    ({"embeddings": [[1.0] * 512], "k": 3}, "at k: Extra inputs"), ({"images": ["AAAA"], "color": "red"}, "at color: Extra"),
+])
+def test_bad_search_bodies_are_refused(client, body, message):
+    assert_problem(client.post("/search", json=body), 422, message)
+
+
 def test_search_filtered_by_class(client):
     body = client.post("/search?k=100&class_name=blue", files=files(png_bytes(IMAGES[0]))).json()
     neighbours = body["results"][0]["neighbours"]
