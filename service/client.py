@@ -60,12 +60,21 @@ class Client:
     def classify(self, images: list[Image], k: int = 3) -> ClassifyResponse:
         return self._post("/classify", images, ClassifyResponse, k=k)
 
-    def search(self, images: list[Image], k: int = 10, class_name: str | None = None) -> SearchResponse:
-        return self._post("/search", images, SearchResponse, k=k, class_name=class_name)
+    def search(self, images: list[Image], k: int = 10, class_name: str | None = None, offset: int = 0,
+               min_score: float | None = None) -> SearchResponse:
+        return self._post("/search", images, SearchResponse, k=k, class_name=class_name, offset=offset,
+                          min_score=min_score)
 
-    def search_by_id(self, id: int, k: int = 10, class_name: str | None = None) -> SearchResponse:
-        return self._parse(self.http.get("/search", params=_params(id=id, k=k, class_name=class_name)),
-                           SearchResponse)
+    def search_embeddings(self, embeddings: list[list[float]], k: int = 10, class_name: str | None = None,
+                          offset: int = 0, min_score: float | None = None) -> SearchResponse:
+        """Search with vectors, as embed() returns them."""
+        params = _params(k=k, class_name=class_name, offset=offset, min_score=min_score)
+        return self._parse(self.http.post("/search", json={"embeddings": embeddings}, params=params), SearchResponse)
+
+    def search_by_id(self, id: int, k: int = 10, class_name: str | None = None, offset: int = 0,
+                     min_score: float | None = None) -> SearchResponse:
+        params = _params(id=id, k=k, class_name=class_name, offset=offset, min_score=min_score)
+        return self._parse(self.http.get("/search", params=params), SearchResponse)
 
     def image(self, id: int) -> bytes:
         """An indexed image, as PNG bytes."""

@@ -25,6 +25,9 @@ def test_typed_answers(live_server):
         assert len(found.neighbours) == 3 and {n.class_name for n in found.neighbours} == {"red"}
         by_id = client.search_by_id(found.neighbours[0].id, k=2).results[0].neighbours
         assert found.neighbours[0].id not in [n.id for n in by_id]
+        vector = client.embed([png_bytes(IMAGES[1])]).embeddings[0].representation
+        (again,) = client.search_embeddings([vector], k=2, class_name="red", offset=1).results
+        assert [n.id for n in again.neighbours] == [n.id for n in found.neighbours[1:3]]
         assert client.image(by_id[0].id).startswith(b"\x89PNG")
 
 
