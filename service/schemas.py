@@ -26,6 +26,11 @@ class SearchJSON(BaseModel):
     images: list[str] | None = Field(None, min_length=1, description="base64-encoded image files")
     embeddings: list[list[float]] | None = Field(None, min_length=1, description="representations, as /embed "
                                                  "returns them (normalised here)")
+    # The query string's parameters may come here instead (not both: a conflict is refused).
+    k: int | None = Field(None, ge=1, le=MAX_SEARCH_K)
+    offset: int | None = Field(None, ge=0, le=10_000)
+    min_score: float | None = Field(None, ge=-1, le=1)
+    class_name: str | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> SearchJSON:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
@@ -22,37 +22,57 @@ SEARCH_BODY = {"requestBody": {"required": True, "content": {
     **OPENAPI_BODY["requestBody"]["content"], "application/json": {"schema": SearchJSON.model_json_schema()}}}}
 
 
-async def read_queries(request: Request, state: Ready, index: Index) -> np.ndarray:
+async def read_body(request: Request) -> SearchJSON | None:
+    """The JSON body of POST /search, or None for multipart."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        return None
+    try:
+        return SearchJSON.model_validate_json(await request.body())
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise Problem(422, f"invalid JSON body at {'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']} "
+                      f"(expected {{\"images\": [base64, ...]}} or {{\"embeddings\": [[float, ...], ...]}})")
+
+
+async def read_queries(request: Request, state: Ready, index: Index,
+                       body: Annotated[SearchJSON | None, Depends(read_body)]) -> np.ndarray:
     """Unit query vectors (Q, D): the request's embeddings, or its images embedded."""
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
-        try:
-            payload = SearchJSON.model_validate_json(await request.body())
-        except ValidationError as e:
-            first = e.errors()[0]
-            raise Problem(422, f"invalid JSON body at {'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']} "
-                          f"(expected {{\"images\": [base64, ...]}} or {{\"embeddings\": [[float, ...], ...]}})")
-        if payload.embeddings is not None:
-            return _unit_vectors(payload.embeddings, index.dim)
+    if body is not None and body.embeddings is not None:
+        return _unit_vectors(body.embeddings, index.dim)
     return (await state.batcher.submit(await read_images(request, state))).unit.numpy()
 
 
+def _merged(request: Request, body: SearchJSON | None, **query: Any) -> dict[str, Any]:
+    """The search parameters from the query string and the JSON body; one given in both, differently, is refused."""
+    for name, value in (body.model_dump(include=set(query), exclude_none=True) if body else {}).items():
+        if name in request.query_params and query[name] != value:
+            raise Problem(422, f"{name} is given twice, differently: in the query string ({query[name]}) and in "
+                          f"the body ({value})")
+        query[name] = value
+    return query
+
+
 def _unit_vectors(embeddings: list[list[float]], dim: int) -> np.ndarray:
-    vectors = np.asarray(embeddings, dtype=np.float32) if len({len(e) for e in embeddings}) == 1 else None
-    if vectors is None or vectors.shape[1] != dim:
+    if len({len(e) for e in embeddings}) != 1 or len(embeddings[0]) != dim:
         raise Problem(422, f"each embedding must have the index's {dim} numbers (as /embed returns them)")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    if not np.isfinite(vectors).all() or (norms == 0).any():
+    vectors = np.asarray(embeddings, dtype=np.float64)  # JSON numbers are doubles
+    scale = np.abs(vectors).max(axis=1, keepdims=True)
+    if not np.isfinite(vectors).all() or (scale == 0).any():
         raise Problem(422, "an embedding is zero or not finite: it has no direction to search")
-    return vectors / norms
+    vectors /= scale  # within [-1, 1] first: the norm of huge numbers cannot overflow
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
 @router.post("/search", response_model=SearchResponse, responses=PROBLEMS, openapi_extra=SEARCH_BODY)
-async def search_images(queries: Annotated[np.ndarray, Depends(read_queries)], state: Ready, index: Index,
+async def search_images(request: Request, queries: Annotated[np.ndarray, Depends(read_queries)],
+                        body: Annotated[SearchJSON | None, Depends(read_body)], state: Ready, index: Index,
                         k: K = 10, class_name: ClassName = None, offset: Offset = 0,
                         min_score: MinScore = None) -> SearchResponse:
-    """Per query image (or embedding) the k most similar indexed images, best first, after the first offset."""
-    _check_class(index, class_name)
-    return await _search(state, index, queries, k, class_name, offset=offset, min_score=min_score)
+    """Per query image (or embedding) the k most similar indexed images, best first, after the first offset.
+    The parameters may come in the JSON body instead of the query string."""
+    params = _merged(request, body, k=k, class_name=class_name, offset=offset, min_score=min_score)
+    _check_class(index, params["class_name"])
+    return await _search(state, index, queries, **params)
 
 
 @router.get("/search", response_model=SearchResponse, responses={**PROBLEMS, **NOT_FOUND})

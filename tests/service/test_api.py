@@ -158,12 +158,17 @@ def test_search_by_embedding_pages_and_thresholds(client):
     assert [n["id"] for n in close] == [n["id"] for n in first[:2]]
     by_id = client.get("/search", params={"id": 7, "k": 1, "offset": 1}).json()["results"][0]["neighbours"]
     assert by_id[0]["id"] == first[2]["id"]  # itself left out, then one skipped
+    in_body = client.post("/search", json={"embeddings": [vector], "k": 2, "offset": 2}).json()
+    assert in_body == page  # the parameters in the body, as in the query string
+    clash = client.post("/search", params={"k": 3}, json={"embeddings": [vector], "k": 2})
+    assert_problem(clash, 422, "k is given twice")
 
 
 @pytest.mark.parametrize("body, message", [
     ({"embeddings": [[1.0, 2.0]]}, "512 numbers"), ({"embeddings": [[0.0] * 512]}, "no direction"),
     ({"embeddings": [[1.0] * 512], "images": ["AAAA"]}, "either images or embeddings"),
-    ({"embeddings": [[1.0] * 512], "k": 3}, "at k: Extra inputs"), ({"images": ["AAAA"], "color": "red"}, "at color: Extra"),
+    ({"embeddings": [[1.0] * 512], "top": 3}, "at top: Extra inputs"),
+    ({"images": ["AAAA"], "color": "red"}, "at color: Extra"),
 ])
 def test_bad_search_bodies_are_refused(client, body, message):
     assert_problem(client.post("/search", json=body), 422, message)
