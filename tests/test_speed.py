@@ -44,3 +44,14 @@ def test_run_clock_uses_estimates_then_follows_the_measured_pace():
 
 def test_format_duration():
     assert [format_duration(s) for s in (0, 59.6, 61, 3600 * 12 + 90)] == ["0m00s", "1m00s", "1m01s", "12h01m"]
+
+
+def test_a_pause_moves_the_eta_by_one_slow_step_not_by_its_length():
+    clock = RunClock({32: 1.0}, smoothing=0.02)
+    for _ in range(50):
+        clock.record(32, 1.0)
+    clock.record(32, 600.0)  # ten minutes stopped with kill -STOP
+    assert clock.remaining({32: 100}) == pytest.approx(100 * (1 + 0.02 * 3))
+    for _ in range(200):  # a machine that really got slower is still followed
+        clock.record(32, 3.0)
+    assert clock.per_step(32) > 2.9

@@ -99,8 +99,11 @@ class RunClock:
         self.last: int | None = None
 
     def record(self, size: int, seconds: float) -> None:
-        """One step at this size took `seconds`."""
+        """One step at this size took `seconds`. A step counts as at most 4x the pace so far: a run paused (kill
+        -STOP) or a machine that stalled for minutes slows the estimate by a step, not by the whole pause."""
         previous = self.pace.get(size)
+        if previous is not None:
+            seconds = min(seconds, 4 * previous)
         self.pace[size] = seconds if previous is None else previous + self.smoothing * (seconds - previous)
         self.last = size
 
