@@ -36,6 +36,8 @@ class Settings(BaseSettings):
         """SIMCLR_DATA_DIR= (empty), like --data-dir null, means: build no index."""
         return None if value == "" else value
     host: str = Field("127.0.0.1", description="address to listen on")
+    root_path: str = Field("", pattern=r"^(/[^/]+)*$", description="the path prefix a reverse proxy serves the "
+                           "service under (e.g. /simclr): the URLs it hands out (image_url, the page's) carry it")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     max_request_bytes: int = Field(16 * 2**20, gt=0, description="largest request body; larger ones get 413")
     max_images: int = Field(64, gt=0, description="most images in one request")

@@ -72,11 +72,11 @@ async def search_images(request: Request, queries: Annotated[np.ndarray, Depends
     The parameters may come in the JSON body instead of the query string."""
     params = _merged(request, body, k=k, class_name=class_name, offset=offset, min_score=min_score)
     _check_class(index, params["class_name"])
-    return await _search(state, index, queries, **params)
+    return await _search(state, index, queries, **params, root_path=request.scope.get("root_path", ""))
 
 
 @router.get("/search", response_model=SearchResponse, responses={**PROBLEMS, **NOT_FOUND})
-async def search_by_id(state: Ready, index: Index,
+async def search_by_id(request: Request, state: Ready, index: Index,
                        id: Annotated[int, Query(ge=0, description="an indexed image's id")], k: K = 10,
                        class_name: ClassName = None, offset: Offset = 0, min_score: MinScore = None) -> SearchResponse:
     """The k indexed images most similar to indexed image `id`, itself left out, after the first offset."""
@@ -84,7 +84,7 @@ async def search_by_id(state: Ready, index: Index,
     if id >= index.count:
         raise Problem(404, f"no indexed image has id {id} (ids run from 0 to {index.count - 1})")
     return await _search(state, index, index.vector(id)[None], k, class_name, exclude=[id], offset=offset,
-                         min_score=min_score)
+                         min_score=min_score, root_path=request.scope.get("root_path", ""))
 
 
 def _check_class(index: SearchIndex, class_name: str | None) -> None:
@@ -93,13 +93,15 @@ def _check_class(index: SearchIndex, class_name: str | None) -> None:
 
 
 async def _search(state: Ready, index: SearchIndex, queries: np.ndarray, k: int, class_name: str | None,
-                  exclude: list[int] | None = None, offset: int = 0, min_score: float | None = None) -> SearchResponse:
+                  exclude: list[int] | None = None, offset: int = 0, min_score: float | None = None,
+                  root_path: str = "") -> SearchResponse:
     with state.metrics.search.time():
         results = await state.run_search(index.search, queries, k, class_name, exclude, offset, min_score)
     return SearchResponse(model=state.model.bundle.name, index_size=index.count,
-                          results=[SearchResult(neighbours=[_neighbour(h) for h in hits]) for hits in results])
+                          results=[SearchResult(neighbours=[_neighbour(h, root_path) for h in hits])
+                                   for hits in results])
 
 
-def _neighbour(hit: Hit) -> Neighbour:
+def _neighbour(hit: Hit, root_path: str) -> Neighbour:
     return Neighbour(id=hit.id, score=hit.score, label=hit.label, class_name=hit.class_name, split=hit.split,
-                     source=hit.source, image_url=f"/images/{hit.id}")
+                     source=hit.source, image_url=f"{root_path}/images/{hit.id}")

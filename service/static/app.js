@@ -52,8 +52,9 @@ async function analyse(file) {
   lastFile = file;
   $("error").hidden = true;
   $("preview").src = URL.createObjectURL(file);
-  const jobs = [post("/classify", file).then((r) => showPredictions(r.classifications[0].predictions)),
-                post("/search?k=12", file).then((r) => showNeighbours(r.results[0].neighbours))];
+  // Relative URLs: behind a reverse proxy with a path prefix (--root-path) they stay under it.
+  const jobs = [post("classify", file).then((r) => showPredictions(r.classifications[0].predictions)),
+                post("search?k=12", file).then((r) => showNeighbours(r.results[0].neighbours))];
   for (const result of await Promise.allSettled(jobs)) {
     if (result.status === "rejected") {
       $("error").textContent = result.reason.message;
@@ -63,7 +64,7 @@ async function analyse(file) {
 }
 
 function showModel() {
-  request("/version").then((r) => r.ok && r.json()).then((v) => v && ($("model").textContent = v.model))
+  request("version").then((r) => r.ok && r.json()).then((v) => v && ($("model").textContent = v.model))
     .catch(() => {});
 }
 

@@ -174,6 +174,19 @@ def test_bad_search_bodies_are_refused(client, body, message):
     assert_problem(client.post("/search", json=body), 422, message)
 
 
+def test_urls_carry_the_path_prefix_of_a_reverse_proxy(bundle_dir, index_dir):
+    settings = Settings(bundle=bundle_dir, index=index_dir, root_path="/simclr")
+    with TestClient(create_app(settings), root_path="/simclr") as client:
+        assert wait_ready(client)["ready"]
+        hits = client.post("/search", params={"k": 1}, files=files(png_bytes(IMAGES[0]))).json()
+        url = hits["results"][0]["neighbours"][0]["image_url"]
+        assert url == f"/simclr/images/{hits['results'][0]['neighbours'][0]['id']}"
+        assert client.get(url.removeprefix("/simclr")).headers["content-type"] == "image/png"
+        page = client.get("/").text
+        assert 'src="static/app.js"' in page and 'href="/' not in page  # relative: stays under the prefix
+        assert client.get("/openapi.json").json()["servers"] == [{"url": "/simclr"}]
+
+
 def test_search_filtered_by_class(client):
     body = client.post("/search?k=100&class_name=blue", files=files(png_bytes(IMAGES[0]))).json()
     neighbours = body["results"][0]["neighbours"]
@@ -195,7 +208,7 @@ def test_images_are_served_as_indexed(client):
 
 def test_page_docs_and_openapi(client):
     page = client.get("/")
-    assert page.status_code == 200 and "text/html" in page.headers["content-type"] and "/static/app.js" in page.text
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"] and "static/app.js" in page.text
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/docs").status_code == 200
     body = client.get("/openapi.json").json()["paths"]["/embed"]["post"]["requestBody"]["content"]
