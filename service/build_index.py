@@ -7,8 +7,9 @@
 A --data-dir with CIFAR-10 in torchvision's layout (cifar-10-batches-py/; an empty or missing folder gets it
 downloaded, as the trainer does) or laid out as train/<class>/* [test/<class>/*] contributes its --splits,
 labelled; any other folder contributes all its images, unlabelled. Images go through the service's own
-preprocessing, so an indexed image sent to /search finds itself. --index-type flat (default) is exact; hnsw is a graph index for large
-collections, whose recall@10 against exact search is measured on a sample of the indexed vectors and printed.
+preprocessing and --runtime, so an indexed image sent to /search finds itself. --index-type flat (default) is
+exact; hnsw is a graph index for large collections, whose recall@10 against exact search is measured on a
+sample of the indexed vectors and printed.
 """
 
 from __future__ import annotations
