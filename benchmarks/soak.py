@@ -10,7 +10,7 @@ other transport error, unexpected answer (a bad request not refused with its 4xx
 
 The mix, per client in a closed loop (each sends its next request as soon as the last was answered): POST
 /embed, /classify and /search with one PNG upload (--data-dir's CIFAR-10 test images re-encoded, else generated
-ones), GET /search?id=N and /images/N over a fixed set of ids, and bad requests: a text file named .png (415),
+ones), GET /search?id=ID and /thumbnails/ID over a fixed set of ids, and bad requests: a text file named .png (415),
 bad k (422), unknown ids (404), a body over --max-request-bytes by its Content-Length and one streamed chunked
 (413). The clients are one asyncio process (httpx2, bodies encoded once) that shares the machine's cores with
 the server. Memory is the server's VmRSS from /proc/PID/status every --sample-every seconds; growth is the last
@@ -28,8 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness.load import (Sample, Server, Tally, drive, folder_images, generated_images, index_ids,
-                                     make_mix, report)
+from benchmarks.harness.load import Sample, Server, Tally, drive, folder_images, generated_images, make_mix, report
 
 
 def progress(sample: Sample, tally: Tally) -> None:
@@ -83,7 +82,7 @@ def main() -> int:
             server.wait_ready()
             print(f"server on {server.url} (pid {server.pid}) ready in {time.monotonic() - started:.1f} s: "
                   f"{args.bundle}, {args.index}")
-            cases = make_mix(images, *index_ids(server.index_count()), args.max_request_bytes,
+            cases = make_mix(images, server.index_ids(), args.max_request_bytes,
                              classify=server.has_classifier())
             print(f"{len(images)} upload images ({'from ' + str(args.data_dir) if args.data_dir else 'generated'}),"
                   f" {len(cases)} kinds of request; {args.clients} clients for {args.seconds:g} s, memory every "

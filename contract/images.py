@@ -38,6 +38,12 @@ def list_images(root: Path) -> list[Path]:
 def decode_image(data: bytes, size: int, max_pixels: int | None = None) -> np.ndarray:
     """RGB uint8 (size, size, 3) from encoded image bytes. max_pixels bounds width x height, read from the
     header before anything is decompressed (None: Pillow's own decompression-bomb limit only)."""
+    return fit(open_image(data, max_pixels), size)
+
+
+def open_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """The decoded RGB image at its own size (decode_image without the resize), for a caller that also wants
+    another size of it (the index's thumbnails)."""
     if not data:
         raise ImageError("the file is empty")
     try:
@@ -49,14 +55,13 @@ def decode_image(data: bytes, size: int, max_pixels: int | None = None) -> np.nd
                     raise ImageError(f"the image is {width}x{height} = {width * height} pixels, over the limit of "
                                      f"{max_pixels}", status=413)
                 img.load()
-                img = _to_rgb(img)
+                return _to_rgb(img)
     except UnidentifiedImageError:
         raise ImageError(f"not an image in a supported format ({', '.join(FORMATS)})", status=415) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"refused as a decompression bomb: {e}", status=413) from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or corrupt data, bad headers
         raise ImageError(f"the image data is corrupt or truncated ({e})") from None
-    return fit(img, size)
 
 
 def fit(img: Image.Image | np.ndarray, size: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from service import problems
 from service.auth import ApiKey
 from service.limits import BodyLimit
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import classify, embed, images, openai, ops, page, search
+from service.routes import classify, embed, index, openai, ops, page, search
 from service.routes.page import STATIC
 from service.settings import Settings
 from service.state import ServiceState
@@ -42,7 +42,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Embeddings, top-k classes and similar-image search from a SimCLR model bundle.")
     app.state.service = state
     problems.install(app)
-    for router in (embed.router, classify.router, search.router, images.router, openai.router, ops.router,
+    for router in (embed.router, classify.router, search.router, index.router, openai.router, ops.router,
                    page.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -50,7 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.api_key is not None:  # outside the body limit: a request without the key is refused unread
         app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
     if settings.cors_origins:  # outside the key check: preflight requests carry no credentials
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Content-Type", "X-API-Key", "Authorization"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last: outermost, so it sees every answer
     return app

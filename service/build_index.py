@@ -1,38 +1,49 @@
-"""Build the similar-image index: embed images with a bundle's encoder into a FAISS index.
+"""Build a similar-image index, or add a folder of images to one: embed them with a bundle's encoder into a
+FAISS index whose catalog keeps each image's id, metadata and thumbnail (service.index).
 
-    python -m service.build_index --bundle bundles/r18 --data-dir ~/data/cifar10 --out indexes/cifar10-train
-    python -m service.build_index --bundle bundles/r18 --data-dir ~/data/cifar10 --splits train test \\
-        --data-dir ~/photos --index-type hnsw --out indexes/all
+    python -m service.build_index --bundle models/reference --data-dir ~/data/cifar10 --out indexes/cifar10-train
+    python -m service.build_index --bundle models/reference --data-dir ~/photos --metadata photos.csv \\
+        --index-type HNSW32 --out indexes/photos
+    python -m service.build_index --bundle models/reference --data-dir ~/more-photos --out indexes/photos  # adds
 
 A --data-dir with CIFAR-10 in torchvision's layout (cifar-10-batches-py/; an empty or missing folder gets it
 downloaded, as the trainer does) or laid out as train/<class>/* [test/<class>/*] contributes its --splits,
-labelled; any other folder contributes all its images, unlabelled. Images go through the service's own
-preprocessing and --runtime, so an indexed image sent to /search finds itself. --index-type flat (default) is
-exact; hnsw is a graph index for large collections, whose recall@10 against exact search is measured on a
-sample of the indexed vectors and printed.
+with metadata {"class": ..., "split": ...}; any other folder contributes all its images. Ids are the images'
+paths relative to their --data-dir (CIFAR-10's: split/number). --metadata adds per-id metadata from a CSV
+file with an "id" column or a JSON Lines file of objects with an "id". Images go through the service's own
+preprocessing and --runtime, so an indexed image sent to /search finds itself. --index-type is a FAISS
+factory string: Flat (default) is exact; HNSW32, IVF4096,PQ32 ... are approximate, for large collections
+(docs/serving.md says which at which size), and their recall@10 against exact search is measured and printed.
+An --out that holds an index gets the images added (replacing those with the same ids): stop a service that
+serves it first, or add through its API (POST /index/images).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
 from contract.bundle import BundleError, load_bundle
 from contract.cifar10 import DataError, is_cifar10_root, load_cifar10
-from contract.images import ImageError, decode_image, fit, list_images
-from service.index import FORMAT, FORMAT_VERSION, write_index
+from contract.images import ImageError, fit, list_images, open_image
+from service.catalog import Item, Metadata
+from service.index import SearchIndex, SearchIndexError, make_thumbnail, vector_index
 from service.model import RUNTIMES, Model, Outputs, pick_runtime
 
 
@@ -42,17 +53,20 @@ class BuildError(Exception):
 
 @dataclass
 class Entry:
-    """One image to index: its pixels (already decoded) or its file, and what the index says of it."""
+    """One image to index: its pixels (already decoded) or its file, its id and metadata."""
 
     pixels: np.ndarray | Path
-    split: str
-    class_name: str | None
-    source: str
+    id: str
+    metadata: Metadata = field(default_factory=dict)
+
+    @property
+    def class_name(self) -> str | None:
+        return self.metadata.get("class")
 
 
 def find_images(root: Path, splits: list[str], download: bool = True) -> list[Entry]:
     """Every image a --data-dir contributes: CIFAR-10 in torchvision's layout (downloaded into an empty or
-    missing folder) or a labelled image folder gives its splits, any other folder all its images, unlabelled."""
+    missing folder) or a labelled image folder gives its splits, any other folder all its images."""
     if is_cifar10_root(root):
         entries = []
         for split in splits:
@@ -60,7 +74,7 @@ def find_images(root: Path, splits: list[str], download: bool = True) -> list[En
                 images, labels, classes = load_cifar10(root, split, download)
             except DataError as e:
                 raise BuildError(str(e)) from None
-            entries += [Entry(image, split, classes[label], f"cifar-10-batches-py/{split}/{i}")
+            entries += [Entry(image, f"{split}/{i:05d}", {"class": classes[label], "split": split})
                         for i, (image, label) in enumerate(zip(images, labels))]
         return entries
     if not root.is_dir():
@@ -69,65 +83,106 @@ def find_images(root: Path, splits: list[str], download: bool = True) -> list[En
         entries = []
         for split in splits:
             for class_dir in sorted(d for d in (root / split).glob("*") if d.is_dir() and not d.name.startswith(".")):
-                entries += [Entry(f, split, class_dir.name, str(f.relative_to(root))) for f in list_images(class_dir)]
+                entries += [Entry(f, str(f.relative_to(root)), {"class": class_dir.name, "split": split})
+                            for f in list_images(class_dir)]
         return entries
-    return [Entry(f, root.name, None, str(f.relative_to(root))) for f in list_images(root)]
+    return [Entry(f, str(f.relative_to(root))) for f in list_images(root)]
 
 
-def decode_all(entries: list[Entry], size: int, max_pixels: int, threads: int = os.cpu_count() or 1,
-               bar: bool = True) -> np.ndarray:
-    """uint8 (N, size, size, 3): files decoded (Pillow releases the GIL, so threads decode in parallel) and
-    arrays resized as the service resizes uploads."""
+def read_metadata(path: Path) -> dict[str, Metadata]:
+    """Per-id metadata from a CSV file with an "id" column (values stay strings) or a JSON Lines file of
+    objects with an "id" (strings and numbers)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            if path.suffix.lower() == ".csv":
+                rows = list(csv.DictReader(f))
+            else:
+                rows = [json.loads(line) for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
+        raise BuildError(f"cannot read --metadata {path}: {e}") from None
+    table = {}
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+            raise BuildError(f"--metadata {path}, record {n}: no \"id\" string")
+        values = {k: v for k, v in row.items() if k != "id"}
+        if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values.values()):
+            raise BuildError(f"--metadata {path}, record {n}: values must be strings or numbers")
+        table[row["id"]] = values
+    return table
+
+
+def decode_all(entries: list[Entry], size: int, max_pixels: int, thumbnail_size: int | None = None,
+               threads: int = os.cpu_count() or 1, bar: bool = True) -> tuple[np.ndarray, list[bytes | None]]:
+    """uint8 (N, size, size, 3) as the service resizes uploads, and (with a thumbnail_size) each image's
+    thumbnail: files decoded in threads (Pillow releases the GIL, so they decode in parallel)."""
     images = np.empty((len(entries), size, size, 3), dtype=np.uint8)
+    thumbnails: list[bytes | None] = [None] * len(entries)
 
     def decode(i: int) -> None:
         pixels = entries[i].pixels
         try:
-            images[i] = decode_image(pixels.read_bytes(), size, max_pixels) if isinstance(pixels, Path) \
-                else fit(pixels, size)
+            img = open_image(pixels.read_bytes(), max_pixels) if isinstance(pixels, Path) else Image.fromarray(pixels)
         except (ImageError, OSError) as e:
             raise BuildError(f"cannot read image {pixels}: {e}") from None
+        images[i] = fit(img, size)
+        if thumbnail_size:
+            thumbnails[i] = make_thumbnail(img, thumbnail_size)
 
     with ThreadPoolExecutor(threads) as pool:
         for _ in tqdm(pool.map(decode, range(len(entries)), chunksize=256), total=len(entries), desc="decoding",
                       unit="img", mininterval=1, disable=not bar):
             pass
-    return images
+    return images, thumbnails
 
 
-def recall_at(approx: faiss.Index, vectors: np.ndarray, k: int = 10, queries: int = 1000, seed: int = 0) -> float:
-    """Mean fraction of the exact top-k that the approximate index returns, over a sample of the vectors."""
+def recall_at(index: SearchIndex, ids: list[str], vectors: np.ndarray, k: int = 10, queries: int = 1000,
+              seed: int = 0) -> float:
+    """Mean fraction of the exact top-k (among vectors, whose ids are ids) that the index returns, over a
+    sample of the vectors as queries."""
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
-    sample = vectors[np.random.default_rng(seed).choice(len(vectors), min(queries, len(vectors)), replace=False)]
-    _, truth = exact.search(sample, k)
-    _, found = approx.search(sample, k)
-    return float(np.mean([len(set(t) & set(f)) / len(t) for t, f in zip(truth, found)]))
+    sample = np.random.default_rng(seed).choice(len(vectors), min(queries, len(vectors)), replace=False)
+    _, truth = exact.search(vectors[sample], k)
+    found = index.search(vectors[sample], k)
+    return float(np.mean([len({ids[t] for t in row} & {hit.id for hit in hits}) / len(row)
+                          for row, hits in zip(truth, found)]))
 
 
 def build(bundle_dir: str | Path, data_dirs: list[str], out: str | Path, splits: list[str],
-          index_type: str = "flat", hnsw_m: int = 32, ef_search: int = 128, batch_size: int = 256,
-          max_pixels: int = 40_000_000, download: bool = True, model: Model | None = None,
-          infer: Callable[[Tensor], Outputs] | None = None, progress: Callable[[int, int], None] | None = None,
-          runtime: str = "auto") -> dict:
-    """Embed the images, build the index, write it to out; returns the index's info (index.json). The service
-    passes its own model, an infer that runs each batch in its inference thread, and progress(done, total),
-    called after each batch instead of drawing progress bars."""
+          factory: str = "Flat", batch_size: int = 256, max_pixels: int = 40_000_000, download: bool = True,
+          model: Model | None = None, infer: Callable[[Tensor], Outputs] | None = None,
+          progress: Callable[[int, int], None] | None = None, runtime: str = "auto",
+          metadata: Path | None = None, thumbnail_size: int = 128) -> dict:
+    """Embed the images into a new index at out, or add them to the index there; returns the index's info
+    (index.json) with its count. The service passes its own model, an infer that runs each batch in its
+    inference thread, and progress(done, total), called after each batch instead of drawing progress bars."""
     if model is None:
         model = Model(load_bundle(bundle_dir))
         print(f"inference: {pick_runtime(model, runtime)[0]}")
     infer = infer or model.infer
-    bundle = model.bundle
-    classes = list(bundle.manifest.classes)  # label ids agree with /classify's where the names do
+    bundle, out = model.bundle, Path(out)
     entries = [entry for root in data_dirs for entry in find_images(Path(root), splits, download)]
     if not entries:
         raise BuildError(f"no images found in {', '.join(data_dirs)} (splits {', '.join(splits)})")
-    for entry in entries:
-        if entry.class_name is not None and entry.class_name not in classes:
-            classes.append(entry.class_name)
+    if len({e.id for e in entries}) != len(entries):
+        raise BuildError("two images have the same id (path relative to their --data-dir): index the folders "
+                         "one at a time, or under one parent folder")
+    if metadata is not None:
+        extra = read_metadata(metadata)
+        for entry in entries:
+            entry.metadata.update(extra.get(entry.id, {}))
+        print(f"metadata for {len(extra.keys() & {e.id for e in entries})} of {len(entries)} images from {metadata}")
 
+    existing = out / "index.json"
+    if not existing.is_file():
+        try:  # a bad --index-type is said before minutes of embedding, not after
+            vector_index(bundle.manifest.architecture.representation_dim, factory)
+        except SearchIndexError as e:
+            raise BuildError(str(e)) from None
     started = time.perf_counter()
-    images = decode_all(entries, model.size, max_pixels, bar=progress is None)
+    if existing.is_file():  # the thumbnails are made at the index's own size
+        thumbnail_size = json.loads(existing.read_text()).get("thumbnail_size", thumbnail_size)
+    images, thumbnails = decode_all(entries, model.size, max_pixels, thumbnail_size, bar=progress is None)
     vectors = np.empty((len(entries), bundle.manifest.architecture.representation_dim), dtype=np.float32)
     with tqdm(total=len(entries), desc="embedding", unit="img", mininterval=1, disable=progress is not None) as bar:
         for start in range(0, len(entries), batch_size):
@@ -138,34 +193,34 @@ def build(bundle_dir: str | Path, data_dirs: list[str], out: str | Path, splits:
                 progress(start + len(batch), len(entries))
     embedded = time.perf_counter()
 
-    if index_type == "hnsw":
-        index = faiss.IndexHNSWFlat(vectors.shape[1], hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = max(2 * hnsw_m, ef_search)
-        index.hnsw.efSearch = ef_search
-    else:
-        index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    print(f"{len(vectors)} images decoded and embedded in {embedded - started:.1f} s "
-          f"({len(vectors) / (embedded - started):.0f} images/s); {index_type} index built in "
-          f"{time.perf_counter() - embedded:.1f} s")
-    recall = recall_at(index, vectors) if index_type != "flat" else 1.0
-    if index_type != "flat":
-        print(f"recall@10 against exact search: {recall:.4f} (efSearch {ef_search}, {min(1000, len(vectors))} "
-              f"indexed vectors as queries)")
-
-    info = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "bundle": bundle.fingerprint, "bundle_name": bundle.name,
-        "index_type": index_type, **({"hnsw_m": hnsw_m, "ef_search": ef_search} if index_type == "hnsw" else {}),
-        "recall_at_10": recall, "count": len(vectors), "dim": int(vectors.shape[1]), "image_size": model.size,
-        "runtime": model.runtime,
-        "classes": classes, "data_dirs": [str(Path(d).resolve()) for d in data_dirs], "splits": splits,
-    }
-    metadata = {
-        "split": [e.split for e in entries],
-        "label": [classes.index(e.class_name) if e.class_name is not None else -1 for e in entries],
-        "source": [e.source for e in entries],
-    }
-    write_index(Path(out), index, images, metadata, info)
+    items = [Item(e.id, v, e.metadata, t) for e, v, t in zip(entries, vectors, thumbnails)]
+    try:
+        if existing.is_file():
+            index = SearchIndex(out, bundle.fingerprint)
+            for start in range(0, len(items), 10_000):
+                index.add(items[start:start + 10_000])
+        else:  # built beside out and renamed: out is a whole index or none
+            building = out.with_name(f".{out.name}.building-{os.getpid()}")
+            shutil.rmtree(building, ignore_errors=True)
+            sample = vectors[np.random.default_rng(0).permutation(len(vectors))[:100_000]]
+            index = SearchIndex.create(building, dim=vectors.shape[1], bundle=bundle.fingerprint,
+                                       bundle_name=bundle.name, runtime=model.runtime, factory=factory,
+                                       thumbnail_size=thumbnail_size, sample=sample,
+                                       sources=[str(Path(d).resolve()) for d in data_dirs], splits=splits)
+            for start in range(0, len(items), 10_000):
+                index.add(items[start:start + 10_000])
+    except SearchIndexError as e:
+        raise BuildError(str(e)) from None
+    print(f"{len(items)} images decoded and embedded in {embedded - started:.1f} s "
+          f"({len(items) / (embedded - started):.0f} images/s); indexed in {time.perf_counter() - embedded:.1f} s")
+    info = {**index.info, "count": index.count}
+    if index.factory != "Flat":
+        info["recall_at_10"] = recall_at(index, [e.id for e in entries], vectors)
+        print(f"recall@10 against exact search: {info['recall_at_10']:.4f} ({min(1000, len(vectors))} of the "
+              f"added vectors as queries)")
+    index.close()
+    if not existing.is_file():
+        building.rename(out)
     return info
 
 
@@ -175,12 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", required=True, help="model bundle directory (python -m trainer.export)")
     parser.add_argument("--data-dir", required=True, action="append",
                         help="image folder to index; repeat for several")
-    parser.add_argument("--out", required=True, help="index directory to write")
+    parser.add_argument("--out", required=True, help="index directory to write, or to add to")
     parser.add_argument("--splits", nargs="+", default=["train"], help="splits of labelled folders (default: train)")
-    parser.add_argument("--index-type", choices=("flat", "hnsw"), default="flat",
-                        help="flat: exact inner product (default); hnsw: approximate graph index")
-    parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW neighbours per node (default: 32)")
-    parser.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth (default: 128)")
+    parser.add_argument("--metadata", type=Path, help="per-id metadata: a CSV file with an id column, or JSON Lines")
+    parser.add_argument("--index-type", default="Flat",
+                        help="FAISS factory string: Flat (exact, the default), HNSW32, IVF4096,PQ32 ...")
+    parser.add_argument("--thumbnail-size", type=int, default=128,
+                        help="longest side of the thumbnails the index keeps (default: 128)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per inference batch (default: 256)")
     parser.add_argument("--runtime", choices=("auto", *RUNTIMES), default=os.environ.get("SIMCLR_RUNTIME", "auto"),
                         help="what runs the model: queries score best against an index embedded as they are, so "
@@ -189,16 +245,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="download CIFAR-10 into an empty or missing --data-dir (default: on)")
     args = parser.parse_args(argv)
     try:
-        info = build(args.bundle, args.data_dir, args.out, args.splits, args.index_type, args.hnsw_m,
-                     args.ef_search, args.batch_size, download=args.download, runtime=args.runtime)
+        info = build(args.bundle, args.data_dir, args.out, args.splits, args.index_type, args.batch_size,
+                     download=args.download, runtime=args.runtime, metadata=args.metadata,
+                     thumbnail_size=args.thumbnail_size)
     except (BuildError, BundleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"index {args.out}: {info['count']} images, {info['dim']}-d, {info['index_type']}, "
+    print(f"index {args.out}: {info['count']} images, {info['dim']}-d, {info['factory']}, "
           f"bundle {info['bundle_name']}")
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

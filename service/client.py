@@ -9,6 +9,8 @@ problem raised as a ServiceError; and a command line on it.
     python -m service.client classify cat.jpg dog.png        # top-3 classes per image
     python -m service.client search cat.jpg -k 5             # the most similar indexed images
     python -m service.client embed photos/ --json            # a folder: batched, with a progress bar
+    python -m service.client index add photos/ --metadata '{"owner": "me"}'   # ids: paths under photos/
+    python -m service.client index remove photos/cat.jpg
 
 The URL and key come from --url / SIMCLR_URL (default http://127.0.0.1:8000) and --api-key / SIMCLR_API_KEY.
 """
@@ -22,15 +24,18 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx2
 from pydantic import BaseModel
 from tqdm import tqdm
 
 from contract.images import EXTENSIONS, list_images
-from service.schemas import ClassifyResponse, EmbedResponse, Readiness, SearchResponse
+from service.schemas import (ClassifyResponse, EmbedResponse, IndexChange, IndexedImage, IndexSummary, Readiness,
+                             SearchResponse)
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 Image = str | Path | bytes
 
 
@@ -61,26 +66,46 @@ class Client:
         return self._post("/classify", images, ClassifyResponse, k=k)
 
     def search(self, images: list[Image], k: int = 10, class_name: str | None = None, offset: int = 0,
-               min_score: float | None = None) -> SearchResponse:
+               min_score: float | None = None, filter: dict[str, str | float] | None = None) -> SearchResponse:
+        """The k most similar indexed images per image; filter: only those whose metadata has these values."""
         return self._post("/search", images, SearchResponse, k=k, class_name=class_name, offset=offset,
-                          min_score=min_score)
+                          min_score=min_score, filter=_filter(filter))
 
     def search_embeddings(self, embeddings: list[list[float]], k: int = 10, class_name: str | None = None,
-                          offset: int = 0, min_score: float | None = None) -> SearchResponse:
+                          offset: int = 0, min_score: float | None = None,
+                          filter: dict[str, str | float] | None = None) -> SearchResponse:
         """Search with vectors, as embed() returns them."""
-        params = _params(k=k, class_name=class_name, offset=offset, min_score=min_score)
+        params = _params(k=k, class_name=class_name, offset=offset, min_score=min_score, filter=_filter(filter))
         return self._parse(self.http.post("/search", json={"embeddings": embeddings}, params=params), SearchResponse)
 
-    def search_by_id(self, id: int, k: int = 10, class_name: str | None = None, offset: int = 0,
-                     min_score: float | None = None) -> SearchResponse:
-        params = _params(id=id, k=k, class_name=class_name, offset=offset, min_score=min_score)
+    def search_by_id(self, id: str, k: int = 10, class_name: str | None = None, offset: int = 0,
+                     min_score: float | None = None, filter: dict[str, str | float] | None = None) -> SearchResponse:
+        params = _params(id=id, k=k, class_name=class_name, offset=offset, min_score=min_score, filter=_filter(filter))
         return self._parse(self.http.get("/search", params=params), SearchResponse)
 
-    def image(self, id: int) -> bytes:
-        """An indexed image, as PNG bytes."""
-        response = self.http.get(f"/images/{id}")
+    def thumbnail(self, id: str) -> bytes:
+        """An indexed image's thumbnail, as JPEG bytes."""
+        response = self.http.get(f"/thumbnails/{quote(id, safe='/')}")
         _check(response)
         return response.content
+
+    def index_add(self, images: list[Image], ids: list[str] | None = None,
+                  metadata: list[dict[str, Any]] | dict[str, Any] | None = None) -> IndexChange:
+        """Add images to the index (replacing those with the same ids); ids default to the files' names,
+        metadata is one object per image or one for all."""
+        files = [("images", (_name(image, i), _read(image))) for i, image in enumerate(images)]
+        metadata = [metadata] if isinstance(metadata, dict) else metadata or []
+        fields = [("ids", id) for id in ids or []] + [("metadata", json.dumps(m)) for m in metadata]
+        return self._parse(self.http.post("/index/images", files=files, data=_form(fields)), IndexChange)
+
+    def index_remove(self, id: str) -> IndexChange:
+        return self._parse(self.http.delete(f"/index/images/{quote(id, safe='/')}"), IndexChange)
+
+    def index_get(self, id: str) -> IndexedImage:
+        return self._parse(self.http.get(f"/index/images/{quote(id, safe='/')}"), IndexedImage)
+
+    def index_summary(self) -> IndexSummary:
+        return self._parse(self.http.get("/index"), IndexSummary)
 
     def readiness(self) -> Readiness:
         response = self.http.get("/readyz")  # 503 until ready: an answer, not an error
@@ -105,6 +130,17 @@ def _check(response: httpx2.Response) -> None:
         detail = response.text[:300] or response.reason_phrase
     retry = response.headers.get("retry-after")
     raise ServiceError(response.status_code, detail, float(retry) if retry else None)
+
+
+def _filter(filter: dict[str, str | float] | None) -> list[str] | None:
+    return [f"{key}:{value}" for key, value in filter.items()] if filter else None
+
+
+def _form(fields: list[tuple[str, str]]) -> dict[str, list[str]]:
+    form: dict[str, list[str]] = {}
+    for name, value in fields:
+        form.setdefault(name, []).append(value)
+    return form
 
 
 def _params(**params: Any) -> dict[str, Any]:
@@ -134,7 +170,7 @@ def expand(paths: list[str]) -> list[Path]:
     return found
 
 
-def batches(files: list[Path], size: int) -> Iterator[list[Path]]:
+def batches(files: list[T], size: int) -> Iterator[list[T]]:
     with tqdm(total=len(files), unit="img", disable=len(files) <= size, file=sys.stderr) as bar:
         for start in range(0, len(files), size):
             yield files[start:start + size]
@@ -157,10 +193,20 @@ def main(argv: list[str] | None = None) -> int:
             command.add_argument("-k", type=int, default=3 if name == "classify" else 10)
         if name == "search":
             command.add_argument("--class-name", help="only neighbours of this class")
+    index = commands.add_parser("index", help="add images to the index, remove them, or show it")
+    actions = index.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="add (or replace) images; ids are their paths under a folder given, "
+                             "or their file names")
+    add.add_argument("paths", nargs="+", help="image files or folders")
+    add.add_argument("--metadata", type=json.loads, default=None, help="a JSON object given to every image")
+    actions.add_parser("remove", help="remove images by id").add_argument("ids", nargs="+")
+    actions.add_parser("info", help="what the index is and holds")
     args = parser.parse_args(argv)
     try:
-        files = expand(args.paths)
         with Client(args.url, args.api_key) as client:
+            if args.command == "index":
+                return _index(client, args)
+            files = expand(args.paths)
             for batch in batches(files, args.batch):
                 for file, answer in zip(batch, _ask(client, args, batch)):
                     print(json.dumps({"file": str(file), **answer}) if args.json else _line(file, args.command, answer))
@@ -171,6 +217,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.url}: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _index(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "info":
+        print(client.index_summary().model_dump_json(indent=2))
+    elif args.action == "remove":
+        for id in args.ids:
+            print(f"removed {id}: {client.index_remove(id).count} images in the index")
+    else:
+        files = [(path, id) for given in map(Path, args.paths) for path, id in _with_ids(given)]
+        if not files:
+            raise ServiceError(0, f"no images in {', '.join(args.paths)}")
+        for batch in batches(files, args.batch):
+            change = client.index_add([path for path, _ in batch], [id for _, id in batch], args.metadata)
+            if args.json:
+                print(change.model_dump_json())
+        print(f"added {len(files)} images: {change.count} in the index", file=sys.stderr)
+    return 0
+
+
+def _with_ids(path: Path) -> list[tuple[Path, str]]:
+    """(file, id) pairs: a folder's images with their paths under it as ids, a file with its name."""
+    if path.is_dir():
+        return [(file, file.relative_to(path).as_posix()) for file in list_images(path)]
+    if path.is_file():
+        return [(path, path.name)]
+    raise ServiceError(0, f"{path} is neither a file nor a folder")
 
 
 def _ask(client: Client, args: argparse.Namespace, batch: list[Path]) -> list[dict]:
@@ -185,7 +258,7 @@ def _line(file: Path, command: str, answer: dict) -> str:
     if command == "classify":
         return f"{file}: " + ", ".join(f"{p['class_name']} {p['probability']:.3f}" for p in answer["predictions"])
     if command == "search":
-        return f"{file}: " + ", ".join(f"#{n['id']} {n['class_name'] or n['source']} {n['score']:.3f}"
+        return f"{file}: " + ", ".join(f"{n['id']} ({n['metadata'].get('class', '-')}) {n['score']:.3f}"
                                       for n in answer["neighbours"])
     vector = answer["representation"]
     return f"{file}: {len(vector)}-d [{', '.join(f'{x:.4f}' for x in vector[:4])}, ...]"

@@ -1,101 +1,280 @@
-"""The similar-image index: a FAISS index of L2-normalised representations, with per-id metadata and the
-indexed images themselves (written by service.build_index).
+"""The similar-image index: a FAISS vector index over the catalog's unit vectors (inner product, so cosine
+similarity), changed at run time and searched with metadata filters.
 
-INDEX_DIR holds index.json (format, the bundle it was built with, type, size, classes), vectors.faiss (FAISS's
-own binary format), metadata.json (per id: split, label, source path) and images.npy (uint8 (N, S, S, 3),
-memory-mapped, read without pickle).
+INDEX_DIR holds
+    index.json      what the index is: format, the bundle that embeds for it, FAISS factory string, dim ...
+    catalog.sqlite  every image's id, metadata, vector and thumbnail (service.catalog): the source of truth
+    trained.faiss   the FAISS index as trained, empty (IVF centroids, PQ codebooks): what a rebuild starts from
+    vectors.faiss   a snapshot of the vector index, written now and then and at a clean close
+
+Opening loads the snapshot and catches up with the catalog: vectors added since are added, those removed
+since are removed (FAISS ids are the catalog's vids, never reused). A snapshot only saves work: a crash
+between snapshots costs time at the next start, never an acknowledged change.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
+from PIL import Image
 
 from contract.files import atomic_write
+from service.catalog import Catalog, Item, Metadata, Record
 
-FORMAT, FORMAT_VERSION = "simclr-index", 1
+FORMAT, FORMAT_VERSION = "simclr-index", 2
+DEFAULT_EF_SEARCH, DEFAULT_NPROBE = 128, 32
+
+
+def make_thumbnail(img: Image.Image, size: int) -> bytes:
+    """A JPEG of the image with its longest side at most size (a smaller image keeps its size)."""
+    img = img.copy()
+    img.thumbnail((size, size), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=90, subsampling=0)  # 4:4:4: small images keep their colours
+    return out.getvalue()
 
 
 class SearchIndexError(Exception):
-    """An index that cannot be served: missing, malformed, or built with another bundle."""
+    """An index that cannot be served (missing, malformed, built with another bundle) or a change it refuses."""
 
 
 @dataclass
 class Hit:
-    id: int
+    id: str
     score: float
-    split: str
-    label: int
-    class_name: str | None
-    source: str
+    metadata: Metadata
 
 
 class SearchIndex:
-    """Nearest neighbours by inner product (cosine similarity, as vectors are unit-norm) among indexed images."""
+    """Nearest neighbours among the indexed images. Not thread-safe: the service calls it from one thread."""
 
-    def __init__(self, path: str | Path, bundle_fingerprint: str | None = None):
-        path = Path(path)
-        self.info = read_info(path, bundle_fingerprint)
+    def __init__(self, path: str | Path, bundle_fingerprint: str | None = None, mmap: bool = False,
+                 snapshot_every: int = 10_000):
+        self.path = Path(path)
+        self.info = read_info(self.path, bundle_fingerprint)
+        self.read_only, self.snapshot_every = mmap, snapshot_every
         try:
-            self.faiss = faiss.read_index(str(path / "vectors.faiss"))
-            meta = json.loads((path / "metadata.json").read_text())
-            self.images = np.load(path / "images.npy", mmap_mode="r", allow_pickle=False)
-        except (OSError, RuntimeError, ValueError) as e:  # faiss raises RuntimeError on a bad file
-            raise SearchIndexError(f"index {path} is incomplete or corrupt: {str(e).strip().splitlines()[0]}") from None
-        self.splits, self.labels, self.sources = meta["split"], meta["label"], meta["source"]
-        self.classes: list[str] = self.info["classes"]
-        counts = {self.faiss.ntotal, len(self.labels), len(self.images)}
-        if counts != {self.info["count"]}:
-            raise SearchIndexError(f"index {path} is inconsistent: {sorted(counts)} entries in its files")
-        labels = np.asarray(self.labels)
-        # A selector per class, made once: filtering happens inside the search, so k hits are always found.
-        self._by_class = {name: faiss.IDSelectorBatch(np.flatnonzero(labels == i).astype("int64"))
-                          for i, name in enumerate(self.classes)}
-        # A class filter searches exactly: a graph walk restricted to one class of ten misses many neighbours
-        # (recall@10 0.88 on CIFAR-10), while a flat scan that skips the other classes is as fast as the graph.
-        self._exact = self.faiss
-        if isinstance(self.faiss, faiss.IndexHNSW):
-            self.faiss.hnsw.efSearch = self.info["ef_search"]
-            self._exact = faiss.downcast_index(self.faiss.storage)
+            self.catalog = Catalog(self.path / "catalog.sqlite")
+            snapshot = self.path / "vectors.faiss"
+            self.faiss = faiss.read_index(str(snapshot if snapshot.is_file() else self.path / "trained.faiss"),
+                                          faiss.IO_FLAG_MMAP if mmap else 0)
+        except Exception as e:  # sqlite3.DatabaseError, faiss's RuntimeError on a bad file, OSError
+            raise SearchIndexError(f"index {self.path} is incomplete or corrupt: "
+                                   f"{str(e).strip().splitlines()[0]}") from None
+        self._ivf = faiss.try_extract_index_ivf(self.faiss)
+        self._inner = self._ivf or faiss.downcast_index(self.faiss.index)  # what the IDMap wraps
+        faiss.ParameterSpace().set_index_parameters(self.faiss, self._parameters())
+        self._dead: set[int] = set()  # vids still in FAISS whose records are gone (where FAISS cannot remove)
+        self._can_remove = not mmap
+        self._changes = 0
+        self._catch_up()
+
+    @classmethod
+    def create(cls, path: str | Path, *, dim: int, bundle: str, bundle_name: str, runtime: str,
+               factory: str = "Flat", thumbnail_size: int = 128, sample: np.ndarray | None = None,
+               **info: Any) -> SearchIndex:
+        """A new empty index at path (a folder that must not hold an index). Index types that learn from data
+        (IVF, PQ) are trained on sample, unit vectors like those to be indexed."""
+        index = vector_index(dim, factory)
+        if not index.is_trained:
+            if sample is None or len(sample) < 40:
+                raise SearchIndexError(f"a {factory} index learns from the vectors it will hold: build it from "
+                                       f"images (python -m service.build_index), not empty")
+            index.train(np.ascontiguousarray(sample, dtype="float32"))
+        path = Path(path)
+        if (path / "index.json").exists():
+            raise SearchIndexError(f"{path} already holds an index")
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write(path / "trained.faiss", lambda f: faiss.write_index(index, faiss.PyCallbackIOWriter(f.write)))
+        Catalog(path / "catalog.sqlite").close()
+        info = {"format": FORMAT, "format_version": FORMAT_VERSION, "bundle": bundle, "bundle_name": bundle_name,
+                "factory": factory, "dim": dim, "runtime": runtime, "thumbnail_size": thumbnail_size,
+                "created": time.time(), **info}
+        atomic_write(path / "index.json", json.dumps(info, indent=2) + "\n")  # last: it makes the folder an index
+        return cls(path)
+
+    # -- what it holds ------------------------------------------------------------------------------------
 
     @property
     def count(self) -> int:
-        return self.faiss.ntotal
+        return self.faiss.ntotal - len(self._dead)
 
     @property
     def dim(self) -> int:
         return self.faiss.d
 
-    def vector(self, id: int) -> np.ndarray:
-        return self.faiss.reconstruct(id)
+    @property
+    def factory(self) -> str:
+        return self.info["factory"]
 
-    def hit(self, id: int, score: float) -> Hit:
-        label = self.labels[id]
-        return Hit(id, score, self.splits[id], label, self.classes[label] if label >= 0 else None, self.sources[id])
+    @property
+    def classes(self) -> list[str]:
+        return [str(v) for v in self.catalog.values("class")]
 
-    def search(self, queries: np.ndarray, k: int, class_name: str | None = None,
+    def get(self, id: str) -> Record | None:
+        return self.catalog.get(id)
+
+    def thumbnail(self, id: str) -> bytes | None:
+        return self.catalog.thumbnail(id)
+
+    def vector(self, id: str) -> tuple[int, np.ndarray] | None:
+        """(vid, unit vector) of an indexed image, None when no image has that id."""
+        return self.catalog.vector(id)
+
+    # -- changes ------------------------------------------------------------------------------------------
+
+    def add(self, items: list[Item]) -> tuple[int, int]:
+        """Add the images, replacing those whose ids are indexed already; durable when it returns. Returns
+        (added, replaced)."""
+        self._check_writable()
+        if len({item.id for item in items}) != len(items):
+            raise SearchIndexError("the same id is given twice in one request")
+        vectors = np.stack([item.vector for item in items]).astype("float32")
+        if vectors.shape[1] != self.dim:
+            raise SearchIndexError(f"vectors have {vectors.shape[1]} numbers, the index {self.dim}")
+        added, replaced = self.catalog.add(items)
+        self._remove_vids(replaced)
+        self.faiss.add_with_ids(vectors, np.asarray(added, dtype="int64"))
+        self._changed(len(items))
+        return len(items) - len(replaced), len(replaced)
+
+    def remove(self, ids: list[str]) -> int:
+        """Remove the images with these ids (unknown ones are skipped); durable when it returns. Returns how
+        many were removed."""
+        self._check_writable()
+        vids = self.catalog.remove(ids)
+        self._remove_vids(vids)
+        self._changed(len(vids))
+        return len(vids)
+
+    def snapshot(self) -> None:
+        """Write the vector index, so that the next start need not re-add what it holds."""
+        if not self.read_only:
+            atomic_write(self.path / "vectors.faiss",
+                         lambda f: faiss.write_index(self.faiss, faiss.PyCallbackIOWriter(f.write)))
+            self._changes = 0
+
+    def close(self) -> None:
+        if self._changes:
+            self.snapshot()
+        self.catalog.close()
+
+    # -- search -------------------------------------------------------------------------------------------
+
+    def search(self, queries: np.ndarray, k: int, where: dict[str, list] | None = None,
                exclude: list[int] | None = None, offset: int = 0, min_score: float | None = None) -> list[list[Hit]]:
-        """The k best hits per query (Q, D) unit vectors after the first `offset` (a page), best first,
-        optionally only of one class, only scoring at least min_score, and never the ids in exclude[q] (a query
-        image need not find itself)."""
-        extra = (1 if exclude else 0) + offset
+        """The k best hits per query (Q, D) unit vectors after the first `offset` (a page), best first: only
+        images whose metadata has, per key of `where`, one of its values; only scores of at least min_score;
+        never the vid exclude[q] (an indexed query image need not find itself)."""
         queries = np.ascontiguousarray(queries, dtype="float32")
-        if class_name is not None:
-            params = faiss.SearchParameters(sel=self._by_class[class_name])
-            scores, ids = self._exact.search(queries, k + extra, params=params)
+        n = min(k + offset + (1 if exclude else 0), max(self.faiss.ntotal, 1))
+        selectors = []  # kept referenced here: FAISS's selectors hold raw pointers to each other
+        if where:
+            allowed = self.catalog.matching(where)
+            if not len(allowed):
+                return [[] for _ in queries]
+            selectors.append(faiss.IDSelectorBatch(allowed))
+        if self._dead:
+            selectors += [batch := faiss.IDSelectorBatch(np.fromiter(self._dead, dtype="int64")),
+                          faiss.IDSelectorNot(batch)]
+            if where:
+                selectors.append(faiss.IDSelectorAnd(selectors[0], selectors[-1]))
+        selector = selectors[-1] if selectors else None
+        if where and isinstance(self._inner, faiss.IndexHNSW):
+            scores, vids = self._exact(queries, n, selector)
         else:
-            scores, ids = self.faiss.search(queries, k + extra)
+            scores, vids = self.faiss.search(queries, n, params=self._search_parameters(selector))
+        records = self.catalog.records(sorted({int(v) for v in vids.ravel() if v >= 0}))
         results = []
-        for q, (row_scores, row_ids) in enumerate(zip(scores, ids)):
-            hits = [self.hit(int(i), float(s)) for s, i in zip(row_scores, row_ids)
-                    if i >= 0 and not (exclude and i == exclude[q]) and (min_score is None or s >= min_score)]
+        for q, (row_scores, row_vids) in enumerate(zip(scores, vids)):
+            hits = [Hit(records[v].id, float(s), records[v].metadata) for s, v in zip(row_scores, row_vids)
+                    if v in records and not (exclude and v == exclude[q]) and (min_score is None or s >= min_score)]
             results.append(hits[offset:offset + k])
         return results
+
+    def _exact(self, queries: np.ndarray, n: int, selector: faiss.IDSelector) -> tuple[np.ndarray, np.ndarray]:
+        """A filtered search of an HNSW index by scanning its stored vectors: a graph walk restricted to a
+        small part of the graph misses many neighbours (recall@10 0.88 for one class of CIFAR-10's ten), and a
+        scan that skips the rest is as fast as the walk."""
+        translated = faiss.IDSelectorTranslated(self.faiss.id_map, selector)
+        scores, rows = faiss.downcast_index(self._inner.storage).search(
+            queries, n, params=faiss.SearchParameters(sel=translated))
+        id_map = faiss.vector_to_array(self.faiss.id_map)
+        return scores, np.where(rows >= 0, id_map[np.maximum(rows, 0)], -1)
+
+    def _parameters(self) -> str:
+        if isinstance(self._inner, faiss.IndexHNSW):
+            return f"efSearch={self.info.get('ef_search', DEFAULT_EF_SEARCH)}"
+        if isinstance(self._inner, faiss.IndexIVF):
+            return f"nprobe={self.info.get('nprobe', DEFAULT_NPROBE)}"
+        return ""
+
+    def _search_parameters(self, selector: faiss.IDSelector | None) -> faiss.SearchParameters | None:
+        if selector is None:
+            return None
+        if isinstance(self._inner, faiss.IndexHNSW):
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=self._inner.hnsw.efSearch)
+        if isinstance(self._inner, faiss.IndexIVF):
+            return faiss.SearchParametersIVF(sel=selector, nprobe=self._inner.nprobe)
+        return faiss.SearchParameters(sel=selector)
+
+    # -- keeping FAISS in step with the catalog -----------------------------------------------------------
+
+    def _catch_up(self) -> None:
+        live = self.catalog.vids()
+        if self._ivf is not None:
+            lists = self._ivf.invlists
+            held = np.concatenate([np.zeros(0, dtype="int64"), *(
+                faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy() for i in range(lists.nlist))])
+        else:
+            held = faiss.vector_to_array(self.faiss.id_map).astype("int64")
+        gone, missing = np.setdiff1d(held, live), np.setdiff1d(live, held)
+        self._remove_vids(gone.tolist())
+        if len(missing) and self.read_only:
+            raise SearchIndexError(f"index {self.path}'s snapshot lacks {len(missing)} of its images: open it "
+                                   f"once without memory mapping to bring it up to date")
+        for vids, vectors in self.catalog.vectors(missing):
+            self.faiss.add_with_ids(vectors, vids)
+        self._changed(len(gone) + len(missing))  # snapshotted at the next close, or sooner
+
+    def _remove_vids(self, vids: list[int]) -> None:
+        if not vids:
+            return
+        if self._can_remove:
+            try:
+                self.faiss.remove_ids(np.asarray(vids, dtype="int64"))
+                return
+            except RuntimeError:  # HNSW and a few others cannot remove: their hits are filtered out instead
+                self._can_remove = False
+        self._dead.update(vids)
+
+    def _changed(self, n: int) -> None:
+        self._changes += n
+        if self._changes >= self.snapshot_every:
+            self.snapshot()
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise SearchIndexError("the index is open read-only (memory-mapped): it takes no changes")
+
+
+def vector_index(dim: int, factory: str) -> faiss.Index:
+    """An empty FAISS index of the factory string's type, by inner product, that takes the catalog's ids."""
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        if faiss.try_extract_index_ivf(index) is None:  # IVF keeps ids itself (and IDMap cannot remove from it)
+            index = faiss.index_factory(dim, f"IDMap,{factory}", faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:  # the last words of FAISS's message say what is wrong, the rest is C++ context
+        raise SearchIndexError(f"{factory!r} is not a FAISS index factory string "
+                               f"({str(e).strip().splitlines()[-1].rsplit(': ', 1)[-1]})") from None
+    return index
 
 
 def read_info(path: Path, bundle_fingerprint: str | None = None) -> dict[str, Any]:
@@ -109,19 +288,10 @@ def read_info(path: Path, bundle_fingerprint: str | None = None) -> dict[str, An
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SearchIndexError(f"{file} is not valid JSON: {e}") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("format_version") != FORMAT_VERSION:
-        raise SearchIndexError(f"{file} is not a {FORMAT} version {FORMAT_VERSION} index")
+        raise SearchIndexError(f"{file} is not a {FORMAT} version {FORMAT_VERSION} index (an index of an older "
+                               f"version is rebuilt with python -m service.build_index)")
     if bundle_fingerprint is not None and info.get("bundle") != bundle_fingerprint:
         raise SearchIndexError(f"index {path} was built with another bundle ({info.get('bundle_name')}, manifest "
                                f"sha256 {str(info.get('bundle'))[:12]}...) than the one served "
                                f"({bundle_fingerprint[:12]}...): rebuild it with python -m service.build_index")
     return info
-
-
-def write_index(path: Path, index: faiss.Index, images: np.ndarray, metadata: dict[str, list],
-                info: dict[str, Any]) -> None:
-    """Write every file atomically, index.json last: a reader sees a complete index or none."""
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path / "vectors.faiss", faiss.serialize_index(index).tobytes())
-    atomic_write(path / "images.npy", lambda f: np.save(f, images, allow_pickle=False))
-    atomic_write(path / "metadata.json", json.dumps(metadata))
-    atomic_write(path / "index.json", json.dumps(info, indent=2) + "\n")

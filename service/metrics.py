@@ -32,6 +32,8 @@ class Metrics:
                             ["reason"], registry=self.registry)
         self.search = Histogram("simclr_search_seconds", "FAISS time per search call", buckets=_LATENCY_BUCKETS,
                                 registry=self.registry)
+        self.index_changes = Histogram("simclr_index_change_seconds", "time per durable index change (SQLite "
+                                       "commit and FAISS update)", buckets=_LATENCY_BUCKETS, registry=self.registry)
 
 
 class MetricsMiddleware:

@@ -42,6 +42,8 @@ KINDS = {
     "shutting-down": "the service is stopping: retry after Retry-After seconds (another replica, or this one "
                      "once restarted)",
     "no-classifier": "the served bundle has no classifier (its run was not evaluated): /classify is not offered",
+    "index-read-only": "the index is open read-only (memory-mapped, --index-mmap): it takes no additions or "
+                       "deletions",
     "search-off": "similar-image search is not offered by this service (no index, and none could be built)",
     "load-failed": "the service could not load its model bundle or index (the detail says why)",
     "internal-error": "an unexpected error; the server logged it",

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StringConstraints, \
+    model_validator
 
 MAX_CLASSIFY_K = 10
 MAX_SEARCH_K = 100
+MAX_METADATA_KEYS = 32
+
+# An indexed image's id: chosen by the caller (a path, a database key ...), any printable text.
+ImageId = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f\x7f]+$")]
+MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+MetadataValue = Annotated[str, StringConstraints(max_length=1024)] | StrictInt | \
+    Annotated[StrictFloat, AfterValidator(_finite)]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_KEYS)]
 
 
 class ImagesJSON(BaseModel):
@@ -31,12 +49,45 @@ class SearchJSON(BaseModel):
     offset: int | None = Field(None, ge=0, le=10_000)
     min_score: float | None = Field(None, ge=-1, le=1)
     class_name: str | None = None
+    filter: dict[MetadataKey, MetadataValue | list[MetadataValue]] | None = Field(
+        None, description="only images whose metadata has these values (a list: any of them), every key")
 
     @model_validator(mode="after")
     def _one_kind(self) -> SearchJSON:
         if (self.images is None) == (self.embeddings is None):
             raise ValueError("give either images or embeddings")
         return self
+
+
+class IndexImage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: ImageId = Field(description="the caller's id for the image; an indexed id is replaced")
+    image: str = Field(description="the image file, base64-encoded (a data: URL prefix is accepted)")
+    metadata: Metadata = Field({}, description="strings and numbers to filter on and to get back with hits")
+
+
+class IndexImagesJSON(BaseModel):
+    """POST /index/images's JSON body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[IndexImage] = Field(min_length=1)
+
+
+class IndexChange(BaseModel):
+    added: int = Field(description="images new to the index")
+    replaced: int = Field(description="images whose id was indexed already, now replaced")
+    removed: int = Field(0, description="images removed")
+    ids: list[str]
+    count: int = Field(description="images in the index after the change")
+
+
+class IndexedImage(BaseModel):
+    id: str
+    metadata: dict[str, str | int | float]
+    image_url: str = Field(description="the image's thumbnail (JPEG)")
+    added: float = Field(description="when it was indexed (Unix time)")
 
 
 class Embedding(BaseModel):
@@ -69,13 +120,16 @@ class ClassifyResponse(BaseModel):
 
 
 class Neighbour(BaseModel):
-    id: int
+    id: str = Field(description="the indexed image's id")
     score: float = Field(description="cosine similarity to the query")
-    label: int = Field(description="class id, -1 for unlabelled images")
-    class_name: str | None
-    split: str
-    source: str = Field(description="the image's path inside the folder it was indexed from")
-    image_url: str
+    metadata: dict[str, str | int | float] = Field(description="the indexed image's metadata (CIFAR-10's: class "
+                                                   "and split)")
+    image_url: str = Field(description="the image's thumbnail (JPEG)")
+
+
+class IndexPage(BaseModel):
+    images: list[IndexedImage] = Field(description="in the order they were added")
+    next: str | None = Field(description="the cursor of the next page (its `after`), null on the last page")
 
 
 class SearchResult(BaseModel):
@@ -167,11 +221,13 @@ class Evaluation(BaseModel):
 
 
 class IndexSummary(BaseModel):
-    type: str
+    type: str = Field(description="the FAISS index factory string (Flat: exact search)")
     count: int
     dim: int
-    classes: list[str]
-    runtime: str
+    classes: list[str] = Field(description="the values of the metadata key class (at most 100)")
+    runtime: str = Field(description="the runtime that embedded the index")
+    thumbnail_size: int
+    read_only: bool
 
 
 class Version(BaseModel):

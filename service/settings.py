@@ -27,13 +27,17 @@ class Settings(BaseSettings):
     data_dir: Path | None = Field(Path("data/cifar10"), description="images the service indexes when the bundle "
                                   "has no index yet: CIFAR-10 (torchvision's layout, downloaded into an empty or "
                                   "missing folder) or an image folder; embeddings and classes are served while "
-                                  "it builds; null: build none")
+                                  "it builds; null: start an empty index, for images added through the API")
     download: bool = Field(True, description="download CIFAR-10 into an empty or missing --data-dir")
+    thumbnail_size: int = Field(128, ge=16, le=1024, description="longest side of the thumbnails an index made "
+                                "by the service keeps (python -m service.build_index has its own flag)")
+    index_mmap: bool = Field(False, description="open --index's vectors memory-mapped and read-only: less memory "
+                             "for a large index, and additions and deletions are refused (409)")
 
     @field_validator("data_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
-        """SIMCLR_DATA_DIR= (empty), like --data-dir null, means: build no index."""
+        """SIMCLR_DATA_DIR= (empty), like --data-dir null, means: start an empty index."""
         return None if value == "" else value
     host: str = Field("127.0.0.1", description="address to listen on")
     root_path: str = Field("", pattern=r"^(/[^/]+)*$", description="the path prefix a reverse proxy serves the "

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import faiss
@@ -110,39 +111,31 @@ class ServiceState:
         runtime, why = pick_runtime(model, self.settings.runtime)
         log.info("inference: %s on %s (%s), batches of %d at most, %d threads", runtime, device, why, self.batch_size,
                  torch.get_num_threads())
-        index = SearchIndex(self.settings.index, bundle.fingerprint) if self.settings.index else None
+        index = SearchIndex(self.settings.index, bundle.fingerprint, mmap=self.settings.index_mmap) \
+            if self.settings.index else None
         return model, index
 
     async def _find_or_build_index(self, model: Model) -> None:
-        """The bundle's index in --index-root (one folder per bundle), built there from --data-dir when missing.
-        The build runs in a thread of its own and sends its batches to the inference thread, between requests'."""
-        settings, loop = self.settings, asyncio.get_running_loop()
+        """The bundle's index in --index-root (one folder per bundle), built there from --data-dir when missing
+        (or made empty, for images added through the API, when there is no --data-dir). The build runs in a
+        thread of its own and sends its batches to the inference thread, between requests'."""
+        settings = self.settings
         path = settings.index_root / model.bundle.fingerprint[:16]
-        if not (path / "index.json").is_file():  # written last: without it a build did not finish
+        if not (path / "index.json").is_file():  # written last: without it an index was never made
             if settings.data_dir is None:
-                self._search_off("no --index and no --data-dir to build one from")
-                return
-            self.search = "building"
-            self.search_detail = f"building the index {path} from {settings.data_dir}"
-            log.info("search: %s (embeddings and classes are served meanwhile)", self.search_detail)
-
-            def infer(batch: torch.Tensor) -> Outputs:
-                return self._inference.submit(model.infer, batch).result()
-
-            try:
-                await loop.run_in_executor(None, lambda: build(
-                    model.bundle.path, [str(settings.data_dir)], path, ["train"], download=settings.download,
-                    batch_size=self.batch_size, max_pixels=settings.max_image_pixels, model=model,
-                    infer=infer, progress=Progress(self)))
-            except (BuildError, OSError) as e:
-                self._search_off(f"the index could not be built: {e}")
-                return
-            except Exception as e:  # a bug, not bad data: logged with its traceback, and search says so
-                log.exception("the index build failed")
-                self._search_off(f"the index build failed ({type(e).__name__}: {e}); the log has the details")
-                return
+                await self.run_search(lambda: SearchIndex.create(
+                    path, dim=model.bundle.manifest.architecture.representation_dim, bundle=model.bundle.fingerprint,
+                    bundle_name=model.bundle.name, runtime=model.runtime,
+                    thumbnail_size=settings.thumbnail_size).close())
+                log.info("search: an empty index %s was made (no --data-dir): POST /index/images fills it", path)
+            else:
+                self.search = "building"
+                self.search_detail = f"building the index {path} from {settings.data_dir}"
+                log.info("search: %s (embeddings and classes are served meanwhile)", self.search_detail)
+                if not await self._build(model, path):
+                    return
         try:
-            self.index = await loop.run_in_executor(self._search, SearchIndex, path, model.bundle.fingerprint)
+            self.index = await self.run_search(SearchIndex, path, model.bundle.fingerprint)
         except SearchIndexError as e:
             self._search_off(str(e))
             return
@@ -150,9 +143,29 @@ class ServiceState:
         log.info("search: ready, index %s of %d images", path, self.index.count)
         self._check_runtime(self.index, model)
 
+    async def _build(self, model: Model, path: Path) -> bool:
+        settings = self.settings
+
+        def infer(batch: torch.Tensor) -> Outputs:
+            return self._inference.submit(model.infer, batch).result()
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, lambda: build(
+                model.bundle.path, [str(settings.data_dir)], path, ["train"], download=settings.download,
+                batch_size=self.batch_size, max_pixels=settings.max_image_pixels, model=model, infer=infer,
+                progress=Progress(self), thumbnail_size=settings.thumbnail_size))
+        except (BuildError, OSError) as e:
+            self._search_off(f"the index could not be built: {e}")
+            return False
+        except Exception as e:  # a bug, not bad data: logged with its traceback, and search says so
+            log.exception("the index build failed")
+            self._search_off(f"the index build failed ({type(e).__name__}: {e}); the log has the details")
+            return False
+        return True
+
     @staticmethod
     def _check_runtime(index: SearchIndex, model: Model) -> None:
-        built = index.info.get("runtime", "torch-fp32")
+        built = index.info["runtime"]
         if built.split("-")[1] != model.runtime.split("-")[1]:  # its own indexed copy then scores ~0.999, not 1
             log.warning("the index was embedded with %s but queries run on %s: give --runtime %s to match",
                         built, model.runtime, built)
@@ -170,4 +183,6 @@ class ServiceState:
         if batcher:
             await batcher.stop()
         if self._search:
+            if self.index is not None:  # its snapshot, so that the next start need not catch up
+                await self.run_search(self.index.close)
             self._search.shutdown(wait=True)

@@ -4,7 +4,7 @@ one asyncio loop, the server's resident memory sampled from /proc, and the repor
 
     server = Server(bundle, index, log=Path("server.log"), flags={"max-request-bytes": 200_000})
     server.start(); server.wait_ready()
-    cases = make_mix(generated_images(64), *index_ids(server.index_count()), max_request_bytes=200_000)
+    cases = make_mix(generated_images(64), server.index_ids(), max_request_bytes=200_000)
     result = asyncio.run(drive(server, cases, clients=16, seconds=8))
     lines, failed = report(result, warmup=2)
 """
@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx2
 import numpy as np
@@ -35,7 +36,7 @@ from benchmarks.harness.images import png_bytes
 REPO = Path(__file__).resolve().parents[2]
 BOUNDARY = "soakboundary0123456789"
 MULTIPART = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
-JSON, PNG, PROBLEM = "application/json", "image/png", "application/problem+json"
+JSON, JPEG, PROBLEM = "application/json", "image/jpeg", "application/problem+json"
 # A connection refused, reset or closed under a request: what clients see of a server stopping or restarting.
 CONNECTION_ERRORS = (httpx2.NetworkError, httpx2.RemoteProtocolError)
 
@@ -117,6 +118,20 @@ class Server:
     def index_count(self) -> int:
         """How many images the served index holds (/version)."""
         return httpx2.get(f"{self.url}/version", timeout=30).json()["index"]["count"]
+
+    def index_ids(self, most: int = 512) -> list[str]:
+        """The ids of the first `most` indexed images: a fixed set to ask for, so that the catalog pages they
+        touch stop growing the server's resident memory once warmed up."""
+        ids: list[str] = []
+        after = None
+        while len(ids) < most:
+            page = httpx2.get(f"{self.url}/index/images", params={"limit": min(1000, most - len(ids)),
+                                                                 **({"after": after} if after else {})},
+                              timeout=30).json()
+            ids += [image["id"] for image in page["images"]]
+            if not (after := page["next"]):
+                break
+        return ids
 
     def has_classifier(self) -> bool:
         return httpx2.get(f"{self.url}/version", timeout=30).json()["classifier"]
@@ -204,15 +219,10 @@ def folder_images(root: Path, n: int) -> list[bytes]:
     return images
 
 
-def index_ids(count: int, most: int = 512) -> tuple[list[int], list[int]]:
-    """(ids to ask for, evenly spread: a fixed set, so that the memory-mapped images they touch stop growing
-    the server's resident memory once warmed up; ids past the end)."""
-    ids = np.unique(np.linspace(0, count - 1, min(count, most)).round().astype(int)).tolist()
-    return ids, [count, count + 7, 10**9]
+UNKNOWN_IDS = ["no/such/image.png", "x" * 300, "train/cat/99999.png"]
 
 
-def make_mix(images: list[bytes], ids: list[int], unknown_ids: list[int], max_request_bytes: int,
-             classify: bool = True) -> list[Case]:
+def make_mix(images: list[bytes], ids: list[str], max_request_bytes: int, classify: bool = True) -> list[Case]:
     """The soak's requests, pre-encoded: every route with good input, and each kind of bad input the service
     must refuse with its 4xx. Weights are how often each is sent."""
     bodies = [multipart(image) for image in images]
@@ -227,21 +237,21 @@ def make_mix(images: list[bytes], ids: list[int], unknown_ids: list[int], max_re
     def upload(url: str) -> Callable[[random.Random], dict[str, Any]]:
         return lambda rng: {"method": "POST", "url": url, "content": rng.choice(bodies), "headers": MULTIPART}
 
-    def get(template: str, pool: list[int]) -> Callable[[random.Random], dict[str, Any]]:
-        return lambda rng: {"method": "GET", "url": template.format(id=rng.choice(pool))}
+    def get(template: str, pool: list[str]) -> Callable[[random.Random], dict[str, Any]]:
+        return lambda rng: {"method": "GET", "url": template.format(id=quote(rng.choice(pool), safe="/"))}
 
     cases = [
         Case("embed", "POST /embed", 200, JSON, 4, upload("/embed")),
         Case("classify", "POST /classify", 200, JSON, 3, upload("/classify?k=3")),
         Case("search by upload", "POST /search", 200, JSON, 3, upload("/search?k=10")),
         Case("search by id", "GET /search", 200, JSON, 3, get("/search?id={id}&k=10", ids)),
-        Case("image", "GET /images/{id}", 200, PNG, 3, get("/images/{id}", ids)),
+        Case("thumbnail", "GET /thumbnails/{id:path}", 200, JPEG, 3, get("/thumbnails/{id}", ids)),
         Case("not an image", "POST /embed", 415, PROBLEM, 1,
              lambda rng: {"method": "POST", "url": "/embed", "content": not_image, "headers": MULTIPART}),
         Case("bad k", "GET /search", 422, PROBLEM, 1, lambda rng: {
-            "method": "GET", "url": f"/search?id={rng.choice(ids)}&k={rng.choice(['0', '101', '-1', 'ten'])}"}),
-        Case("unknown search id", "GET /search", 404, PROBLEM, 0.5, get("/search?id={id}", unknown_ids)),
-        Case("unknown image id", "GET /images/{id}", 404, PROBLEM, 0.5, get("/images/{id}", unknown_ids)),
+            "method": "GET", "url": f"/search?id={quote(rng.choice(ids))}&k={rng.choice(['0', '101', '-1', 'ten'])}"}),
+        Case("unknown search id", "GET /search", 404, PROBLEM, 0.5, get("/search?id={id}", UNKNOWN_IDS)),
+        Case("unknown image id", "GET /thumbnails/{id:path}", 404, PROBLEM, 0.5, get("/thumbnails/{id}", UNKNOWN_IDS)),
         Case("oversized body", "POST /embed", 413, PROBLEM, 0.5,
              lambda rng: {"method": "POST", "url": "/embed", "content": oversized, "headers": MULTIPART}),
         Case("oversized chunked body", "POST /classify", 413, PROBLEM, 0.5,

@@ -9,7 +9,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service.dependencies import Ready, get_state
 from service.problems import KINDS, Problem
 from service.routes import NOT_FOUND
-from service.schemas import Evaluation, Health, IndexSummary, ProblemType, Readiness, Version
+from service.routes.index import summary
+from service.schemas import Evaluation, Health, ProblemType, Readiness, Version
 from service.state import ServiceState
 
 router = APIRouter(tags=["operations"])
@@ -38,7 +39,7 @@ def metrics(state: State) -> Response:
 
 
 @router.get("/version", response_model=Version)
-def version(state: Ready) -> Version:
+async def version(state: Ready) -> Version:
     """The served model (name, fingerprint, runtime, architecture, classes, evaluation) and index."""
     bundle, index = state.model.bundle, state.index
     manifest, arch = bundle.manifest, bundle.manifest.architecture
@@ -50,8 +51,7 @@ def version(state: Ready) -> Version:
         checkpoint_epoch=manifest.training.checkpoint_epoch,
         evaluation=Evaluation(protocol=metrics.protocol.name, top1=metrics.top1, top3=metrics.top3,
                               top5=metrics.top5, knn_top1=metrics.knn_top1) if metrics else None,
-        index=IndexSummary(type=index.info["index_type"], count=index.count, dim=index.dim, classes=index.classes,
-                           runtime=index.info.get("runtime", "torch-fp32")) if index else None)
+        index=await state.run_search(summary, index) if index else None)
 
 
 @router.get("/problems/{kind}", response_model=ProblemType, responses=NOT_FOUND)

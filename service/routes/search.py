@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
@@ -11,12 +13,14 @@ from service.index import Hit, SearchIndex
 from service.problems import Problem
 from service.routes import NOT_FOUND, PROBLEMS
 from service.schemas import MAX_SEARCH_K, Neighbour, SearchJSON, SearchResponse, SearchResult
-from service.uploads import OPENAPI_BODY, read_images
+from service.uploads import OPENAPI_BODY, base64_files, decode_files, read_images
 
 router = APIRouter(tags=["search"])
 K = Annotated[int, Query(ge=1, le=MAX_SEARCH_K, description="neighbours per query")]
 ClassName = Annotated[str | None, Query(description="only images of this class")]
 Offset = Annotated[int, Query(ge=0, le=10_000, description="hits to skip: the next page starts at offset + k")]
+Filter = Annotated[list[str] | None, Query(description="only images whose metadata has this value: key:value, "
+                                       "repeated for several (the same key: any of its values)")]
 MinScore = Annotated[float | None, Query(ge=-1, le=1, description="only hits at least this similar (cosine)")]
 SEARCH_BODY = {"requestBody": {"required": True, "content": {
     **OPENAPI_BODY["requestBody"]["content"], "application/json": {"schema": SearchJSON.model_json_schema()}}}}
@@ -39,7 +43,13 @@ async def read_queries(request: Request, state: Ready, index: Index,
     """Unit query vectors (Q, D): the request's embeddings, or its images embedded."""
     if body is not None and body.embeddings is not None:
         return _unit_vectors(body.embeddings, index.dim)
-    return (await state.batcher.submit(await read_images(request, state))).unit.numpy()
+    if body is not None:  # the body is read already, with the parameters beside the images
+        state.batcher.check_capacity()
+        with state.batcher.incoming():
+            images = await decode_files(base64_files(body.images, "images"), state)
+    else:
+        images = await read_images(request, state)
+    return (await state.batcher.submit(images)).unit.numpy()
 
 
 def _merged(request: Request, body: SearchJSON | None, **query: Any) -> dict[str, Any]:
@@ -63,45 +73,85 @@ def _unit_vectors(embeddings: list[list[float]], dim: int) -> np.ndarray:
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
+def _where(class_name: str | None, filters: list[str] | dict | None) -> dict[str, list] | None:
+    """The metadata filter: {key: [accepted values]} from class_name and filter (key:value strings from the query
+    string, whose values match as text or as the number they spell, or a JSON object)."""
+    where: dict[str, list] = {}
+    if isinstance(filters, dict):
+        where = {key: value if isinstance(value, list) else [value] for key, value in filters.items()}
+    for text in filters if isinstance(filters, list) else []:
+        key, sep, value = text.partition(":")
+        if not sep or not key:
+            raise Problem(422, f"filter {text!r} is not key:value")
+        where.setdefault(key, []).extend([value, *_number(value)])
+    if class_name is not None:
+        where.setdefault("class", []).append(class_name)
+    return where or None
+
+
+def _number(text: str) -> list[float]:
+    try:
+        value = float(text)
+    except ValueError:
+        return []
+    return [value] if math.isfinite(value) else []
+
+
 @router.post("/search", response_model=SearchResponse, responses=PROBLEMS, openapi_extra=SEARCH_BODY)
 async def search_images(request: Request, queries: Annotated[np.ndarray, Depends(read_queries)],
                         body: Annotated[SearchJSON | None, Depends(read_body)], state: Ready, index: Index,
                         k: K = 10, class_name: ClassName = None, offset: Offset = 0,
-                        min_score: MinScore = None) -> SearchResponse:
-    """Per query image (or embedding) the k most similar indexed images, best first, after the first offset.
-    The parameters may come in the JSON body instead of the query string."""
+                        min_score: MinScore = None, filter: Filter = None) -> SearchResponse:
+    """Per query image (or embedding) the k most similar indexed images, best first, after the first offset,
+    optionally only those whose metadata matches filter. The parameters may come in the JSON body instead of
+    the query string."""
     params = _merged(request, body, k=k, class_name=class_name, offset=offset, min_score=min_score)
-    _check_class(index, params["class_name"])
-    return await _search(state, index, queries, **params, root_path=request.scope.get("root_path", ""))
+    if filter and body is not None and body.filter is not None:
+        raise Problem(422, "filter is given twice: in the query string and in the body")
+    where = _where(params.pop("class_name"), body.filter if body is not None and body.filter else filter)
+    await _check_class(state, index, where)
+    return await _search(state, index, queries, where=where, **params, root_path=request.scope.get("root_path", ""))
 
 
 @router.get("/search", response_model=SearchResponse, responses={**PROBLEMS, **NOT_FOUND})
 async def search_by_id(request: Request, state: Ready, index: Index,
-                       id: Annotated[int, Query(ge=0, description="an indexed image's id")], k: K = 10,
-                       class_name: ClassName = None, offset: Offset = 0, min_score: MinScore = None) -> SearchResponse:
+                       id: Annotated[str, Query(min_length=1, description="an indexed image's id")], k: K = 10,
+                       class_name: ClassName = None, offset: Offset = 0, min_score: MinScore = None,
+                       filter: Filter = None) -> SearchResponse:
     """The k indexed images most similar to indexed image `id`, itself left out, after the first offset."""
-    _check_class(index, class_name)
-    if id >= index.count:
-        raise Problem(404, f"no indexed image has id {id} (ids run from 0 to {index.count - 1})")
-    return await _search(state, index, index.vector(id)[None], k, class_name, exclude=[id], offset=offset,
-                         min_score=min_score, root_path=request.scope.get("root_path", ""))
+    where = _where(class_name, filter)
+    await _check_class(state, index, where)
+    found = await state.run_search(index.vector, id)
+    if found is None:
+        raise Problem(404, f"no indexed image has id {id!r}")
+    vid, vector = found
+    return await _search(state, index, vector[None], k, where, exclude=[vid], offset=offset, min_score=min_score,
+                         root_path=request.scope.get("root_path", ""))
 
 
-def _check_class(index: SearchIndex, class_name: str | None) -> None:
-    if class_name is not None and class_name not in index.classes:
-        raise Problem(422, f"unknown class_name {class_name!r}: the index has {', '.join(index.classes) or 'none'}")
+async def _check_class(state: Ready, index: SearchIndex, where: dict[str, list] | None) -> None:
+    """A class_name the index does not have is a mistake worth saying (other filters may match nothing yet)."""
+    if where and "class" in where:
+        classes = await state.run_search(lambda: index.classes)
+        if not set(map(str, where["class"])) & set(classes):
+            raise Problem(422, f"unknown class_name {where['class'][0]!r}: the index has "
+                          f"{', '.join(classes) or 'none'}")
 
 
-async def _search(state: Ready, index: SearchIndex, queries: np.ndarray, k: int, class_name: str | None,
+async def _search(state: Ready, index: SearchIndex, queries: np.ndarray, k: int, where: dict[str, list] | None,
                   exclude: list[int] | None = None, offset: int = 0, min_score: float | None = None,
                   root_path: str = "") -> SearchResponse:
     with state.metrics.search.time():
-        results = await state.run_search(index.search, queries, k, class_name, exclude, offset, min_score)
+        results = await state.run_search(index.search, queries, k, where, exclude, offset, min_score)
     return SearchResponse(model=state.model.bundle.name, index_size=index.count,
                           results=[SearchResult(neighbours=[_neighbour(h, root_path) for h in hits])
                                    for hits in results])
 
 
+def image_url(id: str, root_path: str) -> str:
+    """Where an indexed image's thumbnail is served (the id percent-encoded, its slashes kept)."""
+    return f"{root_path}/thumbnails/{quote(id, safe='/')}"
+
+
 def _neighbour(hit: Hit, root_path: str) -> Neighbour:
-    return Neighbour(id=hit.id, score=hit.score, label=hit.label, class_name=hit.class_name, split=hit.split,
-                     source=hit.source, image_url=f"{root_path}/images/{hit.id}")
+    return Neighbour(id=hit.id, score=hit.score, metadata=hit.metadata, image_url=image_url(hit.id, root_path))

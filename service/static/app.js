@@ -38,11 +38,11 @@ function showNeighbours(neighbours) {
   $("grid").replaceChildren(...neighbours.map((n) => {
     const figure = document.createElement("figure");
     const img = document.createElement("img");
-    img.alt = n.class_name || n.source;
+    img.alt = n.metadata.class || n.id;
     // fetched, not linked: an <img src> could not carry the API key
     request(n.image_url).then((r) => r.blob()).then((blob) => { img.src = URL.createObjectURL(blob); });
     const caption = document.createElement("figcaption");
-    caption.textContent = `${n.class_name || n.split} ${n.score.toFixed(2)}`;
+    caption.textContent = `${n.metadata.class || n.id} ${n.score.toFixed(2)}`;
     figure.append(img, caption);
     return figure;
   }));

@@ -4,6 +4,7 @@ module-scoped: they cost seconds on CPU)."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -54,8 +55,11 @@ KEY = "sk-test-key"
 
 @pytest.fixture(scope="session")
 def live_server(bundle_dir, index_dir, tmp_path_factory) -> Server:
-    """`python -m service` over real HTTP, with the API key KEY, for clients that bring their own connection."""
-    server = Server(bundle_dir, index_dir, tmp_path_factory.mktemp("live") / "server.log", flags={"api-key": KEY})
+    """`python -m service` over real HTTP, with the API key KEY, for clients that bring their own connection,
+    serving a copy of the index (clients may change it)."""
+    root = tmp_path_factory.mktemp("live")
+    shutil.copytree(index_dir, root / "index")
+    server = Server(bundle_dir, root / "index", root / "server.log", flags={"api-key": KEY})
     server.start()
     try:
         server.wait_ready()
@@ -65,8 +69,16 @@ def live_server(bundle_dir, index_dir, tmp_path_factory) -> Server:
 
 
 @pytest.fixture(scope="module")
-def client(bundle_dir, index_dir):
-    settings = Settings(bundle=bundle_dir, index=index_dir, max_images=8, max_request_bytes=200_000,
+def index_copy(index_dir, tmp_path_factory) -> Path:
+    """A copy of the index for a module whose requests may change it (index_dir itself stays as built)."""
+    copy = tmp_path_factory.mktemp("index-copy") / "index"
+    shutil.copytree(index_dir, copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def client(bundle_dir, index_copy):
+    settings = Settings(bundle=bundle_dir, index=index_copy, max_images=8, max_request_bytes=200_000,
                         max_image_pixels=1_000_000, torch_threads=2)
     with TestClient(create_app(settings)) as client:
         assert wait_ready(client)["ready"]

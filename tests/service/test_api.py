@@ -22,6 +22,7 @@ from service.settings import Settings
 from trainer.export import export
 
 IMAGES, LABELS = colour_images(6, seed=0)  # the indexed training images, in index order (class by class)
+IDS = [f"train/{CLASSES[label]}/{i:04d}.png" for i, label in enumerate(LABELS)]  # their ids: paths in the folder
 PROBLEM = "application/problem+json"
 
 
@@ -50,8 +51,8 @@ def test_health_readiness_version(client, bundle_dir):
     assert version["classes"] == manifest["classes"] == list(CLASSES) and version["classifier"] is True
     assert version["evaluation"]["top1"] == manifest["metrics"]["top1"] and version["runtime"] == "torch-fp32"
     assert version["bundle_fingerprint"] == load_bundle(bundle_dir).fingerprint
-    assert version["index"] == {"type": "flat", "count": len(IMAGES), "dim": 512, "classes": list(CLASSES),
-                                "runtime": "torch-fp32"}
+    assert version["index"] == {"type": "Flat", "count": len(IMAGES), "dim": 512, "classes": list(CLASSES),
+                                "runtime": "torch-fp32", "thumbnail_size": 128, "read_only": False}
     assert str(bundle_dir) not in json.dumps(version) and "/" not in json.dumps(version)  # no server paths
 
 
@@ -60,7 +61,7 @@ def test_health_readiness_version(client, bundle_dir):
     (("post", "/embed", {"files": [("images", ("a.txt", b"plain text"))]}), "unsupported-image-format"),
     (("post", "/embed", {"files": [("images", ("a.png", png_bytes(IMAGES[0])[:60]))]}), "invalid-image"),
     (("post", "/embed", {"files": [("images", ("a.png", b"x"))] * 9}), "too-many-images"),
-    (("get", "/images/99999", {}), "not-found"),
+    (("get", "/thumbnails/nope", {}), "not-found"),
     (("post", "/search", {"params": {"class_name": "cat"}, "files": [("images", png_bytes(IMAGES[0]))]}),
      "invalid-request"),
     (("delete", "/embed", {}), "method-not-allowed"),
@@ -138,25 +139,25 @@ def test_search_finds_the_indexed_image_first(client):
     body = client.post("/search?k=5", files=files(png_bytes(IMAGES[9]))).json()
     assert body["index_size"] == len(IMAGES)
     neighbours = body["results"][0]["neighbours"]
-    assert len(neighbours) == 5 and neighbours[0]["id"] == 9
+    assert len(neighbours) == 5 and neighbours[0]["id"] == IDS[9]
     assert neighbours[0]["score"] == pytest.approx(1, abs=1e-4)
     assert [n["score"] for n in neighbours] == sorted((n["score"] for n in neighbours), reverse=True)
     first = neighbours[0]
-    assert (first["label"], first["class_name"], first["split"]) == (LABELS[9], CLASSES[LABELS[9]], "train")
-    assert first["source"] == f"train/{CLASSES[LABELS[9]]}/0009.png" and first["image_url"] == "/images/9"
+    assert first["metadata"] == {"class": CLASSES[LABELS[9]], "split": "train"}
+    assert first["image_url"] == f"/thumbnails/{IDS[9]}"
 
 
 def test_search_by_embedding_pages_and_thresholds(client):
     vector = client.post("/embed", files=files(png_bytes(IMAGES[7]))).json()["embeddings"][0]["representation"]
     scaled = [10 * x for x in vector]  # any length: normalised by the service
     first = client.post("/search", params={"k": 4}, json={"embeddings": [scaled]}).json()["results"][0]["neighbours"]
-    assert first[0]["id"] == 7 and first[0]["score"] == pytest.approx(1, abs=1e-4)
+    assert first[0]["id"] == IDS[7] and first[0]["score"] == pytest.approx(1, abs=1e-4)
     page = client.post("/search", params={"k": 2, "offset": 2}, json={"embeddings": [vector]}).json()
     assert [n["id"] for n in page["results"][0]["neighbours"]] == [n["id"] for n in first[2:4]]
     close = client.post("/search", params={"k": 10, "min_score": first[1]["score"]},
                         json={"embeddings": [vector]}).json()["results"][0]["neighbours"]
     assert [n["id"] for n in close] == [n["id"] for n in first[:2]]
-    by_id = client.get("/search", params={"id": 7, "k": 1, "offset": 1}).json()["results"][0]["neighbours"]
+    by_id = client.get("/search", params={"id": IDS[7], "k": 1, "offset": 1}).json()["results"][0]["neighbours"]
     assert by_id[0]["id"] == first[2]["id"]  # itself left out, then one skipped
     in_body = client.post("/search", json={"embeddings": [vector], "k": 2, "offset": 2}).json()
     assert in_body == page  # the parameters in the body, as in the query string
@@ -180,8 +181,8 @@ def test_urls_carry_the_path_prefix_of_a_reverse_proxy(bundle_dir, index_dir):
         assert wait_ready(client)["ready"]
         hits = client.post("/search", params={"k": 1}, files=files(png_bytes(IMAGES[0]))).json()
         url = hits["results"][0]["neighbours"][0]["image_url"]
-        assert url == f"/simclr/images/{hits['results'][0]['neighbours'][0]['id']}"
-        assert client.get(url.removeprefix("/simclr")).headers["content-type"] == "image/png"
+        assert url == f"/simclr/thumbnails/{hits['results'][0]['neighbours'][0]['id']}"
+        assert client.get(url.removeprefix("/simclr")).headers["content-type"] == "image/jpeg"
         page = client.get("/").text
         assert 'src="static/app.js"' in page and 'href="/' not in page  # relative: stays under the prefix
         assert client.get("/openapi.json").json()["servers"] == [{"url": "/simclr"}]
@@ -191,19 +192,27 @@ def test_search_filtered_by_class(client):
     body = client.post("/search?k=100&class_name=blue", files=files(png_bytes(IMAGES[0]))).json()
     neighbours = body["results"][0]["neighbours"]
     assert len(neighbours) == int((LABELS == CLASSES.index("blue")).sum())
-    assert {n["class_name"] for n in neighbours} == {"blue"}
+    assert {n["metadata"]["class"] for n in neighbours} == {"blue"}
+    same = client.post("/search?k=100&filter=class:blue&filter=split:train", files=files(png_bytes(IMAGES[0])))
+    assert same.json() == body
+    either = client.post("/search", json={"images": [base64.b64encode(png_bytes(IMAGES[0])).decode()], "k": 100,
+                                          "filter": {"class": ["blue", "red"]}}).json()["results"][0]["neighbours"]
+    assert {n["metadata"]["class"] for n in either} == {"blue", "red"} and len(either) == 12
+    none = client.get("/search", params={"id": IDS[0], "filter": "split:test"}).json()
+    assert none["results"] == [{"neighbours": []}]
 
 
 def test_search_from_an_indexed_image_leaves_it_out(client):
-    by_id = client.get("/search?id=9&k=4").json()["results"][0]["neighbours"]
+    by_id = client.get("/search", params={"id": IDS[9], "k": 4}).json()["results"][0]["neighbours"]
     by_upload = client.post("/search?k=5", files=files(png_bytes(IMAGES[9]))).json()["results"][0]["neighbours"]
     assert [n["id"] for n in by_id] == [n["id"] for n in by_upload[1:]]
 
 
-def test_images_are_served_as_indexed(client):
-    response = client.get("/images/9")
-    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(response.content))), IMAGES[9])
+def test_thumbnails_are_served_as_indexed(client):
+    response = client.get(f"/thumbnails/{IDS[9]}")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+    thumbnail = np.asarray(Image.open(io.BytesIO(response.content))).astype(int)
+    assert thumbnail.shape == IMAGES[9].shape and np.abs(thumbnail - IMAGES[9]).mean() < 12  # JPEG q90
 
 
 def test_page_docs_and_openapi(client):
@@ -217,10 +226,10 @@ def test_page_docs_and_openapi(client):
 
 def test_metrics(client):
     client.post("/embed", files=files(png_bytes(IMAGES[0])))
-    client.get("/images/99999")
+    client.get("/thumbnails/nope")
     text = client.get("/metrics").text
     assert 'simclr_http_requests_total{method="POST",route="/embed",status="200"}' in text
-    assert 'simclr_http_requests_total{method="GET",route="/images/{id}",status="404"}' in text
+    assert 'simclr_http_requests_total{method="GET",route="/thumbnails/{id:path}",status="404"}' in text
     for name in ("simclr_http_request_duration_seconds_bucket", "simclr_inference_batch_size_bucket",
                  "simclr_inference_queue_depth", "simclr_inference_seconds_count", "simclr_search_seconds_count",
                  "process_resident_memory_bytes", "python_info", "python_gc_objects_collected_total"):
@@ -265,14 +274,14 @@ def chunks(data: bytes, size: int = 10_000):
     (lambda c: c.post("/classify?k=three", files=files(png_bytes(IMAGES[0]))), 422, ["k"]),
     (lambda c: c.post("/search?k=101", files=files(png_bytes(IMAGES[0]))), 422, ["k"]),
     (lambda c: c.post("/search?class_name=cat", files=files(png_bytes(IMAGES[0]))), 422, ["unknown class_name"]),
-    (lambda c: c.get("/search?id=24"), 404, ["no indexed image has id 24"]),
-    (lambda c: c.get("/search?id=-1"), 422, ["id"]),
+    (lambda c: c.get("/search?id=24"), 404, ["no indexed image has id '24'"]),
+    (lambda c: c.get("/search?id="), 422, ["id"]),
     (lambda c: c.get("/search"), 422, ["id"]),
-    (lambda c: c.get("/images/24"), 404, ["no indexed image"]),
-    (lambda c: c.get("/images/-3"), 422, ["id"]),
-    (lambda c: c.get("/images/abc"), 422, ["id"]),
-    (lambda c: c.get("/images/..%2F..%2Fetc%2Fpasswd"), 404, []),
-    (lambda c: c.get("/images/../../etc/passwd"), 404, []),
+    (lambda c: c.get("/search?id=train/red/0018.png&filter=class"), 422, ["not key:value"]),
+    (lambda c: c.get("/thumbnails/24"), 404, ["no indexed image"]),
+    (lambda c: c.get("/thumbnails/..%2F..%2Fetc%2Fpasswd"), 404, []),
+    (lambda c: c.get("/thumbnails/../../etc/passwd"), 404, []),
+    (lambda c: c.get("/index/images/nope"), 404, ["no indexed image has id 'nope'"]),
     (lambda c: c.get("/static/../service/app.py"), 404, []),
     (lambda c: c.get("/no/such/route"), 404, ["not found"]),
     (lambda c: c.delete("/embed"), 405, ["method not allowed"]),
@@ -341,7 +350,7 @@ def test_torch_runs_in_one_thread_and_faiss_in_another(bundle_dir, index_dir, mo
         assert wait_ready(client)["ready"]
         for route in ("/embed", "/classify", "/search", "/search"):
             assert client.post(route, files=files(*(png_bytes(image) for image in IMAGES[:3]))).status_code == 200
-        assert client.get("/search", params={"id": 0}).status_code == 200
+        assert client.get("/search", params={"id": IDS[0]}).status_code == 200
     assert len(torch_threads) == 1 and threading.get_ident() not in torch_threads
     assert len(searches) == 3 and {faiss_threads for _, faiss_threads in searches} == {1}
     assert len({thread for thread, _ in searches} | torch_threads) == 2
@@ -423,12 +432,18 @@ def test_a_gpu_asked_for_where_there_is_none_is_a_clear_error(bundle_dir):
 def test_unevaluated_bundle_embeds_but_does_not_classify(tmp_path):
     run, _ = make_run(tmp_path / "run", evaluated=False)
     export(run, tmp_path / "bundle")
-    with TestClient(create_app(Settings(bundle=tmp_path / "bundle", data_dir=None))) as client:
+    settings = Settings(bundle=tmp_path / "bundle", data_dir=None, index_root=tmp_path / "indexes")
+    with TestClient(create_app(settings)) as client:
         assert wait_ready(client)["ready"]
         assert client.post("/embed", files=files(png_bytes(IMAGES[0]))).status_code == 200
         assert_problem(client.post("/classify", files=files(png_bytes(IMAGES[0]))), 501, "not evaluated")
-        assert_problem(client.post("/search", files=files(png_bytes(IMAGES[0]))), 501, "search is off")
-        assert_problem(client.get("/images/0"), 501, "search is off")
+        while client.get("/readyz").json()["search"] == "loading":
+            time.sleep(0.05)
+        # No data to index: an empty index, for images added through the API.
+        assert client.post("/search", files=files(png_bytes(IMAGES[0]))).json()["results"] == [{"neighbours": []}]
+        assert client.post("/index/images", files=files(png_bytes(IMAGES[0]))).json()["count"] == 1
+        hits = client.post("/search", files=files(png_bytes(IMAGES[0]))).json()["results"][0]["neighbours"]
+        assert [h["id"] for h in hits] == ["0.png"]
 
 
 def test_an_index_of_another_bundle_is_refused(tmp_path, index_dir):

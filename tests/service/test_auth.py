@@ -21,8 +21,8 @@ ORIGIN = "https://elsewhere.example"
 
 
 @pytest.fixture(scope="module")
-def keyed(bundle_dir, index_dir):
-    settings = Settings(bundle=bundle_dir, index=index_dir, api_key=KEY, max_request_bytes=200_000, torch_threads=2)
+def keyed(bundle_dir, index_copy):
+    settings = Settings(bundle=bundle_dir, index=index_copy, api_key=KEY, max_request_bytes=200_000, torch_threads=2)
     with TestClient(create_app(settings)) as client:
         assert wait_ready(client)["ready"]
         yield client
@@ -44,8 +44,9 @@ def test_without_a_key_setting_everything_is_open(client):
     assert client.get("/version").status_code == 200
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/version"), ("GET", "/images/0"), ("GET", "/search?id=0"),
-                                          ("POST", "/classify"), ("GET", "/openapi.json"), ("GET", "/docs"),
+@pytest.mark.parametrize("method, path", [("GET", "/version"), ("GET", "/thumbnails/0"), ("GET", "/search?id=0"),
+                                          ("POST", "/classify"), ("DELETE", "/index/images/a"),
+                                          ("POST", "/index/images"), ("GET", "/index"), ("GET", "/openapi.json"), ("GET", "/docs"),
                                           ("GET", "/static/../version"), ("GET", "/no/such/route")])
 def test_with_a_key_every_other_route_refuses_without_it(keyed, method, path):
     assert_unauthorized(keyed.request(method, path))

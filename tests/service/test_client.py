@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import KEY
@@ -22,13 +23,16 @@ def test_typed_answers(live_server):
         (classified,) = client.classify([png_bytes(IMAGES[0])], k=2).classifications
         assert len(classified.predictions) == 2 and classified.predictions[0].class_name in CLASSES
         (found,) = client.search([png_bytes(IMAGES[1])], k=3, class_name="red").results
-        assert len(found.neighbours) == 3 and {n.class_name for n in found.neighbours} == {"red"}
+        assert len(found.neighbours) == 3 and {n.metadata["class"] for n in found.neighbours} == {"red"}
         by_id = client.search_by_id(found.neighbours[0].id, k=2).results[0].neighbours
         assert found.neighbours[0].id not in [n.id for n in by_id]
         vector = client.embed([png_bytes(IMAGES[1])]).embeddings[0].representation
         (again,) = client.search_embeddings([vector], k=2, class_name="red", offset=1).results
         assert [n.id for n in again.neighbours] == [n.id for n in found.neighbours[1:3]]
-        assert client.image(by_id[0].id).startswith(b"\x89PNG")
+        assert client.thumbnail(by_id[0].id).startswith(b"\xff\xd8")  # JPEG
+        (filtered,) = client.search_embeddings([vector], k=20, filter={"class": "red", "split": "train"}).results
+        assert [n.id for n in filtered.neighbours] == [n.id for n in client.search_embeddings(
+            [vector], k=20, class_name="red").results[0].neighbours]
 
 
 def test_problems_are_exceptions_with_their_status(live_server):
@@ -37,7 +41,7 @@ def test_problems_are_exceptions_with_their_status(live_server):
             client.embed([b"plain text"])
         assert caught.value.status == 415
         with pytest.raises(ServiceError) as caught:
-            client.search_by_id(10**6)
+            client.search_by_id("no/such/image.png")
         assert caught.value.status == 404 and "no indexed image" in caught.value.detail
     with Client(live_server.url, "wrong") as client, pytest.raises(ServiceError) as caught:
         client.classify([png_bytes(IMAGES[0])])
@@ -51,8 +55,41 @@ def test_command_line_over_a_folder(live_server, tmp_path, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == len(IMAGES) and all(len(line["predictions"]) == 2 for line in lines)
     assert main([*args, "search", str(next(folder.rglob("*.png"))), "-k", "4"]) == 0
-    assert capsys.readouterr().out.count("#") == 4
+    assert len(re.findall(r"\((blue|green|grey|red)\) -?\d\.\d{3}", capsys.readouterr().out)) == 4
+    assert main([*args, "--json", "search", str(next(folder.rglob("*.png"))), "-k", "4"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["neighbours"]) == 4
     assert main([*args, "embed", str(tmp_path / "missing.png")]) == 2
     assert "neither a file nor a folder" in capsys.readouterr().err
     assert main(["--url", "http://127.0.0.1:9", "embed", str(folder)]) == 2
     assert capsys.readouterr().err.startswith("error: http://127.0.0.1:9")
+
+
+def test_index_changes_through_the_client_and_its_command_line(live_server, tmp_path, capsys):
+    folder = write_folder(tmp_path / "mine", "extra", IMAGES, LABELS)  # ids extra/...: new to the index
+    with Client(live_server.url, KEY) as client:
+        before = client.index_summary().count
+        change = client.index_add([png_bytes(IMAGES[0]), png_bytes(IMAGES[1])], ids=["a/0", "a/1"],
+                                  metadata=[{"owner": "me"}, {"owner": "you", "n": 2}])
+        assert (change.added, change.replaced, change.count) == (2, 0, before + 2)
+        assert client.index_get("a/1").metadata == {"owner": "you", "n": 2}
+        (found,) = client.search([png_bytes(IMAGES[1])], k=1, filter={"owner": "you"}).results
+        assert found.neighbours[0].id == "a/1" and found.neighbours[0].score > 0.999
+        assert client.index_add([png_bytes(IMAGES[1])], ids=["a/1"]).replaced == 1
+        assert client.index_get("a/1").metadata == {}
+        for id in ("a/0", "a/1"):
+            client.index_remove(id)
+        with pytest.raises(ServiceError) as caught:
+            client.index_get("a/0")
+        assert caught.value.status == 404
+        assert client.index_summary().count == before
+
+    args = ["--url", live_server.url, "--api-key", KEY, "--batch", "3"]
+    assert main([*args, "index", "add", str(folder), "--metadata", '{"owner": "cli"}']) == 0
+    assert f"added {len(IMAGES)} images: {before + len(IMAGES)} in the index" in capsys.readouterr().err
+    with Client(live_server.url, KEY) as client:
+        ids = sorted(f.relative_to(folder).as_posix() for f in folder.rglob("*.png"))
+        assert client.index_get(ids[0]).metadata == {"owner": "cli"}
+        assert main([*args, "index", "remove", *ids]) == 0
+        assert client.index_summary().count == before
+    assert main([*args, "index", "info"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", len(ids))[-1])["count"] == before

@@ -68,8 +68,8 @@ def test_train_evaluate_export_index_serve(tmp_path, pattern_folder):
             assert sum(p["probability"] for p in classes) == pytest.approx(1, abs=1e-5)
 
             hits = client.post("/search?k=5", files=upload).json()["results"][0]["neighbours"]
-            assert hits[0]["source"] == f"train/checker/{query.name}" and hits[0]["score"] == pytest.approx(1, abs=1e-4)
-            assert client.get(hits[0]["image_url"]).headers["content-type"] == "image/png"
+            assert hits[0]["id"] == f"train/checker/{query.name}" and hits[0]["score"] == pytest.approx(1, abs=1e-4)
+            assert client.get(hits[0]["image_url"]).headers["content-type"] == "image/jpeg"
 
             too_many = client.post("/embed", files=[("images", query.read_bytes())] * 5)
             assert too_many.status_code == 413  # SIMCLR_MAX_IMAGES from the environment

@@ -15,8 +15,8 @@ from service.settings import Settings
 
 
 @pytest.fixture(scope="module")
-def api_schema(bundle_dir, index_dir):
-    return load_schema(create_app(Settings(bundle=bundle_dir, index=index_dir, max_images=4,
+def api_schema(bundle_dir, index_copy):
+    return load_schema(create_app(Settings(bundle=bundle_dir, index=index_copy, max_images=4,
                                            max_request_bytes=200_000, max_image_pixels=1_000_000, torch_threads=2)))
 
 
@@ -37,4 +37,5 @@ def test_405_names_every_method_the_path_serves(client):
     response = client.delete("/search")
     assert response.status_code == 405
     assert response.headers["allow"] == "GET, POST"
-    assert client.put("/images/0").headers["allow"] == "GET"
+    assert client.put("/thumbnails/0").headers["allow"] == "GET"
+    assert client.put("/index/images/a/b.png").headers["allow"] == "GET, DELETE"

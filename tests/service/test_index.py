@@ -1,8 +1,10 @@
-"""service.build_index and service.index: what is indexed, exactness, filters, and refusing a wrong bundle."""
+"""service.build_index, service.index and service.catalog: what is indexed, exactness, filters, run-time
+changes that survive a crash, index types, and refusing a wrong bundle."""
 
 from __future__ import annotations
 
-import json
+import io
+import shutil
 
 import faiss
 import numpy as np
@@ -10,19 +12,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 from factories import CLASSES, SIZE, colour_images
+from PIL import Image
 
 from benchmarks.harness.images import png_bytes
 from contract.bundle import load_bundle
 from service.build_index import build, main, recall_at
+from service.catalog import Item
 from service.index import SearchIndex, SearchIndexError
 from service.model import Model
 
 IMAGES, LABELS = colour_images(6, seed=0)
+IDS = [f"train/{CLASSES[label]}/{i:04d}.png" for i, label in enumerate(LABELS)]  # index order: class by class
 
 
 @pytest.fixture(scope="module")
 def index(index_dir, bundle_dir) -> SearchIndex:
-    return SearchIndex(index_dir, load_bundle(bundle_dir).fingerprint)
+    return SearchIndex(index_dir, load_bundle(bundle_dir).fingerprint, mmap=True)  # read-only: shared by tests
 
 
 @pytest.fixture(scope="module")
@@ -31,62 +36,163 @@ def vectors(bundle_dir) -> np.ndarray:
     return F.normalize(model.infer(torch.from_numpy(IMAGES).permute(0, 3, 1, 2)).representation, dim=1).numpy()
 
 
-def test_index_holds_the_images_their_labels_and_the_bundle(index, bundle_dir):
-    assert index.count == len(IMAGES) and index.dim == 512
+def unit(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    return F.normalize(torch.randn(n, dim, generator=torch.Generator().manual_seed(seed)), dim=1).numpy()
+
+
+def new_index(path, factory: str = "Flat", sample: np.ndarray | None = None, dim: int = 16) -> SearchIndex:
+    return SearchIndex.create(path, dim=dim, bundle="b" * 64, bundle_name="test", runtime="torch-fp32",
+                              factory=factory, sample=sample)
+
+
+def test_index_holds_the_images_their_metadata_and_the_bundle(index, bundle_dir, vectors):
+    assert index.count == len(IMAGES) and index.dim == 512 and index.factory == "Flat"
     assert index.classes == list(CLASSES)
-    assert index.labels == LABELS.tolist() and set(index.splits) == {"train"}
-    assert index.sources[7] == f"train/{CLASSES[LABELS[7]]}/0007.png"
-    np.testing.assert_array_equal(index.images[7], IMAGES[7])
+    record = index.get(IDS[7])
+    assert record.metadata == {"class": CLASSES[LABELS[7]], "split": "train"}
+    thumbnail = np.asarray(Image.open(io.BytesIO(index.thumbnail(IDS[7]))))
+    assert thumbnail.shape == IMAGES[7].shape and np.abs(thumbnail.astype(int) - IMAGES[7]).mean() < 12  # JPEG
     assert index.info["bundle"] == load_bundle(bundle_dir).fingerprint
-    np.testing.assert_allclose(np.linalg.norm(index.vector(3)), 1, atol=1e-5)
+    vid, vector = index.vector(IDS[3])
+    np.testing.assert_allclose(vector, vectors[3], atol=1e-5)
+    assert index.get("nope") is None and index.thumbnail("nope") is None and index.vector("nope") is None
 
 
 def test_search_is_exact_and_sorted(index, vectors):
     hits = index.search(vectors[:5], k=7)
     for query, row in zip(vectors[:5], hits):
-        expected = np.argsort(-(vectors @ query), kind="stable")[:7]
-        assert [h.id for h in row] == expected.tolist() or \
-            np.allclose([h.score for h in row], (vectors @ query)[expected], atol=1e-5)
-        assert row[0].score == pytest.approx(1, abs=1e-5)
+        scores = vectors @ query
+        expected = np.argsort(-scores, kind="stable")[:7]
+        np.testing.assert_allclose([h.score for h in row], scores[expected], atol=1e-5)
+        assert row[0].id == IDS[int(expected[0])] and row[0].score == pytest.approx(1, abs=1e-5)
 
 
-def test_class_filter_and_exclusion(index, vectors):
-    (row,) = index.search(vectors[:1], k=100, class_name="grey")
-    assert {h.class_name for h in row} == {"grey"} and len(row) == 6
-    (row,) = index.search(vectors[:1], k=3, exclude=[0])
-    assert 0 not in [h.id for h in row] and len(row) == 3
+def test_filters_pages_thresholds_and_exclusion(index, vectors):
+    (row,) = index.search(vectors[:1], k=100, where={"class": ["grey"]})
+    assert {h.metadata["class"] for h in row} == {"grey"} and len(row) == 6
+    (row,) = index.search(vectors[:1], k=100, where={"class": ["grey", "red"], "split": ["train"]})
+    assert {h.metadata["class"] for h in row} == {"grey", "red"} and len(row) == 12
+    assert index.search(vectors[:1], k=5, where={"class": ["grey"], "split": ["test"]}) == [[]]
+    vid, _ = index.vector(IDS[0])
+    (row,) = index.search(vectors[:1], k=3, exclude=[vid])
+    assert IDS[0] not in [h.id for h in row] and len(row) == 3
+    (everything,) = index.search(vectors[:1], k=24)
+    (page,) = index.search(vectors[:1], k=5, offset=5)
+    assert [h.id for h in page] == [h.id for h in everything[5:10]]
+    (close,) = index.search(vectors[:1], k=24, min_score=everything[3].score)
+    assert [h.id for h in close] == [h.id for h in everything[:4]]
 
 
-def test_hnsw_index_reports_its_recall(tmp_path, bundle_dir, image_folder, capsys):
-    info = build(str(bundle_dir), [str(image_folder)], str(tmp_path / "hnsw"), ["train", "test"], "hnsw")
+@pytest.mark.parametrize("factory", ["Flat", "HNSW8", "IVF4,Flat", "OPQ4,IVF4,PQ4x4"])
+def test_changes_survive_a_crash_in_every_index_type(tmp_path, factory):
+    """Every change is in the catalog when add/remove return; a process killed before any snapshot (the index
+    is never closed here) reopens holding exactly the acknowledged changes, and searches find them."""
+    vectors = unit(300)
+    index = new_index(tmp_path / "i", factory, sample=vectors)
+    assert index.add([Item(f"v{i}", v, {"n": i % 3, "kind": "even" if i % 2 == 0 else "odd"})
+                      for i, v in enumerate(vectors[:200])]) == (200, 0)
+    index.snapshot()  # the snapshot holds 200; what follows is only in the catalog
+    assert index.add([Item("v5", vectors[250], {"kind": "moved"}), Item("new", vectors[251], {})]) == (1, 1)
+    assert index.remove(["v0", "v1", "absent"]) == 2
+    del index  # a crash: no close, no snapshot
+
+    reopened = SearchIndex(tmp_path / "i")
+    assert reopened.count == 199 and reopened.get("v0") is None and reopened.get("v5").metadata == {"kind": "moved"}
+    top = {q: reopened.search(vectors[q][None], 1)[0][0] for q in (250, 251, 7)}
+    assert top[250].id == "v5" and top[251].id == "new" and top[7].id == "v7"
+    found = {h.id for h in reopened.search(vectors[:2], k=50)[0] + reopened.search(vectors[:2], k=50)[1]}
+    assert not found & {"v0", "v1"}  # removed vectors never come back, even where FAISS cannot remove them
+    (odd,) = reopened.search(vectors[3][None], k=5, where={"kind": ["odd"], "n": [0]})
+    assert odd[0].id == "v3" and all(h.metadata["kind"] == "odd" and h.metadata["n"] == 0 for h in odd)
+    reopened.close()
+    assert (tmp_path / "i" / "vectors.faiss").is_file() and SearchIndex(tmp_path / "i").count == 199
+
+
+def test_duplicate_ids_and_wrong_dimensions_change_nothing(tmp_path):
+    index = new_index(tmp_path / "i")
+    vectors = unit(3)
+    with pytest.raises(SearchIndexError, match="same id"):
+        index.add([Item("a", vectors[0], {}), Item("a", vectors[1], {})])
+    with pytest.raises(SearchIndexError, match="numbers"):
+        index.add([Item("a", np.ones(8, dtype="float32"), {})])
+    assert index.count == 0 and len(index.catalog) == 0
+
+
+def test_a_memory_mapped_index_is_read_only(tmp_path, index):
+    with pytest.raises(SearchIndexError, match="read-only"):
+        index.add([Item("x", np.ones(512, dtype="float32"), {})])
+    with pytest.raises(SearchIndexError, match="read-only"):
+        index.remove([IDS[0]])
+
+
+def test_metadata_filters_match_numbers_and_strings_as_given(tmp_path):
+    index = new_index(tmp_path / "i")
+    vectors = unit(4)
+    index.add([Item("a", vectors[0], {"year": 2024, "tag": "x"}), Item("b", vectors[1], {"year": "2024"}),
+               Item("c", vectors[2], {"year": 2023.5}), Item("d", vectors[3], {})])
+    ids = lambda where: sorted(h.id for h in index.search(vectors[:1], 10, where=where)[0])  # noqa: E731
+    assert ids({"year": [2024]}) == ["a"] and ids({"year": ["2024"]}) == ["b"]
+    assert ids({"year": ["2024", 2024.0]}) == ["a", "b"] and ids({"year": [2023.5]}) == ["c"]
+    assert ids({"year": [2024], "tag": ["x"]}) == ["a"] and ids({"missing": ["x"]}) == []
+    index.remove(["a"])
+    assert ids({"tag": ["x"]}) == []  # a removed image's metadata goes with it
+
+
+def test_trained_index_types_need_vectors_and_bad_types_are_named(tmp_path):
+    with pytest.raises(SearchIndexError, match="learns from the vectors"):
+        new_index(tmp_path / "ivf", "IVF4,Flat")
+    with pytest.raises(SearchIndexError, match="not a FAISS index factory string"):
+        new_index(tmp_path / "bad", "Bogus")
+    assert not (tmp_path / "ivf" / "index.json").exists()
+
+
+def test_hnsw_index_reports_its_recall_and_filters_exactly(tmp_path, bundle_dir, image_folder, capsys):
+    info = build(str(bundle_dir), [str(image_folder)], str(tmp_path / "hnsw"), ["train", "test"], "HNSW8")
     assert "recall@10 against exact search" in capsys.readouterr().out
     assert info["recall_at_10"] == pytest.approx(1.0)  # 32 vectors: the graph reaches all of them
     index = SearchIndex(tmp_path / "hnsw")
-    assert isinstance(index.faiss, faiss.IndexHNSW) and index.count == 32
-    assert sorted(set(index.splits)) == ["test", "train"]
-    assert {h.class_name for h in index.search(index.vector(0)[None], 5, class_name="red")[0]} == {"red"}
+    assert isinstance(faiss.downcast_index(index.faiss.index), faiss.IndexHNSW) and index.count == 32
+    assert index.catalog.values("split") == ["test", "train"]
+    _, vector = index.vector("train/blue/0000.png")
+    (red,) = index.search(vector[None], 100, where={"class": ["red"]})
+    assert {h.metadata["class"] for h in red} == {"red"} and len(red) == 8  # every one: the scan is exact
 
 
-def test_recall_measures_misses():
-    vectors = F.normalize(torch.randn(200, 16), dim=1).numpy()
-    flat = faiss.IndexFlatIP(16)
-    flat.add(vectors)
-    assert recall_at(flat, vectors, k=10) == 1.0
-    half = faiss.IndexFlatIP(16)
-    half.add(vectors[:100])  # ids 0..99 only: the queries' other neighbours are missed
-    assert 0.3 < recall_at(half, vectors, k=10) < 0.7
+def test_recall_measures_misses(tmp_path):
+    vectors = unit(200)
+    ids = [str(i) for i in range(200)]
+    full = new_index(tmp_path / "full")
+    full.add([Item(id, v, {}) for id, v in zip(ids, vectors)])
+    assert recall_at(full, ids, vectors, k=10) == 1.0
+    half = new_index(tmp_path / "half")
+    half.add([Item(id, v, {}) for id, v in zip(ids[:100], vectors[:100])])  # the other neighbours are missed
+    assert 0.3 < recall_at(half, ids, vectors, k=10) < 0.7
 
 
-def test_unlabelled_folders_are_indexed_too(tmp_path, bundle_dir):
+def test_unlabelled_folders_are_indexed_by_path_with_a_metadata_file(tmp_path, bundle_dir):
     folder = tmp_path / "photos" / "holiday"
     folder.mkdir(parents=True)
     for i in range(3):
         (folder / f"{i}.jpg").write_bytes(png_bytes(IMAGES[i * 5], "JPEG"))
     (folder / "notes.txt").write_text("not an image")
-    build(str(bundle_dir), [str(tmp_path / "photos")], str(tmp_path / "index"), ["train"])
+    (tmp_path / "meta.csv").write_text("id,place\nholiday/1.jpg,beach\nelsewhere.jpg,x\n")
+    build(str(bundle_dir), [str(tmp_path / "photos")], str(tmp_path / "index"), ["train"],
+          metadata=tmp_path / "meta.csv", thumbnail_size=16)
     index = SearchIndex(tmp_path / "index")
-    assert index.labels == [-1, -1, -1] and index.splits == ["photos"] * 3
-    assert index.search(index.vector(1)[None], 1)[0][0].class_name is None
+    assert index.count == 3 and index.get("holiday/1.jpg").metadata == {"place": "beach"}
+    assert index.get("holiday/0.jpg").metadata == {} and index.classes == []
+    assert index.search(index.vector("holiday/2.jpg")[1][None], 1)[0][0].id == "holiday/2.jpg"
+
+
+def test_the_cli_adds_to_an_existing_index(tmp_path, bundle_dir, image_folder):
+    shutil.copytree(image_folder / "train" / "red", tmp_path / "more" / "red")
+    (tmp_path / "meta.jsonl").write_text('{"id": "red/0020.png", "score": 0.5}\n')
+    assert main(["--bundle", str(bundle_dir), "--data-dir", str(image_folder), "--out", str(tmp_path / "i")]) == 0
+    assert main(["--bundle", str(bundle_dir), "--data-dir", str(tmp_path / "more"), "--out", str(tmp_path / "i"),
+                 "--metadata", str(tmp_path / "meta.jsonl")]) == 0
+    index = SearchIndex(tmp_path / "i")
+    assert index.count == 30 and index.get("red/0020.png").metadata == {"score": 0.5}
+    assert index.get("red/0018.png").metadata == {}
 
 
 def test_an_index_of_another_bundle_is_refused(index_dir):
@@ -94,29 +200,31 @@ def test_an_index_of_another_bundle_is_refused(index_dir):
         SearchIndex(index_dir, "0" * 64)
 
 
-def test_a_truncated_index_is_refused(tmp_path, index_dir):
-    import shutil
-
+@pytest.mark.parametrize("file", ["vectors.faiss", "catalog.sqlite", "index.json"])
+def test_a_damaged_index_is_refused(tmp_path, index_dir, file):
     shutil.copytree(index_dir, tmp_path / "index")
-    vectors = tmp_path / "index" / "vectors.faiss"
-    vectors.write_bytes(vectors.read_bytes()[:100])
-    with pytest.raises(SearchIndexError, match="incomplete or corrupt"):
+    damaged = tmp_path / "index" / file
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.raises(SearchIndexError, match="incomplete or corrupt|not valid JSON"):
         SearchIndex(tmp_path / "index")
 
 
 def test_cli_builds_and_reports_errors_in_one_line(tmp_path, bundle_dir, image_folder, capsys):
     assert main(["--bundle", str(bundle_dir), "--data-dir", str(image_folder), "--out", str(tmp_path / "i")]) == 0
-    assert json.loads((tmp_path / "i" / "index.json").read_text())["count"] == 24
+    assert SearchIndex(tmp_path / "i").count == 24
     (tmp_path / "file.txt").write_text("not a folder")
+    (tmp_path / "bad.csv").write_text("name\nx\n")
     for args, message in [(["--bundle", str(tmp_path), "--data-dir", str(image_folder)], "is not a model bundle"),
                           (["--data-dir", str(tmp_path / "nowhere"), "--no-download"], "CIFAR-10 is not there"),
-                          (["--data-dir", str(tmp_path / "file.txt")], "is not a directory")]:
+                          (["--data-dir", str(tmp_path / "file.txt")], "is not a directory"),
+                          (["--data-dir", str(image_folder), "--index-type", "Bogus"], "not a FAISS index"),
+                          (["--data-dir", str(image_folder), "--metadata", str(tmp_path / "bad.csv")], "no \"id\"")]:
         capsys.readouterr()
         bundle = [] if "--bundle" in args else ["--bundle", str(bundle_dir)]
         assert main([*bundle, *args, "--out", str(tmp_path / "j")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
-        assert not (tmp_path / "j" / "index.json").exists()
+        assert not (tmp_path / "j").exists() and not list(tmp_path.glob(".j.*"))
 
 
 def test_cifar10_in_torchvisions_layout_is_indexed_with_its_classes(tmp_path, bundle_dir, monkeypatch):
@@ -136,7 +244,9 @@ def test_cifar10_in_torchvisions_layout_is_indexed_with_its_classes(tmp_path, bu
     monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda path, md5: True)
     info = build(bundle_dir, [str(tmp_path / "cifar")], tmp_path / "index", ["train", "test"], download=False)
     index = SearchIndex(tmp_path / "index")
-    assert info["count"] == 12 and index.splits == ["train"] * 10 + ["test"] * 2
-    assert [index.classes[label] for label in index.labels] == ["cat", "dog"] * 6
-    assert index.sources[:2] == ["cifar-10-batches-py/train/0", "cifar-10-batches-py/train/1"]
-    assert index.images.shape == (12, SIZE, SIZE, 3)  # resized to the bundle's input, as uploads are
+    assert info["count"] == 12 and index.classes == ["cat", "dog"]
+    assert index.get("train/00000").metadata == {"class": "cat", "split": "train"}
+    assert index.get("test/00001").metadata == {"class": "dog", "split": "test"}
+    thumbnail = Image.open(io.BytesIO(index.thumbnail("train/00000")))
+    assert thumbnail.size == (32, 32)  # CIFAR-10's own size: thumbnails are never enlarged
+    assert SIZE != 32  # (the model's input is another size, so the thumbnail is not the model's input)

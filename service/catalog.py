@@ -1,0 +1,171 @@
+"""The index's catalog: every indexed image's record in SQLite, the index's source of truth.
+
+One row per image: the caller's id, the FAISS id (vid) its vector has in the vector index, its metadata (a
+JSON object of strings and numbers), its unit vector (float32 bytes, so the FAISS index can always be rebuilt
+from here, of another type too, and exported exactly) and a thumbnail. Metadata is also kept one (key, value)
+pair a row in an indexed table, so that equality filters are index lookups, not scans of every row's JSON.
+
+A change is durable when its method returns: each is one transaction, committed in WAL mode with
+synchronous=FULL (the log is fsynced at every commit), so a killed process loses no acknowledged change.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    vid INTEGER PRIMARY KEY AUTOINCREMENT,  -- the vector's id in FAISS: never reused, so a snapshot of the
+    id TEXT NOT NULL UNIQUE,                -- vector index holds exactly the rows with vid <= its mark
+    metadata TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    thumbnail BLOB,
+    added REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tags (
+    key TEXT NOT NULL,
+    value NOT NULL,                         -- a string or a number, as the metadata gave it
+    vid INTEGER NOT NULL REFERENCES images (vid) ON DELETE CASCADE,
+    PRIMARY KEY (key, value, vid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tags_by_vid ON tags (vid);
+"""
+
+Metadata = dict[str, str | int | float]
+
+
+@dataclass
+class Record:
+    """One indexed image as the catalog keeps it."""
+
+    id: str
+    vid: int
+    metadata: Metadata
+    added: float
+
+
+@dataclass
+class Item:
+    """One image to add: its id, unit vector, metadata and thumbnail (JPEG bytes)."""
+
+    id: str
+    vector: np.ndarray
+    metadata: Metadata
+    thumbnail: bytes | None = None
+
+
+class Catalog:
+    def __init__(self, path: str | Path):
+        # One connection, used by one thread at a time (the service's search thread, or the build).
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT count(*) FROM images").fetchone()[0]
+
+    def add(self, items: list[Item]) -> tuple[list[int], list[int]]:
+        """Add the items, replacing any with the same id, in one transaction; returns the vids added and the
+        vids of the rows replaced (their vectors leave the vector index)."""
+        added, replaced, now = [], [], time.time()
+        with self._transaction():
+            for item in items:
+                old = self.db.execute("DELETE FROM images WHERE id = ? RETURNING vid", (item.id,)).fetchone()
+                if old:
+                    replaced.append(old[0])
+                vid = self.db.execute(
+                    "INSERT INTO images (id, metadata, vector, thumbnail, added) VALUES (?, ?, ?, ?, ?)",
+                    (item.id, json.dumps(item.metadata), np.asarray(item.vector, dtype="<f4").tobytes(),
+                     item.thumbnail, now)).lastrowid
+                self.db.executemany("INSERT INTO tags (key, value, vid) VALUES (?, ?, ?)",
+                                    [(key, value, vid) for key, value in item.metadata.items()])
+                added.append(vid)
+        return added, replaced
+
+    def remove(self, ids: Iterable[str]) -> list[int]:
+        """Remove the records with these ids (unknown ids are skipped); returns the vids removed."""
+        with self._transaction():
+            return [row[0] for id in ids
+                    for row in self.db.execute("DELETE FROM images WHERE id = ? RETURNING vid", (id,))]
+
+    def get(self, id: str) -> Record | None:
+        row = self.db.execute("SELECT id, vid, metadata, added FROM images WHERE id = ?", (id,)).fetchone()
+        return Record(row[0], row[1], json.loads(row[2]), row[3]) if row else None
+
+    def page(self, after_vid: int = 0, limit: int = 100) -> list[Record]:
+        """Up to limit records after after_vid, in the order they were added (a listing's page)."""
+        rows = self.db.execute("SELECT id, vid, metadata, added FROM images WHERE vid > ? ORDER BY vid LIMIT ?",
+                               (after_vid, limit))
+        return [Record(row[0], row[1], json.loads(row[2]), row[3]) for row in rows]
+
+    def records(self, vids: list[int]) -> dict[int, Record]:
+        """The records of these vids (those that exist), by vid."""
+        rows = self.db.execute(f"SELECT id, vid, metadata, added FROM images WHERE vid IN "
+                               f"({','.join('?' * len(vids))})", vids) if vids else []
+        return {row[1]: Record(row[0], row[1], json.loads(row[2]), row[3]) for row in rows}
+
+    def vector(self, id: str) -> tuple[int, np.ndarray] | None:
+        row = self.db.execute("SELECT vid, vector FROM images WHERE id = ?", (id,)).fetchone()
+        return (row[0], np.frombuffer(row[1], dtype="<f4")) if row else None
+
+    def thumbnail(self, id: str) -> bytes | None:
+        row = self.db.execute("SELECT thumbnail FROM images WHERE id = ?", (id,)).fetchone()
+        return row[0] if row else None
+
+    def vids(self) -> np.ndarray:
+        """Every record's vid, ascending (int64)."""
+        return np.fromiter((row[0] for row in self.db.execute("SELECT vid FROM images ORDER BY vid")), dtype="int64")
+
+    def vectors(self, vids: np.ndarray, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(vids, unit vectors (n, D) float32) of these vids, in chunks."""
+        for start in range(0, len(vids), chunk):
+            part = [int(v) for v in vids[start:start + chunk]]
+            rows = self.db.execute(f"SELECT vid, vector FROM images WHERE vid IN ({','.join('?' * len(part))})",
+                                   part).fetchall()
+            if rows:
+                yield (np.array([r[0] for r in rows], dtype="int64"),
+                       np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]).astype("float32"))
+
+    def items(self, chunk: int = 10_000) -> Iterator[list[tuple[str, Metadata, np.ndarray]]]:
+        """(id, metadata, vector) of every record, in chunks: what an export writes."""
+        after = 0
+        while rows := self.db.execute("SELECT vid, id, metadata, vector FROM images WHERE vid > ? ORDER BY vid "
+                                      "LIMIT ?", (after, chunk)).fetchall():
+            yield [(r[1], json.loads(r[2]), np.frombuffer(r[3], dtype="<f4")) for r in rows]
+            after = rows[-1][0]
+
+    def matching(self, where: dict[str, list[str | int | float]]) -> np.ndarray:
+        """The vids whose metadata has, for every key, one of its values (int64, ascending)."""
+        clauses = " INTERSECT ".join(f"SELECT vid FROM tags WHERE key = ? AND value IN ({','.join('?' * len(v))})"
+                                     for v in where.values())
+        params = [p for key, values in where.items() for p in (key, *values)]
+        return np.fromiter((row[0] for row in self.db.execute(clauses + " ORDER BY vid", params)), dtype="int64")
+
+    def values(self, key: str, limit: int = 100) -> list[str | int | float]:
+        """The distinct values of one metadata key (the classes, for "class"), sorted, at most limit."""
+        return [row[0] for row in self.db.execute("SELECT DISTINCT value FROM tags WHERE key = ? ORDER BY value "
+                                                  "LIMIT ?", (key, limit))]
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception: all of a request's changes or none."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")

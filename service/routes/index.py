@@ -1,0 +1,157 @@
+"""The index as a resource: what it holds, adding and replacing images (with ids and metadata), removing them,
+and their thumbnails. Every change is durable when it is answered (service.catalog)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import TypeAdapter, ValidationError
+
+from service.catalog import Item, Record
+from service.dependencies import Index, Ready
+from service.index import SearchIndex
+from service.problems import Problem
+from service.routes import NOT_FOUND, PROBLEMS
+from service.routes.search import image_url
+from service.schemas import (ImageId, IndexChange, IndexedImage, IndexImagesJSON, IndexPage, IndexSummary,
+                             Metadata)
+from service.uploads import base64_files, decode_for_index, read_multipart, request_kind
+
+router = APIRouter(tags=["index"])
+IdPath = Annotated[str, Path(description="the image's id (slashes allowed)")]
+ADD_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["images"], "properties": {
+        "images": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}},
+        "ids": {"type": "array", "items": {"type": "string"},
+                "description": "one per image, in order (default: the files' names)"},
+        "metadata": {"type": "array", "items": {"type": "string"},
+                     "description": "a JSON object per image, in order, or one for all of them"}}}},
+    "application/json": {"schema": IndexImagesJSON.model_json_schema()},
+}}}
+_ID, _METADATA = TypeAdapter(ImageId), TypeAdapter(Metadata)
+
+
+@router.get("/index", response_model=IndexSummary)
+async def index_summary(state: Ready, index: Index) -> IndexSummary:
+    """What the index is and holds: its FAISS type, size, dimension, classes."""
+    return await state.run_search(summary, index)
+
+
+def summary(index: SearchIndex) -> IndexSummary:
+    return IndexSummary(type=index.factory, count=index.count, dim=index.dim, classes=index.classes,
+                        runtime=index.info["runtime"], thumbnail_size=index.info["thumbnail_size"],
+                        read_only=index.read_only)
+
+
+@router.post("/index/images", response_model=IndexChange, responses={**PROBLEMS, 409: PROBLEMS[422]},
+             openapi_extra=ADD_BODY)
+async def add_images(request: Request, state: Ready, index: Index) -> IndexChange:
+    """Add images to the index with their ids and metadata, replacing those whose ids are indexed already.
+    Durable when answered: a crash after the answer loses none of them."""
+    if index.read_only:
+        raise _read_only()
+    state.batcher.check_capacity()
+    with state.batcher.incoming():
+        ids, files, metadata = await _read_additions(request, state.settings.max_images)
+        images, thumbnails = await decode_for_index(files, state, index.info["thumbnail_size"])
+    vectors = (await state.batcher.submit(images)).unit.numpy()
+    items = [Item(*fields) for fields in zip(ids, vectors, metadata, thumbnails)]
+    with state.metrics.index_changes.time():
+        added, replaced = await state.run_search(index.add, items)
+    return IndexChange(added=added, replaced=replaced, ids=ids, count=index.count)
+
+
+@router.get("/index/images", response_model=IndexPage, responses=PROBLEMS)
+async def list_images(request: Request, state: Ready, index: Index,
+                      after: Annotated[str | None, Query(pattern=r"^\d{1,18}$", description="a page's `next`")] = None,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> IndexPage:
+    """The indexed images, a page at a time, in the order they were added."""
+    records = await state.run_search(index.catalog.page, int(after or 0), limit)
+    root_path = request.scope.get("root_path", "")
+    return IndexPage(images=[_indexed(record, root_path) for record in records],
+                     next=str(records[-1].vid) if len(records) == limit else None)
+
+
+@router.get("/index/images/{id:path}", response_model=IndexedImage, responses=NOT_FOUND)
+async def get_image(request: Request, id: IdPath, state: Ready, index: Index) -> IndexedImage:
+    """An indexed image's metadata and where its thumbnail is."""
+    record = await state.run_search(index.get, id)
+    if record is None:
+        raise Problem(404, f"no indexed image has id {id!r}")
+    return _indexed(record, request.scope.get("root_path", ""))
+
+
+def _indexed(record: Record, root_path: str) -> IndexedImage:
+    return IndexedImage(id=record.id, metadata=record.metadata, added=record.added,
+                        image_url=image_url(record.id, root_path))
+
+
+@router.delete("/index/images/{id:path}", response_model=IndexChange, responses={**NOT_FOUND, 409: PROBLEMS[422]})
+async def remove_image(id: IdPath, state: Ready, index: Index) -> IndexChange:
+    """Remove an image from the index. Durable when answered."""
+    if index.read_only:
+        raise _read_only()
+    with state.metrics.index_changes.time():
+        removed = await state.run_search(index.remove, [id])
+    if not removed:
+        raise Problem(404, f"no indexed image has id {id!r}")
+    return IndexChange(added=0, replaced=0, removed=removed, ids=[id], count=index.count)
+
+
+@router.get("/thumbnails/{id:path}", response_class=Response, responses={
+    200: {"content": {"image/jpeg": {}}, "description": "the indexed image's thumbnail"}, **NOT_FOUND})
+async def thumbnail(id: IdPath, state: Ready, index: Index) -> Response:
+    """An indexed image's thumbnail (JPEG, its longest side at most the index's thumbnail size). Served from the
+    catalog: no file path is ever built from a request."""
+    jpeg = await state.run_search(index.thumbnail, id)
+    if jpeg is None:
+        raise Problem(404, f"no indexed image has id {id!r}, or it has no thumbnail")
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})  # an id may be replaced
+
+
+async def _read_additions(request: Request, limit: int) -> tuple[list[str], list[tuple[str, bytes]], list[dict]]:
+    """(ids, (name, bytes) files, metadata) from a multipart or JSON body, checked."""
+    if request_kind(request) == "json":
+        try:
+            body = IndexImagesJSON.model_validate_json(await request.body())
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise Problem(422, f"invalid JSON body at {'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']} "
+                          f"(expected {{\"images\": [{{\"id\": ..., \"image\": base64, \"metadata\": {{...}}}}]}})")
+        ids, metadata = [i.id for i in body.images], [i.metadata for i in body.images]
+        files = base64_files([i.image for i in body.images], "images")
+    else:
+        files, filenames, fields = await read_multipart(request, limit, text_fields=("ids", "metadata"))
+        ids = fields.get("ids") or filenames
+        metadata = [_metadata(text, n) for n, text in enumerate(fields.get("metadata", []))] or [{}]
+        if len(ids) != len(files):
+            raise Problem(422, f"{len(ids)} ids for {len(files)} images: give one id per image, in order")
+        if len(metadata) == 1:
+            metadata = metadata * len(files)
+        if len(metadata) != len(files):
+            raise Problem(422, f"{len(metadata)} metadata fields for {len(files)} images: give one per image, in "
+                          f"order, or one for all")
+        for n, id in enumerate(ids):
+            try:
+                _ID.validate_python(id)  # a file name may be missing (None): then ids must be given
+            except ValidationError as e:
+                raise Problem(422, f"ids[{n}] {id!r}: {e.errors()[0]['msg']}") from None
+    if len(set(ids)) != len(ids):
+        raise Problem(422, "the same id is given twice in one request")
+    return ids, files, metadata
+
+
+def _metadata(text: str, n: int) -> dict:
+    try:
+        return _METADATA.validate_python(json.loads(text))
+    except (json.JSONDecodeError, ValidationError) as e:
+        why = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
+        raise Problem(422, f"metadata[{n}] is not a JSON object of strings and numbers: {why}") from None
+
+
+def _read_only() -> Problem:
+    return Problem(409, "the index is open read-only (memory-mapped): restart the service without --index-mmap "
+                   "to change it", "index-read-only")
+
