@@ -4,6 +4,7 @@ changes that survive a crash, index types, and refusing a wrong bundle."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 
 import faiss
@@ -250,3 +251,23 @@ def test_cifar10_in_torchvisions_layout_is_indexed_with_its_classes(tmp_path, bu
     thumbnail = Image.open(io.BytesIO(index.thumbnail("train/00000")))
     assert thumbnail.size == (32, 32)  # CIFAR-10's own size: thumbnails are never enlarged
     assert SIZE != 32  # (the model's input is another size, so the thumbnail is not the model's input)
+
+
+def test_export_writes_ids_vectors_and_metadata_as_parquet(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from service.export_vectors import main as export_main
+
+    vectors = unit(30)
+    index = new_index(tmp_path / "i", "HNSW8")  # approximate: the export reads the exact vectors kept beside it
+    index.add([Item(f"v{i}", v, {"n": i, "tag": "even" if i % 2 == 0 else "odd"}) for i, v in enumerate(vectors)])
+    index.remove(["v3"])
+    index.close()
+    assert export_main(["--index", str(tmp_path / "i"), "--out", str(tmp_path / "out.parquet")]) == 0
+    assert "29 vectors written" in capsys.readouterr().out
+    table = pq.read_table(tmp_path / "out.parquet").to_pydict()
+    assert table["id"] == [f"v{i}" for i in range(30) if i != 3]
+    np.testing.assert_array_equal(np.array(table["vector"], dtype="float32"), np.delete(vectors, 3, axis=0))
+    assert json.loads(table["metadata"][4]) == {"n": 5, "tag": "odd"}
+    assert export_main(["--index", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.parquet")]) == 2
+    assert "is not an index" in capsys.readouterr().err and not (tmp_path / "x.parquet").exists()
