@@ -30,6 +30,7 @@ from service.catalog import Catalog, Item, Metadata, Record
 
 FORMAT, FORMAT_VERSION = "simclr-index", 2
 DEFAULT_EF_SEARCH, DEFAULT_NPROBE = 128, 32
+RERANK = 4
 
 
 def make_thumbnail(img: Image.Image, size: int) -> bytes:
@@ -69,10 +70,16 @@ class SearchIndex:
             raise SearchIndexError(f"index {self.path} is incomplete or corrupt: "
                                    f"{str(e).strip().splitlines()[0]}") from None
         self._ivf = faiss.try_extract_index_ivf(self.faiss)
-        self._inner = self._ivf or faiss.downcast_index(self.faiss.index)  # what the IDMap wraps
+        # The index that does the work: the IVF (which keeps ids itself), or what the IDMap wraps.
+        self._inner = faiss.downcast_index(self._ivf) if self._ivf else faiss.downcast_index(self.faiss.index)
         faiss.ParameterSpace().set_index_parameters(self.faiss, self._parameters())
         self._dead: set[int] = set()  # vids still in FAISS whose records are gone (where FAISS cannot remove)
         self._can_remove = not mmap
+        # Compressed types (PQ, SQ) score approximately: they fetch RERANK times more candidates, re-scored with
+        # the catalog's exact vectors (recall@10 of IVF4096,PQ32 on 1M vectors: 0.28 without, see docs).
+        storage = faiss.downcast_index(self._inner.storage) if isinstance(self._inner, faiss.IndexHNSW) else None
+        self._rerank = not isinstance(storage or self._inner, (faiss.IndexFlat, faiss.IndexIVFFlat))
+        self._scannable = isinstance(storage, faiss.IndexFlat)  # HNSW over flat vectors: filters scan them
         self._changes = 0
         self._catch_up()
 
@@ -187,10 +194,13 @@ class SearchIndex:
             if where:
                 selectors.append(faiss.IDSelectorAnd(selectors[0], selectors[-1]))
         selector = selectors[-1] if selectors else None
-        if where and isinstance(self._inner, faiss.IndexHNSW):
-            scores, vids = self._exact(queries, n, selector)
+        candidates = n * RERANK if self._rerank else n
+        if where and self._scannable:
+            scores, vids = self._scan(queries, candidates, selector)
         else:
-            scores, vids = self.faiss.search(queries, n, params=self._search_parameters(selector))
+            scores, vids = self.faiss.search(queries, candidates, params=self._search_parameters(selector))
+        if self._rerank:
+            scores, vids = self._rescore(queries, vids, n)
         records = self.catalog.records(sorted({int(v) for v in vids.ravel() if v >= 0}))
         results = []
         for q, (row_scores, row_vids) in enumerate(zip(scores, vids)):
@@ -199,7 +209,19 @@ class SearchIndex:
             results.append(hits[offset:offset + k])
         return results
 
-    def _exact(self, queries: np.ndarray, n: int, selector: faiss.IDSelector) -> tuple[np.ndarray, np.ndarray]:
+    def _rescore(self, queries: np.ndarray, candidates: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The n best of each query's candidates by exact inner product with the catalog's vectors."""
+        found = np.unique(candidates[candidates >= 0])
+        vectors = {int(v): x for vids, chunk in self.catalog.vectors(found) for v, x in zip(vids, chunk)}
+        scores, vids = np.full((len(queries), n), -np.inf, dtype="float32"), np.full((len(queries), n), -1)
+        for q, (query, row) in enumerate(zip(queries, candidates)):
+            row = row[row >= 0]
+            exact = np.array([vectors[int(v)] @ query for v in row], dtype="float32")
+            best = np.argsort(-exact, kind="stable")[:n]
+            scores[q, :len(best)], vids[q, :len(best)] = exact[best], row[best]
+        return scores, vids
+
+    def _scan(self, queries: np.ndarray, n: int, selector: faiss.IDSelector) -> tuple[np.ndarray, np.ndarray]:
         """A filtered search of an HNSW index by scanning its stored vectors: a graph walk restricted to a
         small part of the graph misses many neighbours (recall@10 0.88 for one class of CIFAR-10's ten), and a
         scan that skips the rest is as fast as the walk."""

@@ -109,6 +109,21 @@ def test_changes_survive_a_crash_in_every_index_type(tmp_path, factory):
     assert (tmp_path / "i" / "vectors.faiss").is_file() and SearchIndex(tmp_path / "i").count == 199
 
 
+@pytest.mark.parametrize("factory", ["IVF4,PQ8", "HNSW8_PQ8"])
+def test_compressed_types_rerank_with_the_exact_vectors(tmp_path, factory):
+    vectors = unit(400, seed=1)
+    index = new_index(tmp_path / "i", factory, sample=vectors)
+    index.add([Item(f"v{i}", v, {"half": i % 2}) for i, v in enumerate(vectors)])
+    queries = unit(20, seed=2)
+    for where in (None, {"half": [1]}):
+        allowed = np.arange(400) if where is None else np.arange(1, 400, 2)
+        for query, hits in zip(queries, index.search(queries, 5, where)):
+            exact = vectors[allowed] @ query
+            # PQ scores are approximate (and misorder close ones): the catalog's exact vectors re-score them.
+            np.testing.assert_allclose([h.score for h in hits], np.sort(exact)[::-1][:5], atol=1e-5)
+            assert [h.id for h in hits] == [f"v{allowed[i]}" for i in np.argsort(-exact, kind="stable")[:5]]
+
+
 def test_duplicate_ids_and_wrong_dimensions_change_nothing(tmp_path):
     index = new_index(tmp_path / "i")
     vectors = unit(3)
