@@ -5,7 +5,8 @@
 The index's own vectors (e.g. the 50,000 CIFAR-10 training images embedded by the bundle) are searched with
 real queries (test images embedded by the same bundle), one query per call as the service searches, with
 FAISS on one thread as the service runs it. Recall@10 is against exact (flat) search; the class-filtered
-rows search only one class, as /search?class_name=... does.
+rows search only one class, as /search?class_name=... does; the SearchIndex rows include reading the hits'
+records from the catalog.
 """
 
 from __future__ import annotations
@@ -22,24 +23,26 @@ from service.index import SearchIndex
 from service.model import Model
 
 
-def timed_search(index: faiss.Index | SearchIndex, queries: np.ndarray, k: int, params=None,
-                 class_name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(ids (Q, k), per-query ms (Q,)) searching one query at a time, with a FAISS index or the service's
-    SearchIndex (which also builds the hits' metadata)."""
-    ids, ms = [], []
+def timed_search(index: faiss.Index | SearchIndex, queries: np.ndarray, k: int, ids: np.ndarray, params=None,
+                 where: dict | None = None) -> tuple[list[set[str]], np.ndarray]:
+    """(the ids found per query, per-query ms (Q,)) searching one query at a time, with a FAISS index over the
+    vectors in catalog order (ids: its rows' ids) or the service's SearchIndex (which also reads the hits'
+    records from its catalog)."""
+    found, ms = [], []
     for q in queries:
         started = time.perf_counter()
         if isinstance(index, SearchIndex):
-            found = [[hit.id for hit in index.search(q[None], k, class_name)[0]]]
+            hits = {hit.id for hit in index.search(q[None], k, where)[0]}
         else:
-            _, found = index.search(q[None], k, params=params)
+            _, rows = index.search(q[None], k, params=params)
+            hits = set(ids[rows[0][rows[0] >= 0]])
         ms.append(1000 * (time.perf_counter() - started))
-        ids.append(found[0])
-    return np.array(ids), np.array(ms)
+        found.append(hits)
+    return found, np.array(ms)
 
 
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+def recall(found: list[set[str]], truth: list[set[str]]) -> float:
+    return float(np.mean([len(f & t) / len(t) for f, t in zip(found, truth)]))
 
 
 def main() -> None:
@@ -53,49 +56,51 @@ def main() -> None:
 
     faiss.omp_set_num_threads(1)
     model = Model(load_bundle(args.bundle))
-    served = SearchIndex(args.index, model.bundle.fingerprint)
-    vectors = served.faiss.reconstruct_n(0, served.count)
+    served = SearchIndex(args.index, model.bundle.fingerprint, mmap=True)
+    records = served.catalog.page(0, served.count)
+    ids = np.array([r.id for r in records])
+    position = {r.vid: i for i, r in enumerate(records)}
+    vectors = np.empty((len(records), served.dim), dtype="float32")
+    for vids, chunk in served.catalog.vectors(np.array([r.vid for r in records])):
+        vectors[[position[v] for v in vids]] = chunk
     files = sorted(Path(args.data_dir, "test").rglob("*.*"))
     files = files[::max(1, len(files) // args.queries)][:args.queries]
     images = model.batch([model.preprocess(f.read_bytes(), 10**8) for f in files])
     queries = np.concatenate([model.infer(images[i:i + 256]).unit.numpy()
                               for i in range(0, len(images), 256)])
-    print(f"{len(vectors)} indexed {vectors.shape[1]}-d vectors, {len(queries)} queries from {args.data_dir}/test, "
-          f"k={args.k}, FAISS {faiss.__version__} on 1 thread")
+    print(f"{len(vectors)} indexed {vectors.shape[1]}-d vectors ({served.factory}), {len(queries)} queries from "
+          f"{args.data_dir}/test, k={args.k}, FAISS {faiss.__version__} on 1 thread")
 
     flat = faiss.IndexFlatIP(vectors.shape[1])
     flat.add(vectors)
     sq8 = faiss.IndexScalarQuantizer(vectors.shape[1], faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
     sq8.train(vectors)
     sq8.add(vectors)
-    hnsw = served.faiss if isinstance(served.faiss, faiss.IndexHNSW) else None
-    if hnsw is None:
-        hnsw = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-        hnsw.hnsw.efConstruction = 128
-        started = time.perf_counter()
-        hnsw.add(vectors)
-        print(f"built HNSW (M 32) in {time.perf_counter() - started:.1f} s")
+    hnsw = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = 128
+    started = time.perf_counter()
+    hnsw.add(vectors)
+    print(f"built HNSW (M 32) in {time.perf_counter() - started:.1f} s")
 
-    truth, flat_ms = timed_search(flat, queries, args.k)
+    truth, flat_ms = timed_search(flat, queries, args.k, ids)
     rows = [("flat (exact)", flat_ms, 1.0)]
-    found, ms = timed_search(sq8, queries, args.k)
+    found, ms = timed_search(sq8, queries, args.k, ids)
     rows.append(("scalar-quantised 8 bit", ms, recall(found, truth)))
     for ef in (16, 32, 64, 128):
-        found, ms = timed_search(hnsw, queries, args.k, faiss.SearchParametersHNSW(efSearch=ef))
+        found, ms = timed_search(hnsw, queries, args.k, ids, faiss.SearchParametersHNSW(efSearch=ef))
         rows.append((f"HNSW M 32, efSearch {ef}", ms, recall(found, truth)))
 
-    # One class, as /search?class_name= filters inside FAISS: exact truth from the flat index with the same filter.
-    labels = np.array(served.labels)
-    label = int(np.bincount(labels[labels >= 0]).argmax())
-    selector = faiss.IDSelectorBatch(np.flatnonzero(labels == label).astype("int64"))
-    truth_class, ms = timed_search(flat, queries, args.k, faiss.SearchParameters(sel=selector))
-    rows.append((f"class {served.classes[label]!r}: flat (as served)", ms, 1.0))
-    ef = served.info.get("ef_search", 128)
-    found, ms = timed_search(hnsw, queries, args.k, faiss.SearchParametersHNSW(efSearch=ef, sel=selector))
-    rows.append((f"class {served.classes[label]!r}: HNSW efSearch {ef}", ms, recall(found, truth_class)))
-    found, ms = timed_search(served, queries, args.k, class_name=served.classes[label])
-    rows.append((f"SearchIndex.search, class {served.classes[label]!r}", ms, recall(found, truth_class)))
-    found, ms = timed_search(served, queries, args.k)
+    # One class, as /search?class_name= filters: exact truth from the flat index with the same filter.
+    classes = np.array([str(r.metadata.get("class")) for r in records])
+    name = max(set(classes), key=lambda c: (classes == c).sum())
+    selector = faiss.IDSelectorBatch(np.flatnonzero(classes == name).astype("int64"))
+    truth_class, ms = timed_search(flat, queries, args.k, ids, faiss.SearchParameters(sel=selector))
+    rows.append((f"class {name!r}: flat", ms, 1.0))
+    found, ms = timed_search(hnsw, queries, args.k, ids, faiss.SearchParametersHNSW(efSearch=128, sel=selector))
+    rows.append((f"class {name!r}: HNSW efSearch 128", ms, recall(found, truth_class)))
+    found, ms = timed_search(served, queries, args.k, ids, where={"class": [name]})
+    rows.append((f"SearchIndex.search, class {name!r}", ms, recall(found, truth_class)))
+    found, ms = timed_search(served, queries, args.k, ids)
     rows.append(("SearchIndex.search (as served)", ms, recall(found, truth)))
 
     print(f"\n  {'index':40s} {'p50 ms':>7s} {'p99 ms':>7s} {'recall@10':>10s}  {'p99 vs flat':>11s}")

@@ -221,11 +221,18 @@ cat = [p["class_name"] for p in json.load(open(f"{work}/cat.json"))["classificat
 print("  /classify of a test cat:", ", ".join(cat))
 assert not reference or "cat" in cat, f"the reference model's top 3 for a cat: {cat}"
 hits = json.load(open(f"{work}/search.json"))["results"][0]["neighbours"]
-assert len(hits) == 5 and hits[0]["source"] == source and hits[0]["score"] > 0.99, hits
-print("  /search:", ", ".join(f"#{h['id']} {h['class_name']} {h['score']:.3f}" for h in hits))
+assert len(hits) == 5 and hits[0]["id"] == source and hits[0]["score"] > 0.99, hits
+print("  /search:", ", ".join(f"{h['id']} {h['metadata'].get('class')} {h['score']:.3f}" for h in hits))
 open(f"{work}/first_image_url", "w").write(hits[0]["image_url"])
 EOF
 curl -sf "${key[@]}" -o /dev/null "$base$(cat "$work/first_image_url")" || fail "GET the found image"
+# An image of the user's own, added, found by its metadata, removed (the index volume is writable).
+curl -sf "${key[@]}" -F "images=@$cat_image" -F ids=smoke/cat -F 'metadata={"owner": "smoke"}' \
+    "$base/index/images" >/dev/null || fail "POST /index/images"
+curl -sf "${key[@]}" -F "images=@$cat_image" "$base/search?k=1&filter=owner:smoke" | grep -q '"id":"smoke/cat"' \
+    || fail "the added image is not found by its metadata"
+curl -sf "${key[@]}" -X DELETE "$base/index/images/smoke/cat" >/dev/null || fail "DELETE /index/images/smoke/cat"
+say "an image added to the index, found by its metadata, removed"
 
 # --- non-root, read-only bundle, health check ------------------------------------------------------------
 uid=$(docker compose exec -T service id -u)
