@@ -66,6 +66,8 @@ class Catalog:
     def __init__(self, path: str | Path):
         # One connection, used by one thread at a time (the service's search thread, or the build).
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # A new database's pages: 16 KiB hold seven 2 KiB vectors, where the default 4 KiB holds one (half empty).
+        self.db.execute("PRAGMA page_size=16384")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
