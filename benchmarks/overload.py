@@ -66,34 +66,45 @@ def main() -> None:
         args.torch_threads = 1
     files = sorted(Path(args.data_dir, "test").rglob("*.*"))[::37][:256]
     bodies = [multipart(f.read_bytes()) for f in files]
-    log = Path(tempfile.mkstemp(prefix="overload-", suffix=".log")[1])
     flags = {"runtime": args.runtime, **({"torch-threads": args.torch_threads} if args.torch_threads else {})}
-    server = Server(args.bundle, None, log, flags=flags)
-    server.start()
     if pin:
-        os.sched_setaffinity(server.pid, {cores[0]})
-        os.sched_setaffinity(0, set(cores[1:]))
-    try:
-        server.wait_ready()
-        capacity = asyncio.run(drive(server.url, bodies, 32, 10))
-        rate = args.factor * capacity["throughput"]
-        answers = asyncio.run(open_loop(server.url, bodies, rate, args.seconds))
-    finally:
-        server.stop()
-        log.unlink()
+        print(f"server on core {cores[0]} (torch on 1 thread), load generator on {cores[1:]}")
+    rate = None
+    # The same offered load, then with the queue's bounds lifted: what the bounds are for.
+    for name, limits in [("bounded (the defaults)", {}),
+                         ("unbounded", {"max-queue-images": 10**6, "max-queue-wait-ms": 10**7})]:
+        log = Path(tempfile.mkstemp(prefix="overload-", suffix=".log")[1])
+        server = Server(args.bundle, None, log, flags={**flags, **limits})
+        server.start()
+        if pin:
+            os.sched_setaffinity(server.pid, {cores[0]})
+            os.sched_setaffinity(0, set(cores[1:]))
+        try:
+            server.wait_ready()
+            if rate is None:
+                capacity = asyncio.run(drive(server.url, bodies, 32, 10))
+                rate = args.factor * capacity["throughput"]
+                print(f"{args.runtime}: capacity {capacity['throughput']:.0f} requests/s at concurrency 32 (p99 "
+                      f"{capacity['p99']:.0f} ms); offered {rate:.0f} requests/s ({args.factor:g}x) for "
+                      f"{args.seconds:g} s")
+            answers = asyncio.run(open_loop(server.url, bodies, rate, args.seconds))
+        finally:
+            server.stop()
+            log.unlink()
+        report(name, answers, args.seconds)
+
+
+def report(name: str, answers: list[tuple[int, float]], seconds: float) -> None:
     status = np.array([s for s, _ in answers])
     ms = np.array([t for _, t in answers]) * 1000
     ok, refused, lost = status == 200, status == 503, ~np.isin(status, [200, 503])
-    if pin:
-        print(f"server on core {cores[0]} (torch on 1 thread), load generator on {cores[1:]}")
-    print(f"{args.runtime}: capacity {capacity['throughput']:.0f} requests/s at concurrency 32 (p99 "
-          f"{capacity['p99']:.0f} ms); offered {rate:.0f} requests/s ({args.factor:g}x) for {args.seconds:g} s")
-    print(f"  accepted {ok.sum()} ({ok.sum() / args.seconds:.0f}/s): p50 {np.percentile(ms[ok], 50):.0f} ms, "
+    print(f"  {name}:")
+    print(f"    accepted {ok.sum()} ({ok.sum() / seconds:.0f}/s): p50 {np.percentile(ms[ok], 50):.0f} ms, "
           f"p99 {np.percentile(ms[ok], 99):.0f} ms")
     if refused.any():
-        print(f"  refused  {refused.sum()} with 503 overloaded: p50 {np.percentile(ms[refused], 50):.0f} ms, "
+        print(f"    refused  {refused.sum()} with 503 overloaded: p50 {np.percentile(ms[refused], 50):.0f} ms, "
               f"p99 {np.percentile(ms[refused], 99):.0f} ms")
-    print(f"  lost     {lost.sum()} (errors other than 503, or no answer)")
+    print(f"    lost     {lost.sum()} (errors other than 503, or no answer)")
 
 
 if __name__ == "__main__":

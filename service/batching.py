@@ -5,9 +5,10 @@ more to arrive, and runs the model in its own thread so the event loop keeps acc
 batch runs, the next one fills up, so under load batches grow by themselves. The wait is only for requests
 already being read (announced with incoming()): a lone request does not wait for company that is not coming.
 
-Overload is refused, not queued: past max_queue images waiting, a submission fails at once with Overloaded,
-and so does one that has waited max_queue_wait_s without being taken into a batch. Latency then stays
-bounded at about the queue's drain time, and a refused client learns at once when to retry.
+Overload is refused, not queued: past max_queue images waiting, or when the images waiting would take longer
+than max_queue_wait_s at the pace inference keeps, a submission fails at once with Overloaded; one that has
+still waited max_queue_wait_s without being taken into a batch fails then. Latency then stays bounded at about
+the deadline, and a refused client learns at once when to retry.
 """
 
 from __future__ import annotations
@@ -86,13 +87,22 @@ class Batcher(Generic[T]):
             self._incoming -= 1
 
     def check_capacity(self, rows: int = 1) -> None:
-        """Raise Overloaded if rows more images would overfill the queue: a request can be refused before it
-        is read and decoded."""
+        """Raise Overloaded if rows more images would overfill the queue, or would wait past max_queue_wait_s
+        at the pace inference has kept: a request is refused at once, before it is read and decoded, rather
+        than after waiting out its deadline."""
         if self.max_queue is not None and self._rows + rows > self.max_queue:
-            if self.metrics:
-                self.metrics.shed.labels("queue full").inc()
+            self._shed("queue full")
             raise Overloaded(f"the service is overloaded: {self._rows} images are waiting (at most "
                              f"{self.max_queue})", self._retry_after())
+        wait = (self._rows + rows) * self._seconds_per_image
+        if self.max_queue_wait_s is not None and wait > self.max_queue_wait_s:
+            self._shed("expected wait")
+            raise Overloaded(f"the service is overloaded: the images waiting would take {wait:.1f} s, longer than "
+                             f"the {self.max_queue_wait_s:g} s a request may wait", self._retry_after())
+
+    def _shed(self, reason: str) -> None:
+        if self.metrics:
+            self.metrics.shed.labels(reason).inc()
 
     async def submit(self, images: Tensor) -> T:
         """fn's output for images (N, ...), computed in a batch with whatever else is waiting."""
@@ -174,8 +184,7 @@ class Batcher(Generic[T]):
                 if not future.done():
                     future.set_exception(Overloaded(f"the service is overloaded: the request waited "
                                                     f"{now - queued:.1f} s for the model", self._retry_after()))
-                    if self.metrics:
-                        self.metrics.shed.labels("deadline").inc()
+                    self._shed("deadline")
                 continue
             batch.append((x, future, queued))
             rows += len(x)

@@ -204,3 +204,26 @@ def test_a_request_that_waited_past_its_deadline_is_refused_not_answered_late():
     assert all(isinstance(r, torch.Tensor) for r in results[:2])  # taken within 0.2 s
     late = [r for r in results if isinstance(r, Overloaded)]
     assert late and "waited" in str(late[0]) and len(late) + 2 <= len(results)
+
+
+def test_a_request_that_would_wait_past_its_deadline_is_refused_at_once():
+    async def scenario():
+        batcher = Batcher(Slow(0.1), max_batch_size=1, max_wait_s=0, max_queue_wait_s=0.35)
+        async with running(batcher):
+            await batcher.submit(torch.zeros(1))  # the pace: about 0.1 s an image
+            pace = batcher._seconds_per_image
+            started = time.perf_counter()
+            tasks = [asyncio.ensure_future(batcher.submit(torch.full((1,), float(i)))) for i in range(8)]
+            await asyncio.sleep(0)
+            refused = [t for t in tasks if t.done() and isinstance(t.exception(), Overloaded)]
+            refused_after = time.perf_counter() - started
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        return pace, refused, refused_after, results
+
+    pace, refused, refused_after, results = run(scenario())
+    # Taken: as many as the measured pace drains within 0.35 s (three at 0.1 s an image); the rest refused
+    # without waiting for the model.
+    taken = sum((i + 1) * pace <= 0.35 for i in range(8))
+    assert 1 <= taken <= 3 and len(refused) == 8 - taken and refused_after < 0.05
+    assert "would take" in str(refused[0].exception())
+    assert [float(r) for r in results[:taken]] == [10.0 * i for i in range(taken)]
