@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from service import problems
 from service.auth import ApiKey
-from service.limits import BodyLimit
+from service.limits import Admission, BodyLimit
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import classify, embed, index, openai, ops, page, search
 from service.routes.page import STATIC
@@ -47,6 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(Admission, state=state)  # outside the body limit: refused before anything is read
     if settings.api_key is not None:  # outside the body limit: a request without the key is refused unread
         app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
     if settings.cors_origins:  # outside the key check: preflight requests carry no credentials

@@ -1,11 +1,18 @@
-"""The request body limit, which neither uvicorn nor Starlette enforces: Content-Length is checked before
-anything is read, and streamed bytes are counted as they arrive (a chunked upload declares no length)."""
+"""Limits applied before a request reaches its route: the body size, which neither uvicorn nor Starlette
+enforces (Content-Length is checked before anything is read, and streamed bytes are counted as they arrive: a
+chunked upload declares no length), and admission while the model is overloaded."""
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.problems import Problem, problem_response
+from service.batching import Overloaded
+from service.problems import Problem, overloaded_response, problem_response
+from service.state import ServiceState
+
+# The routes whose requests go to the model (POST /search by embeddings in JSON does not: only its multipart
+# uploads are refused here; JSON image queries are refused by the route, after their body is read).
+MODEL_ROUTES = {"/embed", "/classify", "/index/images", "/v1/embeddings"}
 
 
 class BodyLimit:
@@ -41,3 +48,24 @@ class BodyLimit:
 
     def _too_large(self, scope: Scope, size: int):
         return problem_response(413, self._detail(str(size)), scope["path"])
+
+
+class Admission:
+    """ASGI middleware: while the model's queue is full (or would take longer than a request may wait), a request
+    for the model gets its 503 before routing, dependencies or reading its body: the cheapest refusal there is,
+    so that on a busy core the event loop keeps up with several times what the model can answer."""
+
+    def __init__(self, app: ASGIApp, state: ServiceState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        batcher = self.state.batcher
+        if scope["type"] == "http" and scope["method"] == "POST" and batcher is not None:
+            path = scope["path"].removeprefix(scope.get("root_path", ""))
+            upload = dict(scope["headers"]).get(b"content-type", b"").startswith(b"multipart/")
+            if path in MODEL_ROUTES or (path == "/search" and upload):
+                try:
+                    batcher.check_capacity()
+                except Overloaded as e:
+                    return await overloaded_response(e, scope["path"])(scope, receive, send)
+        await self.app(scope, receive, send)

@@ -77,6 +77,12 @@ def problem_response(status: int, detail: str, instance: str | None = None, kind
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE)
 
 
+def overloaded_response(exc: Overloaded, path: str) -> JSONResponse:
+    response = problem_response(503, f"{exc}: retry after {exc.retry_after_s:.0f} s", path, "overloaded")
+    response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+    return response
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into a problem+json answer."""
 
@@ -94,10 +100,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Overloaded)
     async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
-        response = problem_response(503, f"{exc}: retry after {exc.retry_after_s:.0f} s", request.url.path,
-                                    "overloaded")
-        response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
-        return response
+        return overloaded_response(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -362,6 +362,13 @@ def test_overload_is_a_fast_503_with_retry_after(client, monkeypatch):
     assert_problem(response, 503, "overloaded")
     assert response.json()["type"] == "/problems/overloaded" and int(response.headers["retry-after"]) >= 1
     assert 'simclr_requests_shed_total{reason="queue full"}' in client.get("/metrics").text
+    # Refused before its body is read: a malformed one gets the same 503, not a 400.
+    broken = client.post("/classify", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"})
+    assert_problem(broken, 503, "overloaded")
+    assert_problem(client.post("/index/images", files=files(png_bytes(IMAGES[0]))), 503, "overloaded")
+    # What needs no model is still served: a search by embedding.
+    searched = client.post("/search", json={"embeddings": [[1.0] * 512], "k": 1})
+    assert searched.status_code == 200 and len(searched.json()["results"][0]["neighbours"]) == 1
 
 
 def test_a_request_caught_by_shutdown_gets_a_503_problem(client, monkeypatch):
