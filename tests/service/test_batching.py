@@ -174,17 +174,22 @@ class Slow(Recorder):
         return super().__call__(x)
 
 
+async def burst(batcher: Batcher, n: int) -> tuple[list[asyncio.Future], float, list]:
+    """n submissions at once (image i is the value i): those refused before the event loop turned, how long
+    that took, then every outcome."""
+    started = time.perf_counter()
+    tasks = [asyncio.ensure_future(batcher.submit(torch.full((1,), float(i)))) for i in range(n)]
+    await asyncio.sleep(0)
+    refused = [t for t in tasks if t.done() and isinstance(t.exception(), Overloaded)]
+    refused_after = time.perf_counter() - started
+    return refused, refused_after, await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def test_a_full_queue_refuses_at_once_and_the_accepted_are_answered():
     async def scenario():
         batcher = Batcher(Slow(0.2), max_batch_size=2, max_wait_s=0, max_queue=4)
         async with running(batcher):
-            started = time.perf_counter()
-            tasks = [asyncio.ensure_future(batcher.submit(torch.full((1,), float(i)))) for i in range(10)]
-            await asyncio.sleep(0)
-            refused = [t for t in tasks if t.done() and isinstance(t.exception(), Overloaded)]
-            refused_after = time.perf_counter() - started
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-        return refused, refused_after, results
+            return await burst(batcher, 10)
 
     refused, refused_after, results = run(scenario())
     assert len(refused) == 6 and refused_after < 0.1  # at once, not after waiting for the model
@@ -211,14 +216,7 @@ def test_a_request_that_would_wait_past_its_deadline_is_refused_at_once():
         batcher = Batcher(Slow(0.1), max_batch_size=1, max_wait_s=0, max_queue_wait_s=0.35)
         async with running(batcher):
             await batcher.submit(torch.zeros(1))  # the pace: about 0.1 s an image
-            pace = batcher._seconds_per_image
-            started = time.perf_counter()
-            tasks = [asyncio.ensure_future(batcher.submit(torch.full((1,), float(i)))) for i in range(8)]
-            await asyncio.sleep(0)
-            refused = [t for t in tasks if t.done() and isinstance(t.exception(), Overloaded)]
-            refused_after = time.perf_counter() - started
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-        return pace, refused, refused_after, results
+            return batcher._seconds_per_image, *await burst(batcher, 8)
 
     pace, refused, refused_after, results = run(scenario())
     # Taken: as many as the measured pace drains within 0.35 s (three at 0.1 s an image); the rest refused
