@@ -25,8 +25,8 @@ from service.problems import Problem
 from service.schemas import ImagesJSON
 from service.state import ServiceState
 
-# The kind of problem each status of contract.images.ImageError is.
 R = TypeVar("R")
+# The kind of problem each status of contract.images.ImageError is.
 IMAGE_PROBLEMS = {413: "image-too-large", 415: "unsupported-image-format", 422: "invalid-image"}
 
 # The request body both content types take, for the OpenAPI docs (the route reads the body itself).
