@@ -10,7 +10,8 @@ other transport error, unexpected answer (a bad request not refused with its 4xx
 
 The mix, per client in a closed loop (each sends its next request as soon as the last was answered): POST
 /embed, /classify and /search with one PNG upload (--data-dir's CIFAR-10 test images re-encoded, else generated
-ones), GET /search?id=ID and /thumbnails/ID over a fixed set of ids, and bad requests: a text file named .png (415),
+ones), GET /search?id=ID and /thumbnails/ID over a fixed set of ids, POST /index/images replacing eight images
+of its own over and over, and bad requests: a text file named .png (415),
 bad k (422), unknown ids (404), a body over --max-request-bytes by its Content-Length and one streamed chunked
 (413). The clients are one asyncio process (httpx2, bodies encoded once) that shares the machine's cores with
 the server. Memory is the server's VmRSS from /proc/PID/status every --sample-every seconds; growth is the last
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import signal
 import sys
 import tempfile
@@ -72,6 +74,8 @@ def main() -> int:
             from benchmarks.fuzz import tiny_bundle
 
             args.bundle, args.index = tiny_bundle(Path(tmp))
+        else:  # the soak adds images: to a copy, never to the index given
+            args.index = Path(shutil.copytree(args.index, Path(tmp) / "index"))
         images = folder_images(args.data_dir, args.images) if args.data_dir else generated_images(args.images)
         log = args.server_log or Path(tmp) / "server.log"
         server = Server(args.bundle, args.index, log, flags={"max-request-bytes": args.max_request_bytes},

@@ -226,6 +226,9 @@ def make_mix(images: list[bytes], ids: list[str], max_request_bytes: int, classi
     """The soak's requests, pre-encoded: every route with good input, and each kind of bad input the service
     must refuse with its 4xx. Weights are how often each is sent."""
     bodies = [multipart(image) for image in images]
+    # Additions under ids of their own (the file name is the id), eight of them replaced over and over: the
+    # index changes all through the soak but does not grow.
+    additions = [multipart(image, f"soak/{i}.png") for i, image in enumerate(images[:8])]
     not_image = multipart(b"plain text, not an image, though it is named like one\n" * 8, "photo.png")
     oversized = multipart(bytes(max_request_bytes + 1024))  # over the limit by its Content-Length
     pieces = [oversized[i:i + 65536] for i in range(0, len(oversized), 65536)]
@@ -245,6 +248,8 @@ def make_mix(images: list[bytes], ids: list[str], max_request_bytes: int, classi
         Case("classify", "POST /classify", 200, JSON, 3, upload("/classify?k=3")),
         Case("search by upload", "POST /search", 200, JSON, 3, upload("/search?k=10")),
         Case("search by id", "GET /search", 200, JSON, 3, get("/search?id={id}&k=10", ids)),
+        Case("index addition", "POST /index/images", 200, JSON, 1, lambda rng: {
+            "method": "POST", "url": "/index/images", "content": rng.choice(additions), "headers": MULTIPART}),
         Case("thumbnail", "GET /thumbnails/{id:path}", 200, JPEG, 3, get("/thumbnails/{id}", ids)),
         Case("not an image", "POST /embed", 415, PROBLEM, 1,
              lambda rng: {"method": "POST", "url": "/embed", "content": not_image, "headers": MULTIPART}),
@@ -397,22 +402,22 @@ def report(soak: Soak, warmup: float, max_growth: float | None = 0.10,
     lines.append(f"{soak.clients} clients, {soak.seconds:.1f} s{' (interrupted)' if soak.interrupted else ''}: "
                  f"{total} answers, {total / soak.seconds:.1f} per second; "
                  f"{sum(t.transport.values())} transport errors")
-    header = f"  {'':24s} {'route':17s} {'expect':>6s} {'2xx':>6s} {'3xx':>6s} {'4xx':>6s} {'5xx':>6s} " \
+    header = f"  {'':24s} {'route':25s} {'expect':>6s} {'2xx':>6s} {'3xx':>6s} {'4xx':>6s} {'5xx':>6s} " \
              f"{'unexp':>6s} {'transp':>6s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s}"
     lines.append(header)
     for case in soak.cases:
         unexpected = sum(n for (name, _), n in t.unexpected.items() if name == case.name)
         transport = sum(n for (name, _), n in t.transport.items() if name == case.name)
-        lines.append(f"  {case.name:24s} {case.route:17s} {case.expect:6d} {_classes(t.statuses[case.name])} "
+        lines.append(f"  {case.name:24s} {case.route:25s} {case.expect:6d} {_classes(t.statuses[case.name])} "
                      f"{unexpected:6d} {transport:6d} {_percentiles(t.latency[case.name])}")
     lines.append("  per route:")
     for route in dict.fromkeys(case.route for case in soak.cases):
         names = [case.name for case in soak.cases if case.route == route]
         counts = sum((t.statuses[name] for name in names), Counter())
-        lines.append(f"  {'':24s} {route:17s} {'':6s} {_classes(counts)} {'':6s} {'':6s} "
+        lines.append(f"  {'':24s} {route:25s} {'':6s} {_classes(counts)} {'':6s} {'':6s} "
                      f"{_percentiles([x for name in names for x in t.latency[name]])}")
     all_counts = sum(t.statuses.values(), Counter())
-    lines.append(f"  {'all':24s} {'':17s} {'':6s} {_classes(all_counts)} {sum(t.unexpected.values()):6d} "
+    lines.append(f"  {'all':24s} {'':25s} {'':6s} {_classes(all_counts)} {sum(t.unexpected.values()):6d} "
                  f"{sum(t.transport.values()):6d} {_percentiles([x for v in t.latency.values() for x in v])}")
     if server_counts is not None:
         lines.append("the server's own count (/metrics, /readyz left out): "

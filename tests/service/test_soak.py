@@ -13,8 +13,8 @@ from benchmarks.harness.load import Server, drive, generated_images, make_mix, r
 LIMIT = 200_000  # the server's body limit: oversized requests stay small
 
 
-def test_mixed_load_gets_only_the_expected_answers(bundle_dir, index_dir, tmp_path):
-    server = Server(bundle_dir, index_dir, tmp_path / "server.log", flags={"max-request-bytes": LIMIT})
+def test_mixed_load_gets_only_the_expected_answers(bundle_dir, index_copy, tmp_path):
+    server = Server(bundle_dir, index_copy, tmp_path / "server.log", flags={"max-request-bytes": LIMIT})
     server.start()
     try:
         server.wait_ready(120)
@@ -32,5 +32,5 @@ def test_mixed_load_gets_only_the_expected_answers(bundle_dir, index_dir, tmp_pa
     unanswered = [case.name for case in cases if not soak.tally.latency[case.name]]
     assert not unanswered, f"never answered in {soak.seconds:.1f} s: {unanswered}"
     assert {case.route for case in cases} == {"POST /embed", "POST /classify", "POST /search", "GET /search",
-                                              "GET /thumbnails/{id:path}"}
+                                              "GET /thumbnails/{id:path}", "POST /index/images"}
     assert counts["5xx"] == 0 and counts["2xx"] >= sum(case.expect == 200 for case in cases)
