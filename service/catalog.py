@@ -23,8 +23,8 @@ import numpy as np
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
-    vid INTEGER PRIMARY KEY AUTOINCREMENT,  -- the vector's id in FAISS: never reused, so a snapshot of the
-    id TEXT NOT NULL UNIQUE,                -- vector index holds exactly the rows with vid <= its mark
+    vid INTEGER PRIMARY KEY AUTOINCREMENT,  -- the vector's id in FAISS, never reused: a stale snapshot's
+    id TEXT NOT NULL UNIQUE,                -- vids are either live rows' or gone, never another image's
     metadata TEXT NOT NULL,
     vector BLOB NOT NULL,
     thumbnail BLOB,
