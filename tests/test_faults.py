@@ -52,6 +52,22 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path, pattern_folder):
     resume_to_the_end(run)
 
 
+@pytest.mark.slow
+def test_sigterm_stops_with_the_resume_command_then_resumes(tmp_path, pattern_folder):
+    run = tmp_path / "run"
+    process = subprocess.Popen(train_command(pattern_folder, run), cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not RunDir(run).list_checkpoints() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert f"interrupted: resume with --out {run} --resume" in stderr
+    assert "Traceback" not in stderr
+    resume_to_the_end(run)
+
+
 KILL_IN_WRITE = """
 import os, signal, sys
 from trainer import checkpoint, pretrain

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -307,8 +308,15 @@ def _truncate_metrics(path: Path, epochs_kept: int) -> None:
         atomic_write(path, "".join(kept))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser(__doc__).parse_args(argv))
+    # SIGTERM (kill, docker stop, a scheduler) stops a run as Ctrl-C does; a background job started by a
+    # non-interactive shell ignores SIGINT altogether, so SIGTERM is how such a run is stopped.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         config, resume = resolve_config(args)
         train(config, resume)
@@ -318,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: resume with --out {args.get('out', Config.out)} --resume", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
