@@ -38,11 +38,11 @@ def random_bundle(out: Path) -> Path:
         classes=[], metrics=None,
         training=Training(epochs=0, checkpoint_epoch=0, checkpoint="none (random weights, for timing)", batch_size=0,
                           optimizer="none", lr=0, weight_decay=0, temperature=1, data_dir="none"))
-    graph = export_graph(InferenceGraph(encoder, head, None, manifest.input.mean, manifest.input.std), 32)
+    graph = InferenceGraph(encoder, head, None, manifest.input.mean, manifest.input.std)
     calibration = np.random.default_rng(0).integers(0, 256, (64, 3, 32, 32), dtype=np.uint8)  # timing only
     manifest.onnx = OnnxGraphs(int8=ONNX_INT8, opset=OPSET, int8_calibration_images=len(calibration))
     write_bundle(out, manifest, {ENCODER: encoder.state_dict(), PROJECTOR: head.state_dict()},
-                 {ONNX_FP32: graph, ONNX_INT8: quantize_int8(graph, calibration)})
+                 {ONNX_FP32: export_graph(graph, 32), ONNX_INT8: quantize_int8(graph, 32, calibration)})
     return out
 
 

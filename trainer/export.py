@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from pydantic import ValidationError
 
 from contract.bundle import (CLASSIFIER, ENCODER, ONNX_FP32, ONNX_INT8, PROJECTOR, Architecture, ClassifierSpec,
@@ -76,11 +77,15 @@ def export(run_dir: str | Path, out: str | Path, checkpoint_file: str | Path | N
         weights_dtype="float16" if half else "float32")
     graphs = {}
     if onnx:
-        fp32 = export_graph(InferenceGraph(model.encoder, model.projector, head,
-                                           CIFAR_MEAN, CIFAR_STD), config.image_size)
-        graphs[ONNX_FP32] = fp32
+        if half:  # the graphs compute with the weights the bundle holds, as its torch networks do
+            with torch.no_grad():
+                for tensor in (t for state in weights.values() for t in state.values() if t.is_floating_point()):
+                    tensor.copy_(tensor.half())
+        inference = InferenceGraph(model.encoder, model.projector, head, CIFAR_MEAN, CIFAR_STD)
+        graphs[ONNX_FP32] = export_graph(inference, config.image_size)
         if int8_calibration:
-            graphs[ONNX_INT8] = quantize_int8(fp32, _calibration_images(config, int8_calibration))
+            graphs[ONNX_INT8] = quantize_int8(inference, config.image_size,
+                                              _calibration_images(config, int8_calibration))
         manifest.onnx = OnnxGraphs(int8=ONNX_INT8 if int8_calibration else None, opset=OPSET,
                                    int8_calibration_images=int8_calibration or None)
     return write_bundle(out, manifest, weights, graphs)

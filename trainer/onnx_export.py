@@ -3,6 +3,7 @@ statically quantised int8 copy for CPUs with fast int8 dot products (VNNI), cali
 
 from __future__ import annotations
 
+import copy
 import io
 import tempfile
 import warnings
@@ -41,13 +42,21 @@ def export_graph(graph: InferenceGraph, size: int) -> bytes:
         warnings.simplefilter("ignore")
         torch.onnx.export(graph.eval(), (torch.zeros(2, 3, size, size, dtype=torch.uint8),), buffer,
                           input_names=["images"], output_names=outputs, opset_version=OPSET, dynamo=False,
+                          # unfolded, the initializers keep the state_dict's names (the bundle links them to its
+                          # safetensors); ONNX Runtime folds batch norms into convolutions when it opens the graph
+                          do_constant_folding=False,
                           dynamic_axes={name: {0: "batch"} for name in ["images", *outputs]})
     return buffer.getvalue()
 
 
-def quantize_int8(graph: bytes, calibration: np.ndarray, batch_size: int = 32) -> bytes:
-    """graph with int8 weights (per channel) and uint8 activations (QDQ), the activation ranges calibrated on
-    calibration: uint8 images (N, 3, S, S)."""
+def quantize_int8(graph: InferenceGraph, size: int, calibration: np.ndarray, batch_size: int = 32) -> bytes:
+    """graph as int8 ONNX: int8 weights (per channel) and uint8 activations (QDQ), the activation ranges
+    calibrated on calibration: uint8 images (N, 3, S, S).
+
+    The batch norms are folded into the convolutions here (so the factors are known), and each convolution's
+    int8 weights are written as what computes them, QuantizeLinear(weight x factor, scale), over the unfolded
+    weight under its state_dict name: ONNX Runtime computes them once when it opens the graph, and the bundle
+    reads the weight from its safetensors (contract.bundle) rather than storing the network a third time."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -59,10 +68,69 @@ def quantize_int8(graph: bytes, calibration: np.ndarray, batch_size: int = 32) -
             batch = next(self.batches, None)
             return None if batch is None else {"images": batch}
 
+    folded, factors = fold_batch_norms(graph)
     with tempfile.TemporaryDirectory() as tmp:
         source, prepared, out = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
-        source.write_bytes(graph)
+        source.write_bytes(export_graph(folded, size))
         quant_pre_process(str(source), str(prepared))  # shapes inferred and graph optimised, as advised
         quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        return out.read_bytes()
+        quantized = out.read_bytes()
+    weights = {name: value.detach().numpy() for name, value in graph.state_dict().items()}
+    return weights_as_formulas(quantized, factors, weights)
+
+
+def fold_batch_norms(graph: InferenceGraph) -> tuple[InferenceGraph, dict[str, Tensor]]:
+    """A copy of graph whose encoder has each batch norm that follows a convolution folded into it (same
+    outputs in eval mode), and the factor each folded convolution's weight was multiplied by, keyed by the
+    weight's state_dict name (encoder.layer1.0.conv1.weight): factor = gamma / sqrt(running_var + eps)."""
+    folded = copy.deepcopy(graph)
+    encoder = folded.encoder
+    modules = dict(encoder.named_modules())
+    factors = {}
+    with torch.no_grad():
+        for node in torch.fx.symbolic_trace(encoder).graph.nodes:
+            source = node.args[0] if node.op == "call_module" and node.args else None
+            if not (isinstance(modules.get(node.target), nn.BatchNorm2d) and getattr(source, "op", None) ==
+                    "call_module" and isinstance(modules[source.target], nn.Conv2d) and len(source.users) == 1):
+                continue
+            conv, norm = modules[source.target], modules[node.target]
+            factor = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+            bias = norm.bias - norm.running_mean * factor + (conv.bias * factor if conv.bias is not None else 0)
+            conv.weight.mul_(factor.view(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(bias)
+            encoder.set_submodule(node.target, nn.Identity())
+            factors[f"encoder.{source.target}.weight"] = factor.clone()
+    return folded, factors
+
+
+def weights_as_formulas(quantized: bytes, factors: dict[str, Tensor], weights: dict[str, np.ndarray]) -> bytes:
+    """quantized (QDQ ONNX of the folded graph) with each folded weight's int8 initializer replaced by the nodes
+    that compute it from the unfolded weight (weights[name], as an initializer of that name) and its factor."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnxruntime.quantization.quant_utils import TENSOR_NAME_QUANT_SUFFIX
+
+    model = onnx.load_from_string(quantized)
+    initializers = {t.name: t for t in model.graph.initializer}
+    dequantizers = {node.input[0]: node for node in model.graph.node if node.op_type == "DequantizeLinear"}
+    formulas, replaced = [], set()
+    for name, factor in factors.items():
+        int8 = name + TENSOR_NAME_QUANT_SUFFIX
+        if int8 not in initializers or int8 not in dequantizers or name in initializers:
+            continue  # not quantized as expected: its int8 weights stay as they are
+        scale, zero_point = dequantizers[int8].input[1:3]
+        axis = next((a.i for a in dequantizers[int8].attribute if a.name == "axis"), 1)
+        shape = [-1] + [1] * (weights[name].ndim - 1)
+        model.graph.initializer.extend([numpy_helper.from_array(weights[name], name),
+                                        numpy_helper.from_array(factor.numpy().reshape(shape), name + ".factor")])
+        formulas += [helper.make_node("Mul", [name, name + ".factor"], [name + ".folded"]),
+                     helper.make_node("QuantizeLinear", [name + ".folded", scale, zero_point], [int8], axis=axis)]
+        replaced.add(int8)
+    kept = [t for t in model.graph.initializer if t.name not in replaced]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    nodes = formulas + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model.SerializeToString()

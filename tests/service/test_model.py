@@ -29,6 +29,21 @@ def int8_bundle(tmp_path_factory, image_folder):
     return root / "bundle"
 
 
+def test_a_half_bundle_stores_the_weights_once_and_its_graphs_compute_with_them(tmp_path, image_folder):
+    run, _ = make_run(tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data_dir": str(image_folder), "cache_dir": str(tmp_path)}))
+    export(run, tmp_path / "bundle", int8_calibration=16, half=True)
+    weights = (tmp_path / "bundle" / "encoder.safetensors").stat().st_size
+    for graph in ("model.onnx", "model.int8.onnx"):  # the weights are read from encoder.safetensors
+        assert (tmp_path / "bundle" / graph).stat().st_size < 0.1 * weights
+    reference = Model(load_bundle(tmp_path / "bundle")).infer(IMAGES)
+    fp32 = Model(load_bundle(tmp_path / "bundle"), "onnx-fp32").infer(IMAGES)
+    torch.testing.assert_close(fp32.representation, reference.representation, rtol=1e-4, atol=1e-4)
+    int8 = Model(load_bundle(tmp_path / "bundle"), "onnx-int8").infer(IMAGES)
+    assert F.cosine_similarity(int8.representation, reference.representation).min() > 0.95
+
+
 @pytest.mark.parametrize("runtime, min_cosine, max_probability_error", [
     ("torch-bf16", 0.99, 0.05), ("onnx-fp32", 0.99999, 1e-4), ("onnx-int8", 0.95, 0.15)])
 def test_every_runtime_gives_the_torch_fp32_answers_within_its_rounding(int8_bundle, runtime, min_cosine,
