@@ -1,4 +1,6 @@
 import copy
+import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -133,6 +135,14 @@ def test_end_to_end_on_a_tiny_run(tiny_run, capsys):
     with torch.no_grad():
         predictions = head(extract_features(model.encoder, test.images, l2_normalize=False)).argmax(1)
     assert (predictions == test.labels).sum().item() == metrics["top1_correct"]
+
+    # predictions.csv: each test image's label and top 3, in the test split's order, as the metrics count them.
+    rows = list(csv.DictReader(io.StringIO((out / "predictions.csv").read_text())))
+    assert [int(r["index"]) for r in rows] == list(range(len(test)))
+    assert [r["label"] for r in rows] == [sorted(PATTERNS)[i] for i in test.labels]
+    assert [r["top1"] for r in rows] == [sorted(PATTERNS)[i] for i in predictions]
+    assert sum(r["label"] in (r["top1"], r["top2"], r["top3"]) for r in rows) == metrics["top3_correct"]
+    assert all(1 >= float(r["p1"]) >= float(r["p2"]) >= float(r["p3"]) >= 0 for r in rows)
 
 
 def test_the_encoder_is_frozen(tiny_run, monkeypatch):

@@ -14,13 +14,16 @@ Nothing is chosen on the test set: with --val-fraction the weight decay and the 
 class-balanced validation split of the training set; without it they are fixed in advance (the last epoch).
 
 OUT (default RUN_DIR/eval, or RUN_DIR/eval-<variant> for random-init, fine-tuning and label fractions) gets
-metrics.json (accuracies as fractions in [0, 1]), report.txt (percentages), confusion.png, head_curves.png and,
+metrics.json (accuracies as fractions in [0, 1]), report.txt (percentages), predictions.csv (each test
+image's label and top-3 classes with their probabilities), confusion.png, head_curves.png and,
 for frozen protocols, classifier.safetensors + classifier.json: the head the export step bundles.
 """
 
 from __future__ import annotations
 
 import copy
+import csv
+import io
 import json
 import sys
 from dataclasses import dataclass
@@ -197,7 +200,24 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
                          + format_report(metrics))
     _write_outputs(opts.out_dir(), metrics, chosen, train.classes, None if opts.finetune else train_x.shape[1],
                    opts)
+    atomic_write(opts.out_dir() / "predictions.csv", predictions_csv(scores, test_y, train.classes))
     return metrics
+
+
+def predictions_csv(scores: Tensor, labels: Tensor, classes: list[str], k: int = 3) -> str:
+    """One row per test image, in the test split's order: its label, and the k most probable classes with
+    their probabilities (softmax of scores): for looking at the errors, and for checking a served model against
+    what the evaluation said."""
+    k = min(k, len(classes))
+    top = scores.float().softmax(dim=1).cpu().topk(k, dim=1)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["index", "label"] + [f"{name}{i}" for i in range(1, k + 1) for name in ("top", "p")])
+    for i, (label, probabilities, indices) in enumerate(zip(labels.tolist(), top.values.tolist(),
+                                                            top.indices.tolist())):
+        writer.writerow([i, classes[label]] + [v for c, p in zip(indices, probabilities) for v in (classes[c],
+                                                                                                  f"{p:.4f}")])
+    return out.getvalue()
 
 
 def load_encoder(run: RunDir, config: Config, opts: EvalOptions) -> tuple[nn.Module, str]:
