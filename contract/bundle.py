@@ -128,7 +128,9 @@ class OnnxGraphs(BaseModel):
     """The whole inference as ONNX graphs (an addition to format version 1: older readers ignore it).
 
     Input "images": uint8 (N, 3, S, S), normalised inside the graph; outputs "representation" (N, D),
-    "projection" (N, P) and, with a classifier, "probabilities" (N, C): what the torch networks compute.
+    "projection" (N, P) and, with a classifier, "probabilities" (N, C): what the torch networks compute. Their
+    weights are ONNX external data inside the bundle's safetensors files (write_bundle links them): open a
+    graph by its path, in the bundle directory.
     """
 
     fp32: str = ONNX_FP32

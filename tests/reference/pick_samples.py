@@ -1,0 +1,49 @@
+"""Pick the CIFAR-10 test images that tests/test_reference_bundle.py checks the committed bundle against.
+
+    python tests/reference/pick_samples.py --run ~/reference-run --data-dir ~/data/cifar10
+
+For each class, the first test image whose evaluated top-1 leads its runner-up by --margin (so that float16
+weights or another runtime cannot flip it), saved losslessly as PNG (the decoded pixels the evaluation saw),
+and expected.json with what RUN_DIR/eval/predictions.csv says of each: label, top 3 and their probabilities.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from contract.files import atomic_write
+from trainer.data import load_split
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="the evaluated reference run")
+    parser.add_argument("--data-dir", type=Path, required=True, help="the CIFAR-10 copy it was evaluated on")
+    parser.add_argument("--margin", type=float, default=0.3, help="least lead of top-1 over top-2 (probability)")
+    args = parser.parse_args()
+    rows = list(csv.DictReader(open(args.run / "eval" / "predictions.csv")))
+    test = load_split(args.data_dir, "test", cache_dir=None, download=False)
+    assert len(rows) == len(test), "predictions.csv is not of this test split"
+    for old in HERE.glob("*.png"):
+        old.unlink()
+    expected = {}
+    for name in test.classes:
+        row = next(r for r in rows if r["label"] == name and float(r["p1"]) - float(r["p2"]) >= args.margin)
+        file = f"{int(row['index']):05d}-{name}.png"
+        Image.fromarray(test.images[int(row["index"])].permute(1, 2, 0).numpy()).save(HERE / file)
+        expected[file] = {"index": int(row["index"]), "label": name, "top3": [row[f"top{i}"] for i in (1, 2, 3)],
+                          "p": [float(row[f"p{i}"]) for i in (1, 2, 3)]}
+    atomic_write(HERE / "expected.json", json.dumps(expected, indent=2) + "\n")
+    print(f"{len(expected)} images in {HERE}: {sum(e['label'] == e['top3'][0] for e in expected.values())} "
+          f"classified right by the evaluation")
+
+
+if __name__ == "__main__":
+    main()
