@@ -142,8 +142,8 @@ def main() -> None:
     print("| type | train s | add s | size MiB | mmap RSS open / after queries MiB | p50 ms | p99 ms | recall@10 |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for factory, train, add, size, opened, touched, p50, p99, recall in rows:
-        print(f"| {factory} | {train:.1f} | {add:.1f} | {size / 2**20:.0f} | {opened / 2**20:.0f} / {touched / 2**20:.0f} "
-              f"| {p50:.2f} | {p99:.2f} | {recall:.3f} |")
+        print(f"| {factory} | {train:.1f} | {add:.1f} | {size / 2**20:.0f} | {opened / 2**20:.0f} / "
+              f"{touched / 2**20:.0f} | {p50:.2f} | {p99:.2f} | {recall:.3f} |")
 
 
 if __name__ == "__main__":

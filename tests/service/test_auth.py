@@ -46,7 +46,8 @@ def test_without_a_key_setting_everything_is_open(client):
 
 @pytest.mark.parametrize("method, path", [("GET", "/version"), ("GET", "/thumbnails/0"), ("GET", "/search?id=0"),
                                           ("POST", "/classify"), ("DELETE", "/index/images/a"),
-                                          ("POST", "/index/images"), ("GET", "/index"), ("GET", "/openapi.json"), ("GET", "/docs"),
+                                          ("POST", "/index/images"), ("GET", "/index"), ("GET", "/openapi.json"),
+                                          ("GET", "/docs"),
                                           ("GET", "/static/../version"), ("GET", "/no/such/route")])
 def test_with_a_key_every_other_route_refuses_without_it(keyed, method, path):
     assert_unauthorized(keyed.request(method, path))
