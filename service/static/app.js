@@ -1,5 +1,6 @@
-// Send the chosen image to /classify and /search and draw the answers. Where the service needs an API key, the
-// page asks for it once (kept for this tab in sessionStorage) and sends it with every request, images included.
+// Send the chosen image to /classify and /search and draw the answers; "Add" puts it into the index (its file
+// name as its id). Where the service needs an API key, the page asks for it once (kept for this tab in
+// sessionStorage) and sends it with every request, images included.
 const $ = (id) => document.getElementById(id);
 let lastFile = null;
 
@@ -48,18 +49,35 @@ function showNeighbours(neighbours) {
   }));
 }
 
+function showError(error) {
+  $("error").textContent = error.message;
+  $("error").hidden = false;
+}
+
+// Relative URLs: behind a reverse proxy with a path prefix (--root-path) they stay under it.
+const search = (file) => post("search?k=12", file).then((r) => showNeighbours(r.results[0].neighbours));
+
 async function analyse(file) {
   lastFile = file;
   $("error").hidden = true;
+  $("added").textContent = "";
   $("preview").src = URL.createObjectURL(file);
-  // Relative URLs: behind a reverse proxy with a path prefix (--root-path) they stay under it.
   const jobs = [post("classify", file).then((r) => showPredictions(r.classifications[0].predictions)),
-                post("search?k=12", file).then((r) => showNeighbours(r.results[0].neighbours))];
+                search(file)];
   for (const result of await Promise.allSettled(jobs)) {
-    if (result.status === "rejected") {
-      $("error").textContent = result.reason.message;
-      $("error").hidden = false;
-    }
+    if (result.status === "rejected") showError(result.reason);
+  }
+  $("indexing").hidden = false;
+}
+
+async function addToIndex() {
+  try {
+    const change = await post("index/images", lastFile);
+    $("added").textContent = `${change.replaced ? "replaced" : "added"} as ${change.ids[0]}; `
+      + `${change.count} images indexed`;
+    await search(lastFile);
+  } catch (error) {
+    showError(error);
   }
 }
 
@@ -68,6 +86,7 @@ function showModel() {
     .catch(() => {});
 }
 
+$("add").addEventListener("click", addToIndex);
 $("file").addEventListener("change", (e) => e.target.files[0] && analyse(e.target.files[0]));
 const drop = $("drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });

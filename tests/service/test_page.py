@@ -1,4 +1,5 @@
-"""The demo page in headless Chromium: upload an image, see the top-3 classes and the grid of similar images."""
+"""The demo page in headless Chromium: upload an image, see the top-3 classes and the grid of similar images,
+add it to the index."""
 
 from __future__ import annotations
 
@@ -24,10 +25,10 @@ KEY = "page-test-key"
 
 
 @pytest.fixture(scope="module", params=["open", "keyed"])
-def base_url(request, bundle_dir, index_dir):
+def base_url(request, bundle_dir, index_copy):
     """The app served by uvicorn in a thread of this process, on a free loopback port; without an API key, then
     with one."""
-    settings = Settings(bundle=bundle_dir, index=index_dir, api_key=KEY if request.param == "keyed" else None)
+    settings = Settings(bundle=bundle_dir, index=index_copy, api_key=KEY if request.param == "keyed" else None)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -78,6 +79,21 @@ def test_upload_shows_predictions_and_similar_images(page, base_url, tmp_path, r
     assert page.locator("#grid img").first.evaluate("i => i.naturalWidth") == 16
     assert page.locator("#grid figcaption").first.inner_text().startswith("grey")
     assert page.locator("#model").inner_text().startswith("simclr-resnet18")
+    assert page.locator("#error").is_hidden()
+
+
+def test_an_added_image_is_then_found_first(page, base_url, tmp_path, request):
+    image = tmp_path / f"added-{request.node.callspec.id}.png"
+    image.write_bytes(png_bytes(colour_images(1, size=24, seed=7)[0][1]))
+    page.goto(base_url + "/")
+    if "keyed" in request.node.callspec.id:
+        page.evaluate(f"sessionStorage.setItem('apiKey', '{KEY}')")
+    page.set_input_files("#file", str(image))
+    page.locator("#add").wait_for(state="visible")
+    page.click("#add")
+    page.wait_for_function("document.querySelector('#added').textContent.startsWith('added as')")
+    assert page.locator("#added").inner_text().startswith(f"added as {image.name};")
+    page.wait_for_function(f"document.querySelector('#grid figcaption')?.textContent === '{image.name} 1.00'")
     assert page.locator("#error").is_hidden()
 
 
