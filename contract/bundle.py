@@ -31,6 +31,8 @@ FORMAT, FORMAT_VERSION = "simclr-bundle", 1
 ENCODER, PROJECTOR, CLASSIFIER = "encoder.safetensors", "projector.safetensors", "classifier.safetensors"
 ONNX_FP32, ONNX_INT8 = "model.onnx", "model.int8.onnx"
 Fraction = Annotated[float, Field(ge=0, le=1)]
+# Issue 16's rule: the int8 graph is served unasked only where it costs less than half a point of linear top-1.
+MAX_INT8_LOSS = 0.005
 
 
 class BundleError(Exception):
@@ -124,6 +126,19 @@ class Training(BaseModel):
     data_dir: str
 
 
+class Int8Check(BaseModel):
+    """The int8 graph's linear top-1 beside the fp32 graph's on the evaluation's test set, measured at export."""
+
+    data_dir: str
+    test_images: int = Field(gt=0)
+    fp32_top1: Fraction
+    int8_top1: Fraction
+
+    @property
+    def passed(self) -> bool:
+        return self.fp32_top1 - self.int8_top1 < MAX_INT8_LOSS
+
+
 class OnnxGraphs(BaseModel):
     """The whole inference as ONNX graphs (an addition to format version 1: older readers ignore it).
 
@@ -136,6 +151,8 @@ class OnnxGraphs(BaseModel):
     fp32: str = ONNX_FP32
     int8: str | None = Field(None, description="statically quantised (QDQ) graph, calibrated on training images")
     int8_calibration_images: int | None = None
+    int8_check: Int8Check | None = Field(None, description="what int8 costs in accuracy; without it, or where it "
+                                         "costs MAX_INT8_LOSS or more, the service runs int8 only when asked")
     opset: int
 
 

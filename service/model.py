@@ -126,14 +126,16 @@ class Model:
 
 
 def pick_runtime(model: Model, asked: str, batch: int = 32, min_gain: float = 1.15) -> tuple[str, str]:
-    """The runtime to serve with, and why: as asked, or for "auto" the fastest of those the bundle offers
-    (onnx-int8 left out: it is chosen, not found), timed on a few batches in turns, where it is at least
-    min_gain times torch-fp32's speed (bf16 is that on CPUs with fast bf16, and slower on others)."""
+    """The runtime to serve with, and why: as asked, or for "auto" the fastest of those the bundle offers, timed
+    on a few batches in turns, where it is at least min_gain times torch-fp32's speed (bf16 is that on CPUs with
+    fast bf16, and slower on others). onnx-int8 competes only where the export measured it losing less than
+    MAX_INT8_LOSS of linear top-1 (the manifest's onnx.int8_check); otherwise it runs when asked for."""
     if asked != "auto":
         model.use(asked)
         return asked, "as asked"
     images = torch.randint(0, 256, (batch, 3, model.size, model.size), dtype=torch.uint8)
-    candidates = [r for r in model.runtimes if r != "onnx-int8"]
+    check = model.bundle.manifest.onnx.int8_check if model.bundle.manifest.onnx else None
+    candidates = [r for r in model.runtimes if r != "onnx-int8" or (check is not None and check.passed)]
     seconds: dict[str, float] = {}
     for runtime in candidates * 2:  # in turns, so that a busy moment hits all of them
         model.use(runtime)

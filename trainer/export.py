@@ -18,8 +18,8 @@ import torch
 from pydantic import ValidationError
 
 from contract.bundle import (CLASSIFIER, ENCODER, ONNX_FP32, ONNX_INT8, PROJECTOR, Architecture, ClassifierSpec,
-                             InputSpec, Manifest, Metrics, OnnxGraphs, Projection, Training, describe, load_weights,
-                             write_bundle)
+                             InputSpec, Int8Check, Manifest, Metrics, OnnxGraphs, Projection, Training, describe,
+                             load_weights, write_bundle)
 from contract.images import RESIZE
 from contract.networks import classifier_head
 from trainer.augment import CIFAR_MEAN, CIFAR_STD
@@ -27,7 +27,7 @@ from trainer.cli import OneLineErrorParser
 from trainer.config import Config
 from trainer.data import balanced_subset, load_split
 from trainer.errors import UserError
-from trainer.onnx_export import OPSET, InferenceGraph, export_graph, quantize_int8
+from trainer.onnx_export import OPSET, InferenceGraph, export_graph, quantize_int8, top1
 from trainer.run_dir import RunDir
 
 
@@ -83,11 +83,13 @@ def export(run_dir: str | Path, out: str | Path, checkpoint_file: str | Path | N
                     tensor.copy_(tensor.half())
         inference = InferenceGraph(model.encoder, model.projector, head, CIFAR_MEAN, CIFAR_STD)
         graphs[ONNX_FP32] = export_graph(inference, config.image_size)
+        manifest.onnx = OnnxGraphs(opset=OPSET)
         if int8_calibration:
             graphs[ONNX_INT8] = quantize_int8(inference, config.image_size,
                                               _calibration_images(config, int8_calibration))
-        manifest.onnx = OnnxGraphs(int8=ONNX_INT8 if int8_calibration else None, opset=OPSET,
-                                   int8_calibration_images=int8_calibration or None)
+            manifest.onnx.int8, manifest.onnx.int8_calibration_images = ONNX_INT8, int8_calibration
+            if metrics is not None:
+                manifest.onnx.int8_check = _check_int8(graphs, metrics, classes, config)
     return write_bundle(out, manifest, weights, graphs)
 
 
@@ -95,6 +97,28 @@ def _calibration_images(config: Config, n: int) -> np.ndarray:
     """n class-balanced training images of the run (uint8 (n, 3, S, S)): the int8 graph's activation ranges."""
     train = load_split(config.data_dir, "train", config.image_size, download=False, cache_dir=config.cache_dir)
     return balanced_subset(train, min(n, len(train)), seed=0).images.numpy()
+
+
+def _check_int8(graphs: dict[str, bytes], metrics: Metrics, classes: list[str], config: Config) -> Int8Check | None:
+    """The int8 graph's linear top-1 beside the fp32 graph's, on the test set the run was evaluated on."""
+    data_dir = metrics.protocol.data_dir
+    try:
+        test = load_split(data_dir, "test", config.image_size, download=False, cache_dir=config.cache_dir)
+        problem = None if test is not None and test.classes == classes else "no test split of the run's classes"
+    except (OSError, ValueError, UserError) as e:
+        test, problem = None, str(e)
+    if problem:
+        print(f"int8 graph not checked: the evaluation's data {data_dir} cannot be read here ({problem}); the "
+              f"service will run it only when asked", file=sys.stderr)
+        return None
+    images, labels = test.images.numpy(), test.labels.numpy()
+    check = Int8Check(data_dir=data_dir, test_images=len(labels),
+                      fp32_top1=top1(graphs[ONNX_FP32], images, labels, "fp32 graph on the test set"),
+                      int8_top1=top1(graphs[ONNX_INT8], images, labels, "int8 graph on the test set"))
+    verdict = "served unasked where fastest" if check.passed else "served only when asked"
+    print(f"int8 graph: linear top-1 {100 * check.int8_top1:.2f}% against fp32's {100 * check.fp32_top1:.2f}% on "
+          f"{check.test_images} test images of {data_dir}: {verdict}")
+    return check
 
 
 def _metrics(path: Path) -> Metrics:

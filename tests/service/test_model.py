@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from factories import colour_images, make_run
 
-from contract.bundle import BundleError, load_bundle
+from contract.bundle import MAX_INT8_LOSS, BundleError, Int8Check, load_bundle
 from service.model import Model, pick_runtime
+from trainer.data import load_split
 from trainer.export import export
 
 IMAGES = torch.from_numpy(colour_images(3, seed=2)[0]).permute(0, 3, 1, 2)
@@ -20,20 +22,26 @@ IMAGES = torch.from_numpy(colour_images(3, seed=2)[0]).permute(0, 3, 1, 2)
 
 @pytest.fixture(scope="module")
 def int8_bundle(tmp_path_factory, image_folder):
-    """A bundle with both ONNX graphs, the int8 one calibrated on the run's (colour) training images."""
+    """A bundle with both ONNX graphs, the int8 one calibrated on the run's (colour) training images and checked
+    on their test split."""
     root = tmp_path_factory.mktemp("int8")
-    run, _ = make_run(root / "run")
+    return evaluated_on(image_folder, make_run(root / "run")[0], root, root / "bundle", int8_calibration=16)
+
+
+def evaluated_on(image_folder: Path, run: Path, cache: Path, out: Path, **export_options) -> Path:
+    """Export run as though it was trained and evaluated on image_folder (the factory's run names no data)."""
     config = json.loads((run / "config.json").read_text())
-    (run / "config.json").write_text(json.dumps({**config, "data_dir": str(image_folder), "cache_dir": str(root)}))
-    export(run, root / "bundle", int8_calibration=16)
-    return root / "bundle"
+    (run / "config.json").write_text(json.dumps({**config, "data_dir": str(image_folder), "cache_dir": str(cache)}))
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    metrics["protocol"]["data_dir"] = str(image_folder)
+    (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    export(run, out, **export_options)
+    return out
 
 
 def test_a_half_bundle_stores_the_weights_once_and_its_graphs_compute_with_them(tmp_path, image_folder):
-    run, _ = make_run(tmp_path / "run")
-    config = json.loads((run / "config.json").read_text())
-    (run / "config.json").write_text(json.dumps({**config, "data_dir": str(image_folder), "cache_dir": str(tmp_path)}))
-    export(run, tmp_path / "bundle", int8_calibration=16, half=True)
+    evaluated_on(image_folder, make_run(tmp_path / "run")[0], tmp_path, tmp_path / "bundle", int8_calibration=16,
+                 half=True)
     weights = (tmp_path / "bundle" / "encoder.safetensors").stat().st_size
     for graph in ("model.onnx", "model.int8.onnx"):  # the weights are read from encoder.safetensors
         assert (tmp_path / "bundle" / graph).stat().st_size < 0.1 * weights
@@ -72,12 +80,35 @@ def test_runtimes_a_bundle_or_device_lacks_are_refused(bundle_dir):
         model.use("torch-fp16")
 
 
-@pytest.mark.parametrize("fast, expected", [("torch-bf16", "torch-bf16"), ("onnx-fp32", "onnx-fp32"),
-                                            ("onnx-int8", "torch-fp32"), (None, "torch-fp32")])
-def test_auto_takes_the_fastest_but_never_int8_unasked(int8_bundle, monkeypatch, fast, expected):
+def test_the_export_measures_what_int8_costs(int8_bundle, image_folder):
+    check = load_bundle(int8_bundle).manifest.onnx.int8_check
+    test = load_split(image_folder, "test", image_size=16, cache_dir=None)
+    assert check.data_dir == str(image_folder) and check.test_images == len(test)
+    for runtime, top1 in (("onnx-fp32", check.fp32_top1), ("onnx-int8", check.int8_top1)):
+        predicted = Model(load_bundle(int8_bundle), runtime).infer(test.images).probabilities.argmax(dim=1)
+        assert top1 == (predicted == test.labels).float().mean().item()
+
+
+def test_without_the_evaluation_data_int8_is_left_unchecked(tmp_path, image_folder, capsys):
+    run, _ = make_run(tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())  # calibration images, but the test set is elsewhere
+    (run / "config.json").write_text(json.dumps({**config, "data_dir": str(image_folder), "cache_dir": str(tmp_path)}))
+    export(run, tmp_path / "bundle", int8_calibration=16)
+    assert load_bundle(tmp_path / "bundle").manifest.onnx.int8_check is None
+    assert "int8 graph not checked: the evaluation's data colours cannot be read here" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("int8_loss", [None, 0.0, MAX_INT8_LOSS])
+@pytest.mark.parametrize("fast", ["torch-bf16", "onnx-fp32", "onnx-int8", None])
+def test_auto_takes_the_fastest_and_int8_only_where_it_costs_little(int8_bundle, monkeypatch, fast, int8_loss):
     model = Model(load_bundle(int8_bundle))
+    check = None if int8_loss is None else Int8Check(data_dir="d", test_images=100, fp32_top1=0.9,
+                                                     int8_top1=0.9 - int8_loss)
+    monkeypatch.setattr(model.bundle.manifest.onnx, "int8_check", check)
     monkeypatch.setattr(model, "infer", lambda images: time.sleep(0.001 if model.runtime == fast else 0.01))
     runtime, why = pick_runtime(model, "auto")
+    int8_competes = int8_loss == 0.0
+    expected = fast if fast and (fast != "onnx-int8" or int8_competes) else "torch-fp32"
     assert runtime == expected == model.runtime and why.startswith("auto: torch-fp32 1.00x")
-    assert "onnx-int8" not in why
+    assert ("onnx-int8" in why) == int8_competes
     assert pick_runtime(model, "onnx-int8") == ("onnx-int8", "as asked") and model.runtime == "onnx-int8"
