@@ -62,7 +62,8 @@ def test_manifest_describes_the_run(tmp_path, run_and_model):
     assert manifest["training"]["checkpoint_epoch"] == 1 and manifest["training"]["batch_size"] == 16
     assert set(manifest["files"]) == {"encoder.safetensors", "projector.safetensors", "classifier.safetensors",
                                       "model.onnx"}
-    assert manifest["onnx"] == {"fp32": "model.onnx", "int8": None, "int8_calibration_images": None, "opset": 17}
+    assert manifest["onnx"] == {"fp32": "model.onnx", "int8": None, "int8_calibration_images": None, "int8_check": None,
+                                "opset": 17}
 
 
 def test_half_weights_take_half_the_room_and_give_the_same_answers(tmp_path, run_and_model):
