@@ -57,7 +57,8 @@ def quantize_int8(graph: InferenceGraph, size: int, calibration: np.ndarray, bat
     int8 weights are written as what computes them, QuantizeLinear(weight x factor, scale), over the unfolded
     weight under its state_dict name: ONNX Runtime computes them once when it opens the graph, and the bundle
     reads the weight from its safetensors (contract.bundle) rather than storing the network a third time."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Batches(CalibrationDataReader):
@@ -73,8 +74,12 @@ def quantize_int8(graph: InferenceGraph, size: int, calibration: np.ndarray, bat
         source, prepared, out = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         source.write_bytes(export_graph(folded, size))
         quant_pre_process(str(source), str(prepared))  # shapes inferred and graph optimised, as advised
+        # Activation ranges from the 99.999th percentile, not the extremes: on 5,000 training images held out of
+        # calibration (an epoch-9 reference checkpoint), min-max lost 0.22 points of linear top-1 against fp32,
+        # 2,048 calibration images 0.32, entropy 0.22, moving-average min-max 0.12, and the percentile none (+0.08).
         quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.Percentile, extra_options={"CalibPercentile": 99.999})
         quantized = out.read_bytes()
     weights = {name: value.detach().numpy() for name, value in graph.state_dict().items()}
     return weights_as_formulas(quantized, factors, weights)
