@@ -241,9 +241,8 @@ def _reading_weights(graph: bytes, weights: dict[str, bytes]) -> bytes:
         if tensor.name not in stored or tensor.data_type != TensorProto.FLOAT or not tensor.HasField("raw_data"):
             continue
         file, offset, length, dtype, shape = stored[tensor.name]
-        values = numpy_helper.to_array(tensor)
-        on_disk = np.frombuffer(weights[file], np.float16 if dtype == "F16" else np.float32, length // (
-            2 if dtype == "F16" else 4), offset)
+        values, kind = numpy_helper.to_array(tensor), np.dtype(np.float16 if dtype == "F16" else np.float32)
+        on_disk = np.frombuffer(weights[file], kind, length // kind.itemsize, offset)
         if list(values.shape) != shape or not np.array_equal(values.astype(on_disk.dtype).ravel(), on_disk):
             continue  # not the file's tensor after all: it stays in the graph
         if dtype == "F16":

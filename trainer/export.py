@@ -35,8 +35,9 @@ def export(run_dir: str | Path, out: str | Path, checkpoint_file: str | Path | N
            int8_calibration: int = 0, half: bool = False) -> Manifest:
     """Write the bundle of run_dir's checkpoint (default: the one RUN_DIR/eval evaluated, else the latest) into
     out and return its manifest. With onnx, the inference also goes in as an ONNX graph, and with
-    int8_calibration N > 0 as an int8 graph calibrated on N class-balanced training images of the run. With half,
-    the safetensors hold float16 (the graphs are made from the float32 weights)."""
+    int8_calibration N > 0 as an int8 graph calibrated on N class-balanced training images of the run (and, for
+    an evaluated run, checked against the fp32 graph on its test set). With half, the safetensors hold float16,
+    and the graphs compute with those same rounded weights."""
     run = RunDir(run_dir)
     config = run.read_config()
     evaluation = run.eval_dir()
