@@ -218,6 +218,8 @@ class Evaluation(BaseModel):
     top3: float
     top5: float
     knn_top1: float | None
+    int8_top1: float | None = Field(None, description="linear top-1 of the int8 graph (runtime onnx-int8) on the "
+                                    "same test set, measured at export beside the fp32 graph's; null if unmeasured")
 
 
 class IndexSummary(BaseModel):

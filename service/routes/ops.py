@@ -43,14 +43,15 @@ async def version(state: Ready) -> Version:
     """The served model (name, fingerprint, runtime, architecture, classes, evaluation) and index."""
     bundle, index = state.model.bundle, state.index
     manifest, arch = bundle.manifest, bundle.manifest.architecture
-    metrics = manifest.metrics
+    metrics, check = manifest.metrics, manifest.onnx.int8_check if manifest.onnx else None
     return Version(
         model=bundle.name, bundle_fingerprint=bundle.fingerprint, runtime=state.model.runtime,
         backbone=arch.backbone, representation_dim=arch.representation_dim, projection_dim=arch.projection.out_dim,
         input_size=manifest.input.size, classes=manifest.classes, classifier=bundle.classifier is not None,
         checkpoint_epoch=manifest.training.checkpoint_epoch,
         evaluation=Evaluation(protocol=metrics.protocol.name, top1=metrics.top1, top3=metrics.top3,
-                              top5=metrics.top5, knn_top1=metrics.knn_top1) if metrics else None,
+                              top5=metrics.top5, knn_top1=metrics.knn_top1,
+                              int8_top1=check.int8_top1 if check else None) if metrics else None,
         index=await state.run_search(summary, index) if index else None)
 
 

@@ -50,6 +50,7 @@ def test_health_readiness_version(client, bundle_dir):
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     assert version["classes"] == manifest["classes"] == list(CLASSES) and version["classifier"] is True
     assert version["evaluation"]["top1"] == manifest["metrics"]["top1"] and version["runtime"] == "torch-fp32"
+    assert version["evaluation"]["int8_top1"] is None  # exported without int8
     assert version["bundle_fingerprint"] == load_bundle(bundle_dir).fingerprint
     assert version["index"] == {"type": "Flat", "count": len(IMAGES), "dim": 512, "classes": list(CLASSES),
                                 "runtime": "torch-fp32", "thumbnail_size": 128, "read_only": False}

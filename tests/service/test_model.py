@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from factories import colour_images, make_run
+from factories import colour_images, make_run, wait_ready
+from fastapi.testclient import TestClient
 
 from contract.bundle import MAX_INT8_LOSS, BundleError, Int8Check, load_bundle
+from service.app import create_app
 from service.model import Model, pick_runtime
+from service.settings import Settings
 from trainer.data import load_split
 from trainer.export import export
 
@@ -87,6 +90,15 @@ def test_the_export_measures_what_int8_costs(int8_bundle, image_folder):
     for runtime, top1 in (("onnx-fp32", check.fp32_top1), ("onnx-int8", check.int8_top1)):
         predicted = Model(load_bundle(int8_bundle), runtime).infer(test.images).probabilities.argmax(dim=1)
         assert top1 == (predicted == test.labels).float().mean().item()
+
+
+def test_version_reports_what_int8_costs(int8_bundle, tmp_path):
+    check = load_bundle(int8_bundle).manifest.onnx.int8_check
+    settings = Settings(bundle=int8_bundle, data_dir=None, index_root=tmp_path, runtime="onnx-int8")
+    with TestClient(create_app(settings)) as client:
+        assert wait_ready(client)["ready"]
+        version = client.get("/version").json()
+    assert version["runtime"] == "onnx-int8" and version["evaluation"]["int8_top1"] == check.int8_top1
 
 
 def test_without_the_evaluation_data_int8_is_left_unchecked(tmp_path, image_folder, capsys):
