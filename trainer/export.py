@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
                         help="add the inference as an ONNX graph, for ONNX Runtime (default: on)")
     parser.add_argument("--int8-calibration", type=int, default=0, metavar="N",
-                        help="add an int8 ONNX graph calibrated on N training images of the run (default: 0, none)")
+                        help="add an int8 ONNX graph calibrated on N training images of the run and, for an "
+                        "evaluated run, checked against the fp32 graph on its test set (default: 0, none)")
     parser.add_argument("--half", action="store_true",
                         help="store the weights as float16: half the size, still run in float32 (default: float32)")
     args = parser.parse_args(argv)
