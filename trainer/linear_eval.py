@@ -215,8 +215,8 @@ def predictions_csv(scores: Tensor, labels: Tensor, classes: list[str], k: int =
     writer.writerow(["index", "label"] + [f"{name}{i}" for i in range(1, k + 1) for name in ("top", "p")])
     for i, (label, probabilities, indices) in enumerate(zip(labels.tolist(), top.values.tolist(),
                                                             top.indices.tolist())):
-        writer.writerow([i, classes[label]] + [v for c, p in zip(indices, probabilities) for v in (classes[c],
-                                                                                                  f"{p:.4f}")])
+        ranked = [(classes[c], f"{p:.4f}") for c, p in zip(indices, probabilities)]
+        writer.writerow([i, classes[label], *(v for pair in ranked for v in pair)])
     return out.getvalue()
 
 

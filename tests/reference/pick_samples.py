@@ -1,4 +1,4 @@
-"""Pick the CIFAR-10 test images that tests/test_reference_bundle.py checks the committed bundle against.
+"""Pick the CIFAR-10 test images that tests/service/test_reference_bundle.py checks the committed bundle against.
 
     python tests/reference/pick_samples.py --run ~/reference-run --data-dir ~/data/cifar10
 
@@ -28,9 +28,11 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="the CIFAR-10 copy it was evaluated on")
     parser.add_argument("--margin", type=float, default=0.3, help="least lead of top-1 over top-2 (probability)")
     args = parser.parse_args()
-    rows = list(csv.DictReader(open(args.run / "eval" / "predictions.csv")))
+    with open(args.run / "eval" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     test = load_split(args.data_dir, "test", cache_dir=None, download=False)
-    assert len(rows) == len(test), "predictions.csv is not of this test split"
+    if test is None or len(rows) != len(test):
+        raise SystemExit(f"{args.run}/eval/predictions.csv is not of {args.data_dir}'s test split")
     for old in HERE.glob("*.png"):
         old.unlink()
     expected = {}

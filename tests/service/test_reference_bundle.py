@@ -45,7 +45,7 @@ def test_the_samples_are_classified_as_the_evaluation_said(expected, runtime):
         pytest.skip(f"the bundle offers {', '.join(model.runtimes)}")
     model.use(runtime)
     assert len(expected) == len(CIFAR10) and "cat" in {e["label"] for e in expected.values()}
-    images = torch.stack([torch.from_numpy(decode_image((SAMPLES / file).read_bytes(), 32)).permute(2, 0, 1)
+    images = torch.stack([torch.from_numpy(decode_image((SAMPLES / file).read_bytes(), model.size)).permute(2, 0, 1)
                           for file in expected])
     probabilities = model.infer(images).probabilities
     for (file, answer), p in zip(expected.items(), probabilities):
