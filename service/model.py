@@ -129,7 +129,8 @@ def pick_runtime(model: Model, asked: str, batch: int = 32, min_gain: float = 1.
     """The runtime to serve with, and why: as asked, or for "auto" the fastest of those the bundle offers, timed
     on a few batches in turns, where it is at least min_gain times torch-fp32's speed (bf16 is that on CPUs with
     fast bf16, and slower on others). onnx-int8 competes only where the export measured it losing less than
-    MAX_INT8_LOSS of linear top-1 (the manifest's onnx.int8_check); otherwise it runs when asked for."""
+    MAX_INT8_LOSS of linear and kNN top-1 (the manifest's onnx.int8_check); otherwise it runs when
+    asked for."""
     if asked != "auto":
         model.use(asked)
         return asked, "as asked"

@@ -220,6 +220,8 @@ class Evaluation(BaseModel):
     knn_top1: float | None
     int8_top1: float | None = Field(None, description="linear top-1 of the int8 graph (runtime onnx-int8) on the "
                                     "same test set, measured at export beside the fp32 graph's; null if unmeasured")
+    int8_knn_top1: float | None = Field(None, description="kNN top-1 of the int8 graph, the same way; null if "
+                                        "unmeasured")
 
 
 class IndexSummary(BaseModel):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 
 from contract.bundle import (CLASSIFIER, ENCODER, ONNX_FP32, ONNX_INT8, PROJECTOR, Architecture, ClassifierSpec,
@@ -27,7 +28,8 @@ from trainer.cli import OneLineErrorParser
 from trainer.config import Config
 from trainer.data import balanced_subset, load_split
 from trainer.errors import UserError
-from trainer.onnx_export import OPSET, InferenceGraph, export_graph, quantize_int8, top1
+from trainer.knn import knn_predict, topk_accuracy
+from trainer.onnx_export import OPSET, InferenceGraph, export_graph, quantize_int8, run_graph
 from trainer.run_dir import RunDir
 
 
@@ -101,24 +103,34 @@ def _calibration_images(config: Config, n: int) -> np.ndarray:
 
 
 def _check_int8(graphs: dict[str, bytes], metrics: Metrics, classes: list[str], config: Config) -> Int8Check | None:
-    """The int8 graph's linear top-1 beside the fp32 graph's, on the test set the run was evaluated on."""
+    """The int8 graph's linear top-1 and kNN top-1 beside the fp32 graph's, on the data the run was evaluated
+    on: the test set, with the training set as the kNN's bank."""
     data_dir = metrics.protocol.data_dir
     try:
-        test = load_split(data_dir, "test", config.image_size, download=False, cache_dir=config.cache_dir)
-        problem = None if test is not None and test.classes == classes else "no test split of the run's classes"
+        train, test = (load_split(data_dir, split, config.image_size, download=False, cache_dir=config.cache_dir)
+                       for split in ("train", "test"))
+        problem = None if None not in (train, test) and train.classes == test.classes == classes \
+            else "no train and test splits of the run's classes"
     except (OSError, ValueError, UserError) as e:
-        test, problem = None, str(e)
+        problem = str(e)
     if problem:
         print(f"int8 graph not checked: the evaluation's data {data_dir} cannot be read here ({problem}); the "
               f"service will run it only when asked", file=sys.stderr)
         return None
-    images, labels = test.images.numpy(), test.labels.numpy()
-    check = Int8Check(data_dir=data_dir, test_images=len(labels),
-                      fp32_top1=top1(graphs[ONNX_FP32], images, labels, "fp32 graph on the test set"),
-                      int8_top1=top1(graphs[ONNX_INT8], images, labels, "int8 graph on the test set"))
+    scores = {}
+    for name, graph in (("fp32", graphs[ONNX_FP32]), ("int8", graphs[ONNX_INT8])):
+        bank, = run_graph(graph, train.images.numpy(), ["representation"], f"{name} graph on the training set")
+        queries, probabilities = run_graph(graph, test.images.numpy(), ["representation", "probabilities"],
+                                           f"{name} graph on the test set")
+        knn = knn_predict(F.normalize(torch.from_numpy(queries), dim=1), F.normalize(torch.from_numpy(bank), dim=1),
+                          train.labels, len(classes))
+        scores[f"{name}_top1"] = topk_accuracy(torch.from_numpy(probabilities), test.labels, (1,))[1]
+        scores[f"{name}_knn_top1"] = topk_accuracy(knn, test.labels, (1,))[1]
+    check = Int8Check(data_dir=data_dir, test_images=len(test), train_images=len(train), **scores)
     verdict = "served unasked where fastest" if check.passed else "served only when asked"
-    print(f"int8 graph: linear top-1 {100 * check.int8_top1:.2f}% against fp32's {100 * check.fp32_top1:.2f}% on "
-          f"{check.test_images} test images of {data_dir}: {verdict}")
+    print(f"int8 graph on {check.test_images} test images of {data_dir}: linear top-1 {100 * check.int8_top1:.2f}% "
+          f"against fp32's {100 * check.fp32_top1:.2f}%, kNN top-1 {100 * check.int8_knn_top1:.2f}% against "
+          f"{100 * check.fp32_knn_top1:.2f}%: {verdict}")
     return check
 
 

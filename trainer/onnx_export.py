@@ -141,14 +141,14 @@ def weights_as_formulas(quantized: bytes, factors: dict[str, Tensor], weights: d
     return model.SerializeToString()
 
 
-def top1(graph: bytes, images: np.ndarray, labels: np.ndarray, desc: str, batch_size: int = 256) -> float:
-    """Linear top-1 of a graph with a classifier (self-contained ONNX bytes) on uint8 images (N, 3, S, S)."""
+def run_graph(graph: bytes, images: np.ndarray, outputs: list[str], desc: str,
+              batch_size: int = 256) -> list[np.ndarray]:
+    """The named outputs of a graph (self-contained ONNX bytes) for uint8 images (N, 3, S, S), with a progress
+    bar."""
     import onnxruntime
     from tqdm import tqdm
 
     session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
-    correct = 0
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False):
-        probabilities = session.run(["probabilities"], {"images": images[start:start + batch_size]})[0]
-        correct += int((probabilities.argmax(axis=1) == labels[start:start + batch_size]).sum())
-    return correct / len(images)
+    batches = [session.run(outputs, {"images": images[start:start + batch_size]})
+               for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", leave=False)]
+    return [np.concatenate(parts) for parts in zip(*batches)]

@@ -51,7 +51,8 @@ async def version(state: Ready) -> Version:
         checkpoint_epoch=manifest.training.checkpoint_epoch,
         evaluation=Evaluation(protocol=metrics.protocol.name, top1=metrics.top1, top3=metrics.top3,
                               top5=metrics.top5, knn_top1=metrics.knn_top1,
-                              int8_top1=check.int8_top1 if check else None) if metrics else None,
+                              int8_top1=check.int8_top1 if check else None,
+                              int8_knn_top1=check.int8_knn_top1 if check else None) if metrics else None,
         index=await state.run_search(summary, index) if index else None)
 
 

@@ -18,6 +18,7 @@ from service.app import create_app
 from service.model import Model, pick_runtime
 from service.settings import Settings
 from trainer.data import load_split
+from trainer.knn import knn_predict
 from trainer.export import export
 
 IMAGES = torch.from_numpy(colour_images(3, seed=2)[0]).permute(0, 3, 1, 2)
@@ -85,11 +86,15 @@ def test_runtimes_a_bundle_or_device_lacks_are_refused(bundle_dir):
 
 def test_the_export_measures_what_int8_costs(int8_bundle, image_folder):
     check = load_bundle(int8_bundle).manifest.onnx.int8_check
-    test = load_split(image_folder, "test", image_size=16, cache_dir=None)
-    assert check.data_dir == str(image_folder) and check.test_images == len(test)
-    for runtime, top1 in (("onnx-fp32", check.fp32_top1), ("onnx-int8", check.int8_top1)):
-        predicted = Model(load_bundle(int8_bundle), runtime).infer(test.images).probabilities.argmax(dim=1)
-        assert top1 == (predicted == test.labels).float().mean().item()
+    train, test = (load_split(image_folder, split, image_size=16, cache_dir=None) for split in ("train", "test"))
+    assert check.data_dir == str(image_folder) and (check.test_images, check.train_images) == (len(test), len(train))
+    for runtime, top1, knn_top1 in (("onnx-fp32", check.fp32_top1, check.fp32_knn_top1),
+                                    ("onnx-int8", check.int8_top1, check.int8_knn_top1)):
+        model = Model(load_bundle(int8_bundle), runtime)
+        queries, bank = model.infer(test.images), model.infer(train.images)
+        assert top1 == (queries.probabilities.argmax(dim=1) == test.labels).float().mean().item()
+        votes = knn_predict(queries.unit, bank.unit, train.labels, len(train.classes))
+        assert knn_top1 == (votes.argmax(dim=1) == test.labels).float().mean().item()
 
 
 def test_version_reports_what_int8_costs(int8_bundle, tmp_path):
@@ -99,6 +104,7 @@ def test_version_reports_what_int8_costs(int8_bundle, tmp_path):
         assert wait_ready(client)["ready"]
         version = client.get("/version").json()
     assert version["runtime"] == "onnx-int8" and version["evaluation"]["int8_top1"] == check.int8_top1
+    assert version["evaluation"]["int8_knn_top1"] == check.int8_knn_top1 is not None
 
 
 def test_without_the_evaluation_data_int8_is_left_unchecked(tmp_path, image_folder, capsys):
@@ -110,16 +116,20 @@ def test_without_the_evaluation_data_int8_is_left_unchecked(tmp_path, image_fold
     assert "int8 graph not checked: the evaluation's data colours cannot be read here" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("int8_loss", [None, 0.0, MAX_INT8_LOSS])
+@pytest.mark.parametrize("int8_loss, knn_loss", [(None, None), (0.0, 0.0), (0.0, None), (MAX_INT8_LOSS, 0.0),
+                                                (0.0, MAX_INT8_LOSS)])
 @pytest.mark.parametrize("fast", ["torch-bf16", "onnx-fp32", "onnx-int8", None])
-def test_auto_takes_the_fastest_and_int8_only_where_it_costs_little(int8_bundle, monkeypatch, fast, int8_loss):
+def test_auto_takes_the_fastest_and_int8_only_where_it_costs_little(int8_bundle, monkeypatch, fast, int8_loss,
+                                                                    knn_loss):
     model = Model(load_bundle(int8_bundle))
     check = None if int8_loss is None else Int8Check(data_dir="d", test_images=100, fp32_top1=0.9,
                                                      int8_top1=0.9 - int8_loss)
+    if knn_loss is not None:  # bundles exported before the kNN was measured have only the linear figures
+        check = check.model_copy(update=dict(train_images=500, fp32_knn_top1=0.8, int8_knn_top1=0.8 - knn_loss))
     monkeypatch.setattr(model.bundle.manifest.onnx, "int8_check", check)
     monkeypatch.setattr(model, "infer", lambda images: time.sleep(0.001 if model.runtime == fast else 0.01))
     runtime, why = pick_runtime(model, "auto")
-    int8_competes = int8_loss == 0.0
+    int8_competes = int8_loss == 0.0 and knn_loss in (0.0, None)
     expected = fast if fast and (fast != "onnx-int8" or int8_competes) else "torch-fp32"
     assert runtime == expected == model.runtime and why.startswith("auto: torch-fp32 1.00x")
     assert ("onnx-int8" in why) == int8_competes
