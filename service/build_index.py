@@ -14,8 +14,8 @@ file with an "id" column or a JSON Lines file of objects with an "id". Images go
 preprocessing and --runtime, so an indexed image sent to /search finds itself. --index-type is a FAISS
 factory string: Flat (default) is exact; HNSW32, IVF4096,PQ32 ... are approximate, for large collections
 (docs/serving.md says which at which size), and their recall@10 against exact search is measured and printed.
-An --out that holds an index gets the images added (replacing those with the same ids): stop a service that
-serves it first, or add through its API (POST /index/images).
+An --out that holds an index gets the images added (replacing those with the same ids), also while a service
+serves it: the service sees them at its next search (service.index).
 """
 
 from __future__ import annotations

@@ -76,6 +76,10 @@ class Catalog:
     def close(self) -> None:
         self.db.close()
 
+    def version(self) -> int:
+        """SQLite's data_version: it changes when another connection (another process) commits a change."""
+        return self.db.execute("PRAGMA data_version").fetchone()[0]
+
     def __len__(self) -> int:
         return self.db.execute("SELECT count(*) FROM images").fetchone()[0]
 

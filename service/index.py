@@ -9,7 +9,9 @@ INDEX_DIR holds
 
 Opening loads the snapshot and catches up with the catalog: vectors added since are added, those removed
 since are removed (FAISS ids are the catalog's vids, never reused). A snapshot only saves work: a crash
-between snapshots costs time at the next start, never an acknowledged change.
+between snapshots costs time at the next start, never an acknowledged change. An open index catches up the
+same way before each search or change when another process has changed the catalog (build_index adding a
+folder to an index a service serves).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class SearchIndex:
         self._scannable = isinstance(storage, faiss.IndexFlat)  # HNSW over flat vectors: filters scan them
         self._changes = 0
         self._catch_up()
+        self._version = self.catalog.version()
 
     @classmethod
     def create(cls, path: str | Path, *, dim: int, bundle: str, bundle_name: str, runtime: str,
@@ -141,6 +144,7 @@ class SearchIndex:
         """Add the images, replacing those whose ids are indexed already; durable when it returns. Returns
         (added, replaced)."""
         self._check_writable()
+        self.refresh()
         if len({item.id for item in items}) != len(items):
             raise SearchIndexError("the same id is given twice in one request")
         vectors = np.stack([item.vector for item in items]).astype("float32")
@@ -156,10 +160,18 @@ class SearchIndex:
         """Remove the images with these ids (unknown ones are skipped); durable when it returns. Returns how
         many were removed."""
         self._check_writable()
+        self.refresh()
         vids = self.catalog.remove(ids)
         self._remove_vids(vids)
         self._changed(len(vids))
         return len(vids)
+
+    def refresh(self) -> None:
+        """Catch up with the changes other processes committed to the catalog since the last look (a memory-mapped
+        index serves what it opened: hits whose records are gone are dropped all the same)."""
+        if not self.read_only and (version := self.catalog.version()) != self._version:
+            self._version = version
+            self._catch_up()
 
     def snapshot(self) -> None:
         """Write the vector index, so that the next start need not re-add what it holds."""
@@ -180,6 +192,7 @@ class SearchIndex:
         """The k best hits per query (Q, D) unit vectors after the first `offset` (a page), best first: only
         images whose metadata has, per key of `where`, one of its values; only scores of at least min_score;
         never the vid exclude[q] (an indexed query image need not find itself)."""
+        self.refresh()
         queries = np.ascontiguousarray(queries, dtype="float32")
         n = min(k + offset + (1 if exclude else 0), max(self.faiss.ntotal, 1))
         selectors = []  # kept referenced here: FAISS's selectors hold raw pointers to each other
@@ -258,6 +271,7 @@ class SearchIndex:
         else:
             held = faiss.vector_to_array(self.faiss.id_map).astype("int64")
         gone, missing = np.setdiff1d(held, live), np.setdiff1d(live, held)
+        gone = gone[~np.isin(gone, np.fromiter(self._dead, dtype="int64"))]  # HNSW's are known dead already
         self._remove_vids(gone.tolist())
         if len(missing) and self.read_only:
             raise SearchIndexError(f"index {self.path}'s snapshot lacks {len(missing)} of its images: open it "

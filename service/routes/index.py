@@ -40,6 +40,7 @@ async def index_summary(state: Ready, index: Index) -> IndexSummary:
 
 
 def summary(index: SearchIndex) -> IndexSummary:
+    index.refresh()
     return IndexSummary(type=index.factory, count=index.count, dim=index.dim, classes=index.classes,
                         runtime=index.info["runtime"], thumbnail_size=index.info["thumbnail_size"],
                         read_only=index.read_only)

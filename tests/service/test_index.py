@@ -204,11 +204,32 @@ def test_the_cli_adds_to_an_existing_index(tmp_path, bundle_dir, image_folder):
     shutil.copytree(image_folder / "train" / "red", tmp_path / "more" / "red")
     (tmp_path / "meta.jsonl").write_text('{"id": "red/0020.png", "score": 0.5}\n')
     assert main(["--bundle", str(bundle_dir), "--data-dir", str(image_folder), "--out", str(tmp_path / "i")]) == 0
+    served = SearchIndex(tmp_path / "i")  # as a running service holds it
     assert main(["--bundle", str(bundle_dir), "--data-dir", str(tmp_path / "more"), "--out", str(tmp_path / "i"),
                  "--metadata", str(tmp_path / "meta.jsonl")]) == 0
-    index = SearchIndex(tmp_path / "i")
-    assert index.count == 30 and index.get("red/0020.png").metadata == {"score": 0.5}
-    assert index.get("red/0018.png").metadata == {}
+    for index in (SearchIndex(tmp_path / "i"), served):
+        (hit,) = index.search(index.vector("red/0020.png")[1][None], 1, where={"score": [0.5]})[0]
+        assert index.count == 30 and hit.id == "red/0020.png"
+        assert index.get("red/0018.png").metadata == {}
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW8", "IVF4,Flat"])
+def test_an_open_index_catches_up_with_another_process_changes(tmp_path, factory):
+    """A service's index sees, at its next search or change, what another process (build_index adding a folder)
+    added and removed, without a restart; and its own changes after them keep both."""
+    vectors = unit(300)
+    served = new_index(tmp_path / "i", factory, sample=vectors)
+    served.add([Item(f"v{i}", v, {}) for i, v in enumerate(vectors[:100])])
+    other = SearchIndex(tmp_path / "i")  # a connection of its own to the catalog, as another process has
+    other.add([Item(f"w{i}", v, {"by": "other"}) for i, v in enumerate(vectors[100:200])])
+    assert other.remove(["v0"]) == 1
+    assert [h.id for h in served.search(vectors[150][None], 1)[0]] == ["w50"] and served.count == 199
+    assert [h.id for h in served.search(vectors[120][None], 1, where={"by": ["other"]})[0]] == ["w20"]
+    assert served.add([Item("x", vectors[250], {})]) == (1, 0) and served.count == 200
+    other.remove(["w1"])
+    assert served.remove(["w2"]) == 1 and served.count == 198
+    served.close()
+    assert SearchIndex(tmp_path / "i").count == 198
 
 
 def test_an_index_of_another_bundle_is_refused(index_dir):
