@@ -7,11 +7,12 @@ INDEX_DIR holds
     trained.faiss   the FAISS index as trained, empty (IVF centroids, PQ codebooks): what a rebuild starts from
     vectors.faiss   a snapshot of the vector index, written now and then and at a clean close
 
-Opening loads the snapshot and catches up with the catalog: vectors added since are added, those removed
-since are removed (FAISS ids are the catalog's vids, never reused). A snapshot only saves work: a crash
-between snapshots costs time at the next start, never an acknowledged change. An open index catches up the
-same way before each search or change when another process has changed the catalog (build_index adding a
-folder to an index a service serves).
+Opening loads the snapshot and catches up with the catalog: vectors added since are added, those removed since
+are removed (FAISS ids are the catalog's vids, never reused). A snapshot only saves work: a crash between
+snapshots costs time at the next start, never an acknowledged change. HNSW cannot remove vectors: removed ones
+are filtered out of its hits, and the graph is rebuilt without them at an opening that finds more than
+COMPACT_AT of it removed. An open index catches up the same way before each search or change when another
+process has changed the catalog (build_index adding a folder to an index a service serves).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from service.catalog import Catalog, Item, Metadata, Record
 FORMAT, FORMAT_VERSION = "simclr-index", 2
 DEFAULT_EF_SEARCH, DEFAULT_NPROBE = 128, 32
 RERANK = 4
+COMPACT_AT = 0.1  # an index opened with more than this fraction of removed vectors still in FAISS is rebuilt
 
 
 def make_thumbnail(img: Image.Image, size: int) -> bytes:
@@ -71,19 +73,13 @@ class SearchIndex:
         except Exception as e:  # sqlite3.DatabaseError, faiss's RuntimeError on a bad file, OSError
             raise SearchIndexError(f"index {self.path} is incomplete or corrupt: "
                                    f"{str(e).strip().splitlines()[0]}") from None
-        self._ivf = faiss.try_extract_index_ivf(self.faiss)
-        # The index that does the work: the IVF (which keeps ids itself), or what the IDMap wraps.
-        self._inner = faiss.downcast_index(self._ivf) if self._ivf else faiss.downcast_index(self.faiss.index)
-        faiss.ParameterSpace().set_index_parameters(self.faiss, self._parameters())
+        self._use(self.faiss)
         self._dead: set[int] = set()  # vids still in FAISS whose records are gone (where FAISS cannot remove)
         self._can_remove = not mmap
-        # Compressed types (PQ, SQ) score approximately: they fetch RERANK times more candidates, re-scored with
-        # the catalog's exact vectors (recall@10 of IVF4096,PQ32 on 1M vectors: 0.28 without, see docs).
-        storage = faiss.downcast_index(self._inner.storage) if isinstance(self._inner, faiss.IndexHNSW) else None
-        self._rerank = not isinstance(storage or self._inner, (faiss.IndexFlat, faiss.IndexIVFFlat))
-        self._scannable = isinstance(storage, faiss.IndexFlat)  # HNSW over flat vectors: filters scan them
         self._changes = 0
         self._catch_up()
+        if not mmap and len(self._dead) > COMPACT_AT * self.faiss.ntotal:
+            self._compact()
         self._version = self.catalog.version()
 
     @classmethod
@@ -279,6 +275,27 @@ class SearchIndex:
         for vids, vectors in self.catalog.vectors(missing):
             self.faiss.add_with_ids(vectors, vids)
         self._changed(len(gone) + len(missing))  # snapshotted at the next close, or sooner
+
+    def _use(self, index: faiss.Index) -> None:
+        self.faiss = index
+        self._ivf = faiss.try_extract_index_ivf(index)
+        # The index that does the work: the IVF (which keeps ids itself), or what the IDMap wraps.
+        self._inner = faiss.downcast_index(self._ivf) if self._ivf else faiss.downcast_index(index.index)
+        faiss.ParameterSpace().set_index_parameters(index, self._parameters())
+        # Compressed types (PQ, SQ) score approximately: they fetch RERANK times more candidates, re-scored with
+        # the catalog's exact vectors (recall@10 of IVF4096,PQ32 on 1M vectors: 0.28 without, see docs).
+        storage = faiss.downcast_index(self._inner.storage) if isinstance(self._inner, faiss.IndexHNSW) else None
+        self._rerank = not isinstance(storage or self._inner, (faiss.IndexFlat, faiss.IndexIVFFlat))
+        self._scannable = isinstance(storage, faiss.IndexFlat)  # HNSW over flat vectors: filters scan them
+
+    def _compact(self) -> None:
+        """Rebuild the vector index from the catalog, without the removed vectors that HNSW cannot drop (a graph
+        walk still passes through them, and with many it finds fewer live neighbours)."""
+        self._use(faiss.read_index(str(self.path / "trained.faiss")))
+        for vids, vectors in self.catalog.vectors(self.catalog.vids()):
+            self.faiss.add_with_ids(vectors, vids)
+        self._dead.clear()
+        self.snapshot()
 
     def _remove_vids(self, vids: list[int]) -> None:
         if not vids:

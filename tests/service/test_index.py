@@ -19,7 +19,7 @@ from benchmarks.harness.images import png_bytes
 from contract.bundle import load_bundle
 from service.build_index import build, main, recall_at
 from service.catalog import Item
-from service.index import SearchIndex, SearchIndexError
+from service.index import COMPACT_AT, SearchIndex, SearchIndexError
 from service.model import Model
 
 IMAGES, LABELS = colour_images(6, seed=0)
@@ -107,6 +107,25 @@ def test_changes_survive_a_crash_in_every_index_type(tmp_path, factory):
     assert odd[0].id == "v3" and all(h.metadata["kind"] == "odd" and h.metadata["n"] == 0 for h in odd)
     reopened.close()
     assert (tmp_path / "i" / "vectors.faiss").is_file() and SearchIndex(tmp_path / "i").count == 199
+
+
+@pytest.mark.parametrize("factory", ["HNSW8", "HNSW8_PQ8"])
+@pytest.mark.parametrize("removed", [5, 30])
+def test_hnsw_is_rebuilt_without_its_removed_vectors_when_many(tmp_path, factory, removed):
+    """HNSW cannot remove: an opening that finds more than COMPACT_AT of its vectors removed rebuilds it from the
+    catalog, and the rebuilt one is the snapshot the next opening loads."""
+    vectors = unit(300, seed=3)
+    index = new_index(tmp_path / "i", factory, sample=vectors)
+    index.add([Item(f"v{i}", v, {}) for i, v in enumerate(vectors[:100])])
+    index.remove([f"v{i}" for i in range(removed)])
+    index.close()
+    reopened = SearchIndex(tmp_path / "i")
+    assert reopened.count == 100 - removed
+    assert reopened.faiss.ntotal == (100 if removed <= COMPACT_AT * 100 else 100 - removed)
+    assert [hits[0].id for hits in reopened.search(vectors[40:60], 1)] == [f"v{i}" for i in range(40, 60)]
+    assert reopened.search(vectors[:1], 1)[0][0].id != "v0"
+    reopened.close()
+    assert faiss.read_index(str(tmp_path / "i" / "vectors.faiss")).ntotal == reopened.faiss.ntotal
 
 
 @pytest.mark.parametrize("factory", ["IVF4,PQ8", "HNSW8_PQ8"])
