@@ -14,7 +14,7 @@ from trainer import checkpoint, linear_eval
 from trainer.classifier import train_head
 from trainer.data import load_split
 from trainer.features import extract_features
-from trainer.linear_eval import main, split_indices
+from trainer.linear_eval import main, retrieval_examples, split_indices
 from trainer.models import SimCLR
 from trainer.pretrain import main as pretrain_main
 from trainer.run_dir import RunDir
@@ -111,6 +111,16 @@ def eval_args(run: Path, *extra: str) -> list[str]:
             "--cache-dir", str(run.parent / "cache"), *extra]
 
 
+def test_retrieval_shows_each_class_first_test_image_and_its_nearest_bank_images():
+    bank, _ = blobs(20, 3, 8, seed=0, shift=4)
+    test_x, test_y = (t.flip(0) for t in blobs(5, 3, 8, seed=1, shift=4))  # the classes in reverse order
+    queries, neighbours, similarities = retrieval_examples(test_x, test_y, bank, k=4)
+    assert queries.tolist() == [10, 5, 0] and test_y[queries].tolist() == [0, 1, 2]
+    brute = torch.nn.functional.cosine_similarity(test_x[queries, None], bank[None], dim=2)
+    torch.testing.assert_close(similarities, brute.sort(dim=1, descending=True).values[:, :4])
+    assert torch.equal(neighbours, brute.argsort(dim=1, descending=True)[:, :4])
+
+
 def test_end_to_end_on_a_tiny_run(tiny_run, capsys):
     assert main(eval_args(tiny_run)) == 0
     printed = capsys.readouterr().out
@@ -124,7 +134,7 @@ def test_end_to_end_on_a_tiny_run(tiny_run, capsys):
     assert metrics["protocol"]["encoder"] == "frozen" and metrics["protocol"]["train_images"] == 64
     assert [r["name"] for r in metrics["per_class"]] == sorted(PATTERNS)
     assert {p.name for p in out.iterdir()} >= {"metrics.json", "report.txt", "confusion.png", "head_curves.png",
-                                               "classifier.safetensors", "classifier.json"}
+                                               "retrieval.png", "classifier.safetensors", "classifier.json"}
 
     # The saved head, on the raw representation of the checkpoint's encoder, gives the reported accuracy.
     spec = json.loads((out / "classifier.json").read_text())

@@ -15,8 +15,10 @@ class-balanced validation split of the training set; without it they are fixed i
 
 OUT (default RUN_DIR/eval, or RUN_DIR/eval-<variant> for random-init, fine-tuning and label fractions) gets
 metrics.json (accuracies as fractions in [0, 1]), report.txt (percentages), predictions.csv (each test
-image's label and top-3 classes with their probabilities), confusion.png, head_curves.png and,
-for frozen protocols, classifier.safetensors + classifier.json: the head the export step bundles.
+image's label and top-3 classes with their probabilities), confusion.png, head_curves.png, retrieval.png (the
+first test image of each class beside its nearest training images by the frozen features: the kNN's
+neighbours) and, for frozen protocols, classifier.safetensors + classifier.json: the head the export step
+bundles.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from trainer.errors import UserError
 from trainer.features import cached_features, extract_features
 from trainer.knn import knn_predict, topk_accuracy
 from trainer.models import SimCLR
-from trainer.plots import save_confusion, save_head_curves
+from trainer.plots import save_confusion, save_head_curves, save_retrieval_grid
 from trainer.report import classification_metrics, format_report
 from trainer.run_dir import RunDir
 
@@ -201,7 +203,21 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
     _write_outputs(opts.out_dir(), metrics, chosen, train.classes, None if opts.finetune else train_x.shape[1],
                    opts)
     atomic_write(opts.out_dir() / "predictions.csv", predictions_csv(scores, test_y, train.classes))
+    queries, neighbours, similarities = retrieval_examples(test_x, test_y, train_x[train_idx])
+    bank = train_idx[neighbours.cpu()]
+    save_retrieval_grid(test.subset(queries.cpu()), train.subset(bank.flatten()), similarities.cpu(),
+                        opts.out_dir() / "retrieval.png", title=f"nearest training images by the frozen features "
+                        f"of {source} (kNN top-1 {100 * knn[1]:.2f}%)")
     return metrics
+
+
+def retrieval_examples(test_x: Tensor, test_y: Tensor, bank_x: Tensor, k: int = 8) -> tuple[Tensor, Tensor, Tensor]:
+    """The first test image of each class (none chosen by its result), and the indices into bank_x and cosine
+    similarities of its k most similar bank features, most similar first: the neighbours the kNN votes with."""
+    queries = torch.stack([(test_y == c).nonzero()[0, 0] for c in test_y.unique()])
+    similarities = F.normalize(test_x[queries], dim=1) @ F.normalize(bank_x, dim=1).T
+    top = similarities.topk(min(k, len(bank_x)), dim=1)
+    return queries, top.indices, top.values
 
 
 def predictions_csv(scores: Tensor, labels: Tensor, classes: list[str], k: int = 3) -> str:

@@ -1,4 +1,5 @@
-"""PNG figures a person would rather look at than read: training curves, augmented views, confusion matrices.
+"""PNG figures a person would rather look at than read: training curves, augmented views, confusion matrices,
+retrieval grids.
 
     python -m trainer.plots views --data-dir ~/data/cifar10 --out views.png   # originals beside two views
     python -m trainer.plots curves --run runs/simclr                          # loss / lr / kNN curves
@@ -19,6 +20,7 @@ import torch  # noqa: E402
 
 from contract.files import atomic_write  # noqa: E402
 from trainer.augment import simclr_view, to_float  # noqa: E402
+from trainer.data import ImageSet  # noqa: E402
 from trainer.errors import UserError  # noqa: E402
 
 
@@ -85,6 +87,32 @@ def save_head_curves(history: list[dict], out: Path) -> None:
     axes[1].set(title="validation top-1 accuracy (%)", xlabel="epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def save_retrieval_grid(queries: ImageSet, neighbours: ImageSet, similarities: torch.Tensor, out: Path,
+                        title: str = "") -> None:
+    """One row per query image: the query, then its neighbours (Q x K of them, row by row) with their cosine
+    similarity, framed green where their class is the query's and red where it is not."""
+    rows, k = similarities.shape
+    fig, axes = plt.subplots(rows, k + 1, figsize=(1.3 * (k + 1), 1.45 * rows), squeeze=False)
+    for row in range(rows):
+        cells = [(queries.images[row], queries.labels[row], None)] + [
+            (neighbours.images[row * k + j], neighbours.labels[row * k + j], similarities[row, j]) for j in range(k)]
+        for col, (image, label, similarity) in enumerate(cells):
+            ax = axes[row, col]
+            ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set(xticks=[], yticks=[])
+            name = queries.classes[label]
+            if similarity is None:
+                ax.set_title(f"query: {name}" if row == 0 else name, fontsize=8, fontweight="bold")
+            else:
+                ax.set_title(f"{name} {similarity:.2f}", fontsize=7)
+                for spine in ax.spines.values():
+                    spine.set(color="tab:green" if label == queries.labels[row] else "tab:red", linewidth=2.5)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
