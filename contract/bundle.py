@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
@@ -125,6 +125,11 @@ class Training(BaseModel):
     weight_decay: float
     temperature: float
     data_dir: str
+    hours: float | None = Field(None, description="wall-clock hours of the epochs up to the checkpoint, summed over "
+                                "every start, training steps only, as run (slowed by whatever shared the machine)")
+    machines: list[str] = Field([], description="the machines its starts and resumes ran on (trainer.provenance)")
+    commits: list[str] = Field([], description="the git commits of the code each start ran, or 'unknown'")
+    recipe: dict[str, Any] | None = Field(None, description="the run's whole configuration (RUN_DIR/config.json)")
 
 
 class Int8Check(BaseModel):

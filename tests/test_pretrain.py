@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import pattern_images, write_image_folder
-from trainer import checkpoint
+from trainer import checkpoint, provenance
 from trainer.pretrain import main
 from trainer.run_dir import RunDir
 
@@ -104,6 +104,10 @@ def test_resume_ends_with_the_same_weights_as_an_unbroken_run(tmp_path, pattern_
         assert torch.equal(tensor, b["model"][name]), name
     rows = lambda run: [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in rows("unbroken")] == [r["loss"] for r in rows("broken")]
+    starts = [json.loads(line) for line in (tmp_path / "broken" / "starts.jsonl").read_text().splitlines()]
+    assert [s["epoch"] for s in starts] == [0, 1]  # the start, then the resume (the refused start left no row)
+    assert {s["machine"] for s in starts} == {provenance.machine(torch.device("cpu"))}
+    assert {s["commit"] for s in starts} == {provenance.commit()}
     assert (tmp_path / "broken" / "curves.png").stat().st_size > 0
 
 

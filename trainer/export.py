@@ -23,6 +23,7 @@ from contract.bundle import (CLASSIFIER, ENCODER, ONNX_FP32, ONNX_INT8, PROJECTO
                              load_weights, write_bundle)
 from contract.images import RESIZE
 from contract.networks import classifier_head
+from trainer import provenance
 from trainer.augment import CIFAR_MEAN, CIFAR_STD
 from trainer.cli import OneLineErrorParser
 from trainer.config import Config
@@ -76,7 +77,8 @@ def export(run_dir: str | Path, out: str | Path, checkpoint_file: str | Path | N
         training=Training(
             epochs=config.epochs, checkpoint_epoch=state["epoch"], checkpoint=run.relative(checkpoint_file),
             batch_size=config.batch_size, optimizer=config.optimizer, lr=config.peak_lr, weight_decay=config.wd,
-            temperature=config.temperature, data_dir=config.data_dir),
+            temperature=config.temperature, data_dir=config.data_dir, recipe=config.to_dict(),
+            **provenance.summary(run, state["epoch"])),
         weights_dtype="float16" if half else "float32")
     graphs = {}
     if onnx:

@@ -7,7 +7,8 @@
     python -m trainer.pretrain --config recipe.toml --batch-size 256     # flags override the file
     torchrun --nproc-per-node 4 -m trainer.pretrain --out runs/r18-ddp   # data-parallel, global batch 512
 
-A run directory holds config.json, metrics.jsonl, tensorboard/, checkpoints/epoch_NNNN.pt and curves.png.
+A run directory holds config.json, metrics.jsonl, starts.jsonl, tensorboard/, checkpoints/epoch_NNNN.pt and
+curves.png.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from contract.files import atomic_write
-from trainer import checkpoint, distributed
+from trainer import checkpoint, distributed, provenance
 from trainer.augment import two_views
 from trainer.checkpoint import TrainingState
 from trainer.config import Config, build_parser, load_toml, make_config
@@ -190,6 +191,7 @@ def _train(config: Config, resume: bool, device: torch.device, proc: distributed
     if proc.is_main:
         run.write_config(config)
         _truncate_metrics(run.metrics, start_epoch)
+        provenance.record_start(run, start_epoch, device)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run.tensorboard), purge_step=start_epoch + 1 if start_epoch else None)
