@@ -131,9 +131,10 @@ class Catalog:
         row = self.db.execute("SELECT thumbnail FROM images WHERE id = ?", (id,)).fetchone()
         return row[0] if row else None
 
-    def vids(self) -> np.ndarray:
-        """Every record's vid, ascending (int64)."""
-        return np.fromiter((row[0] for row in self.db.execute("SELECT vid FROM images ORDER BY vid")), dtype="int64")
+    def vids(self, after: int = 0) -> np.ndarray:
+        """The vids of every record (or of those added after vid `after`: vids only grow), ascending (int64)."""
+        return np.fromiter((row[0] for row in self.db.execute("SELECT vid FROM images WHERE vid > ? ORDER BY vid",
+                                                              (after,))), dtype="int64")
 
     def vectors(self, vids: np.ndarray, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(vids, unit vectors (n, D) float32) of these vids, in chunks."""

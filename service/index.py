@@ -76,7 +76,7 @@ class SearchIndex:
         self._use(self.faiss)
         self._dead: set[int] = set()  # vids still in FAISS whose records are gone (where FAISS cannot remove)
         self._can_remove = not mmap
-        self._changes = 0
+        self._changes, self._last_vid = 0, 0  # the highest vid held: the catalog's are new past it
         self._catch_up()
         if not mmap and len(self._dead) > COMPACT_AT * self.faiss.ntotal:
             self._compact()
@@ -149,6 +149,7 @@ class SearchIndex:
         added, replaced = self.catalog.add(items)
         self._remove_vids(replaced)
         self.faiss.add_with_ids(vectors, np.asarray(added, dtype="int64"))
+        self._last_vid = max(self._last_vid, *added)
         self._changed(len(items))
         return len(items) - len(replaced), len(replaced)
 
@@ -165,8 +166,11 @@ class SearchIndex:
     def refresh(self) -> None:
         """Catch up with the changes other processes committed to the catalog since the last look (a memory-mapped
         index serves what it opened: hits whose records are gone are dropped all the same)."""
-        if not self.read_only and (version := self.catalog.version()) != self._version:
-            self._version = version
+        if self.read_only or (version := self.catalog.version()) == self._version:
+            return
+        self._version = version
+        self._add_from_catalog(self.catalog.vids(after=self._last_vid))  # vids only grow: these are new
+        if len(self.catalog) != self.count:  # and some were removed (or replaced): a full comparison finds which
             self._catch_up()
 
     def snapshot(self) -> None:
@@ -272,9 +276,15 @@ class SearchIndex:
         if len(missing) and self.read_only:
             raise SearchIndexError(f"index {self.path}'s snapshot lacks {len(missing)} of its images: open it "
                                    f"once without memory mapping to bring it up to date")
-        for vids, vectors in self.catalog.vectors(missing):
-            self.faiss.add_with_ids(vectors, vids)
-        self._changed(len(gone) + len(missing))  # snapshotted at the next close, or sooner
+        self._add_from_catalog(missing)
+        self._last_vid = int(live[-1]) if len(live) else 0
+        self._changed(len(gone))
+
+    def _add_from_catalog(self, vids: np.ndarray) -> None:
+        for chunk, vectors in self.catalog.vectors(vids):
+            self.faiss.add_with_ids(vectors, chunk)
+        self._last_vid = max(self._last_vid, int(vids.max())) if len(vids) else self._last_vid
+        self._changed(len(vids))  # snapshotted at the next close, or sooner
 
     def _use(self, index: faiss.Index) -> None:
         self.faiss = index

@@ -247,6 +247,9 @@ def test_an_open_index_catches_up_with_another_process_changes(tmp_path, factory
     assert served.add([Item("x", vectors[250], {})]) == (1, 0) and served.count == 200
     other.remove(["w1"])
     assert served.remove(["w2"]) == 1 and served.count == 198
+    assert other.add([Item("v5", vectors[260], {})]) == (0, 1)  # replaced: a new vector under an old id
+    assert [h.id for h in served.search(vectors[260][None], 1)[0]] == ["v5"] and served.count == 198
+    assert "v5" not in {h.id for h in served.search(vectors[5][None], 3)[0]}
     served.close()
     assert SearchIndex(tmp_path / "i").count == 198
 
