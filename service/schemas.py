@@ -234,6 +234,17 @@ class IndexSummary(BaseModel):
     read_only: bool
 
 
+class TrainingSummary(BaseModel):
+    """What trained the served model, as its manifest records it."""
+
+    epochs: float
+    checkpoint_epoch: int
+    hours: float | None = Field(description="wall-clock hours of its training epochs, over every start; null if "
+                                "unrecorded")
+    machines: list[str] = Field(description="the machines its training ran on")
+    commits: list[str] = Field(description="the git commits of the trainer's code that ran")
+
+
 class Version(BaseModel):
     """What a client needs to know of the served model and index (no server paths)."""
 
@@ -247,6 +258,7 @@ class Version(BaseModel):
     classes: list[str]
     classifier: bool = Field(description="whether /classify is served")
     checkpoint_epoch: int
+    training: TrainingSummary
     evaluation: Evaluation | None
     index: IndexSummary | None
 

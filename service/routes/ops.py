@@ -10,7 +10,7 @@ from service.dependencies import Ready, get_state
 from service.problems import KINDS, Problem
 from service.routes import NOT_FOUND
 from service.routes.index import summary
-from service.schemas import Evaluation, Health, ProblemType, Readiness, Version
+from service.schemas import Evaluation, Health, ProblemType, Readiness, TrainingSummary, Version
 from service.state import ServiceState
 
 router = APIRouter(tags=["operations"])
@@ -49,6 +49,7 @@ async def version(state: Ready) -> Version:
         backbone=arch.backbone, representation_dim=arch.representation_dim, projection_dim=arch.projection.out_dim,
         input_size=manifest.input.size, classes=manifest.classes, classifier=bundle.classifier is not None,
         checkpoint_epoch=manifest.training.checkpoint_epoch,
+        training=TrainingSummary.model_validate(manifest.training, from_attributes=True),
         evaluation=Evaluation(protocol=metrics.protocol.name, top1=metrics.top1, top3=metrics.top3,
                               top5=metrics.top5, knn_top1=metrics.knn_top1,
                               int8_top1=check.int8_top1 if check else None,

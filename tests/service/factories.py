@@ -20,13 +20,14 @@ from trainer.run_dir import RunDir
 
 CLASSES = ("blue", "green", "grey", "red")  # sorted, as class folders are listed
 SIZE = 16
+MACHINE = "2 cores of a test machine, torch x"
 
 
 def make_run(root: Path, *, backbone: str = "resnet18", width: int = 1, evaluated: bool = True,
              hidden_dims: tuple[int, ...] = (), seed: int = 0) -> tuple[Path, SimCLR]:
-    """A run directory as trainer.pretrain leaves it (config.json, one checkpoint) holding a random SimCLR
-    whose BatchNorm statistics are not the defaults, and, when evaluated, an eval/ as trainer.linear_eval
-    writes it."""
+    """A run directory as trainer.pretrain leaves it (config.json, metrics.jsonl, starts.jsonl, one checkpoint)
+    holding a random SimCLR whose BatchNorm statistics are not the defaults, and, when evaluated, an eval/ as
+    trainer.linear_eval writes it."""
     torch.manual_seed(seed)
     config = make_config({"backbone": backbone, "width": width, "image_size": SIZE, "proj_hidden_dim": 64,
                           "proj_dim": 32, "epochs": 1, "batch_size": 16, "out": str(root)})
@@ -37,6 +38,8 @@ def make_run(root: Path, *, backbone: str = "resnet18", width: int = 1, evaluate
             model(torch.randn(8, 3, SIZE, SIZE))
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps(config.to_dict()))
+    (root / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "loss": 5.0, "epoch_seconds": 180.0}) + "\n")
+    (root / "starts.jsonl").write_text(json.dumps({"epoch": 0, "machine": MACHINE, "commit": "abc123"}) + "\n")
     RunDir(root).save_checkpoint(1, {"model": model.state_dict(), "epoch": 1, "config": config.to_dict(),
                                      "classes": list(CLASSES)}, keep=2)
     if evaluated:

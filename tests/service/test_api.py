@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from factories import CLASSES, colour_images, make_run, wait_ready
+from factories import CLASSES, MACHINE, colour_images, make_run, wait_ready
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -52,6 +52,9 @@ def test_health_readiness_version(client, bundle_dir):
     assert version["evaluation"]["top1"] == manifest["metrics"]["top1"] and version["runtime"] == "torch-fp32"
     assert version["evaluation"]["int8_top1"] is None  # exported without int8
     assert version["bundle_fingerprint"] == load_bundle(bundle_dir).fingerprint
+    assert version["training"] == {k: manifest["training"][k] for k in ("epochs", "checkpoint_epoch", "hours",
+                                                                       "machines", "commits")}
+    assert version["training"]["machines"] == [MACHINE]
     assert version["index"] == {"type": "Flat", "count": len(IMAGES), "dim": 512, "classes": list(CLASSES),
                                 "runtime": "torch-fp32", "thumbnail_size": 128, "read_only": False}
     assert str(bundle_dir) not in json.dumps(version) and "/" not in json.dumps(version)  # no server paths

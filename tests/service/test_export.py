@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import torch
 import torch.nn.functional as F
-from factories import CLASSES, SIZE, colour_images, make_run
+from factories import CLASSES, MACHINE, SIZE, colour_images, make_run
 from safetensors.torch import load_file
 
 from contract.bundle import load_bundle
@@ -61,19 +61,12 @@ def test_manifest_describes_the_run(tmp_path, run_and_model):
     assert manifest["metrics"]["per_class"][0]["class"] == 0 and manifest["metrics"]["protocol"]["name"] == "linear"
     assert manifest["training"]["checkpoint_epoch"] == 1 and manifest["training"]["batch_size"] == 16
     assert manifest["training"]["recipe"] == json.loads((run / "config.json").read_text())
-    assert (manifest["training"]["hours"], manifest["training"]["machines"]) == (None, [])  # nothing recorded
+    assert {k: manifest["training"][k] for k in ("hours", "machines", "commits")} == \
+        {"hours": 0.05, "machines": [MACHINE], "commits": ["abc123"]}  # from metrics.jsonl and starts.jsonl
     assert set(manifest["files"]) == {"encoder.safetensors", "projector.safetensors", "classifier.safetensors",
                                       "model.onnx"}
     assert manifest["onnx"] == {"fp32": "model.onnx", "int8": None, "int8_calibration_images": None, "int8_check": None,
                                 "opset": 17}
-
-
-def test_manifest_says_what_trained_the_run(tmp_path):
-    run, _ = make_run(tmp_path / "run")
-    (run / "metrics.jsonl").write_text('{"epoch": 1, "loss": 5.0, "epoch_seconds": 5400.0}\n')
-    (run / "starts.jsonl").write_text('{"epoch": 0, "machine": "2 cores of a test", "commit": "abc"}\n')
-    training = export(run, tmp_path / "bundle", onnx=False).training
-    assert (training.hours, training.machines, training.commits) == (1.5, ["2 cores of a test"], ["abc"])
 
 
 def test_half_weights_take_half_the_room_and_give_the_same_answers(tmp_path, run_and_model):
