@@ -81,9 +81,16 @@ async function addToIndex() {
   }
 }
 
+// The model's name, what its evaluation measured and what its training took; the machines on hover.
 function showModel() {
-  request("version").then((r) => r.ok && r.json()).then((v) => v && ($("model").textContent = v.model))
-    .catch(() => {});
+  request("version").then((r) => r.ok && r.json()).then((v) => {
+    if (!v) return;
+    const facts = [v.model];
+    if (v.evaluation) facts.push(`${v.evaluation.protocol} top-1 ${(100 * v.evaluation.top1).toFixed(1)}%`);
+    if (v.training.hours !== null) facts.push(`trained ${v.training.checkpoint_epoch} epochs in ${v.training.hours} h`);
+    $("model").textContent = facts.join(" · ");
+    $("model").title = v.training.machines.join("\n");
+  }).catch(() => {});
 }
 
 $("add").addEventListener("click", addToIndex);

@@ -3,6 +3,7 @@ add it to the index."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import threading
@@ -11,9 +12,10 @@ import time
 import httpx2
 import pytest
 import uvicorn
-from factories import colour_images, wait_ready
+from factories import MACHINE, colour_images, wait_ready
 
 from benchmarks.harness.images import png_bytes
+from contract.bundle import load_bundle
 from service.app import create_app
 from service.settings import Settings
 
@@ -59,7 +61,7 @@ def page(base_url):
         browser.close()
 
 
-def test_upload_shows_predictions_and_similar_images(page, base_url, tmp_path, request):
+def test_upload_shows_predictions_and_similar_images(page, base_url, tmp_path, request, bundle_dir):
     image = tmp_path / "query.png"
     image.write_bytes(png_bytes(colour_images(1, size=48, seed=5)[0][2]))  # grey, another size
     page.goto(base_url + "/")
@@ -78,7 +80,10 @@ def test_upload_shows_predictions_and_similar_images(page, base_url, tmp_path, r
     page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth)")
     assert page.locator("#grid img").first.evaluate("i => i.naturalWidth") == 16
     assert page.locator("#grid figcaption").first.inner_text().startswith("grey")
-    assert page.locator("#model").inner_text().startswith("simclr-resnet18")
+    top1 = json.loads((bundle_dir / "manifest.json").read_text())["metrics"]["top1"]
+    assert page.locator("#model").inner_text() == f"{load_bundle(bundle_dir).name} · linear top-1 {100 * top1:.1f}% " \
+                                                 f"· trained 1 epochs in 0.05 h"
+    assert page.locator("#model").get_attribute("title") == MACHINE
     assert page.locator("#error").is_hidden()
 
 
