@@ -148,7 +148,8 @@ class Int8Check(BaseModel):
     @property
     def passed(self) -> bool:
         """int8 loses less than MAX_INT8_LOSS on every measure taken."""
-        knn_loss = 0.0 if self.int8_knn_top1 is None else self.fp32_knn_top1 - self.int8_knn_top1
+        knn = (self.fp32_knn_top1, self.int8_knn_top1)
+        knn_loss = 0.0 if None in knn else knn[0] - knn[1]
         return max(self.fp32_top1 - self.int8_top1, knn_loss) < MAX_INT8_LOSS
 
 
