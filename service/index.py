@@ -302,9 +302,8 @@ class SearchIndex:
         """Rebuild the vector index from the catalog, without the removed vectors that HNSW cannot drop (a graph
         walk still passes through them, and with many it finds fewer live neighbours)."""
         self._use(faiss.read_index(str(self.path / "trained.faiss")))
-        for vids, vectors in self.catalog.vectors(self.catalog.vids()):
-            self.faiss.add_with_ids(vectors, vids)
         self._dead.clear()
+        self._add_from_catalog(self.catalog.vids())
         self.snapshot()
 
     def _remove_vids(self, vids: list[int]) -> None:
