@@ -18,7 +18,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIMCLR_", cli_kebab_case=True, cli_prog_name="python -m service")
 
     bundle: Path = Field(REFERENCE_BUNDLE, description="model bundle directory (python -m trainer.export); "
-                         "default: the reference model committed with the project")
+                         "unless given, the reference model committed with the project")
     index: Path | None = Field(None, description="index directory to serve (python -m service.build_index); "
                                "without it, the bundle's index in --index-root is served, built there first when "
                                "missing")
