@@ -87,6 +87,8 @@ class Protocol(BaseModel):
     name: str  # linear, mlp or finetune
     encoder: Literal["frozen", "fine-tuned"]
     data_dir: str
+    data_name: str | None = Field(None, description="what the evaluation data is called beside its numbers "
+                                  "(evaluations from before it was recorded have none)")
     train_images: int
     val_images: int
     test_images: int
@@ -106,6 +108,8 @@ class Metrics(BaseModel):
     top5: Fraction
     knn_top1: Fraction | None = None
     knn_top5: Fraction | None = None
+    knn_k: int | None = None
+    knn_temperature: float | None = None
     per_class: list[ClassScore]
     protocol: Protocol
     checkpoint: str
@@ -203,9 +207,14 @@ class Bundle:
 
     @property
     def name(self) -> str:
-        arch = self.manifest.architecture
-        width = f"x{arch.width}" if arch.width != 1 else ""
-        return f"simclr-{arch.backbone}{width}-epoch{self.manifest.training.checkpoint_epoch}-{self.fingerprint[:12]}"
+        return bundle_name(self.manifest, self.fingerprint)
+
+
+def bundle_name(manifest: Manifest, fingerprint: str) -> str:
+    """The name the service gives a bundle: architecture, epoch and the start of the manifest's sha256."""
+    arch = manifest.architecture
+    width = f"x{arch.width}" if arch.width != 1 else ""
+    return f"simclr-{arch.backbone}{width}-epoch{manifest.training.checkpoint_epoch}-{fingerprint[:12]}"
 
 
 def write_bundle(path: str | Path, manifest: Manifest, weights: dict[str, dict[str, Tensor]],

@@ -214,6 +214,7 @@ class Evaluation(BaseModel):
     """The bundled model's evaluation on its test set (accuracies as fractions), as the manifest records it."""
 
     protocol: str
+    data: str = Field(description="the data evaluated on, by name (its folder where the evaluation named none)")
     top1: float
     top3: float
     top5: float

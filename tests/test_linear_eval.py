@@ -111,6 +111,14 @@ def eval_args(run: Path, *extra: str) -> list[str]:
             "--cache-dir", str(run.parent / "cache"), *extra]
 
 
+def test_data_is_named_cifar10_for_torchvision_copy_else_by_its_folder(tmp_path):
+    (tmp_path / "tv" / "cifar-10-batches-py").mkdir(parents=True)
+    (tmp_path / "photos" / "train").mkdir(parents=True)
+    assert linear_eval.data_name_of(str(tmp_path / "tv")) == "CIFAR-10"
+    assert linear_eval.data_name_of(str(tmp_path / "missing")) == "CIFAR-10"  # downloaded there
+    assert linear_eval.data_name_of(str(tmp_path / "photos" / "train" / "..")) == "photos"
+
+
 def test_retrieval_shows_each_class_first_test_image_and_its_nearest_bank_images():
     bank, _ = blobs(20, 3, 8, seed=0, shift=4)
     test_x, test_y = (t.flip(0) for t in blobs(5, 3, 8, seed=1, shift=4))  # the classes in reverse order
@@ -132,6 +140,7 @@ def test_end_to_end_on_a_tiny_run(tiny_run, capsys):
     assert metrics["checkpoint"] == "checkpoints/epoch_0001.pt"
     assert 0 <= metrics["top1"] <= metrics["top3"] <= metrics["top5"] <= 1 and 0 <= metrics["knn_top1"] <= 1
     assert metrics["protocol"]["encoder"] == "frozen" and metrics["protocol"]["train_images"] == 64
+    assert metrics["protocol"]["data_name"] == "patterns"  # none given: the data folder's name
     assert [r["name"] for r in metrics["per_class"]] == sorted(PATTERNS)
     assert {p.name for p in out.iterdir()} >= {"metrics.json", "report.txt", "confusion.png", "head_curves.png",
                                                "retrieval.png", "classifier.safetensors", "classifier.json"}
@@ -167,7 +176,8 @@ def test_the_encoder_is_frozen(tiny_run, monkeypatch):
         return encoder, source
 
     monkeypatch.setattr(linear_eval, "load_encoder", spy)
-    assert main(eval_args(tiny_run, "--val-fraction", "0.25", "--weight-decay", "0", "1e-3")) == 0
+    assert main(eval_args(tiny_run, "--val-fraction", "0.25", "--weight-decay", "0", "1e-3",
+                          "--data-name", "Patterns (PNG copy)")) == 0
     after = seen["encoder"].state_dict()
     assert any("running_mean" in name for name in after)  # BatchNorm statistics are compared too
     for name, value in seen["before"].items():
@@ -176,6 +186,9 @@ def test_the_encoder_is_frozen(tiny_run, monkeypatch):
     metrics = json.loads((tiny_run / "eval" / "metrics.json").read_text())
     assert metrics["protocol"]["val_images"] == 16 and len(metrics["validation"]) == 2
     assert metrics["protocol"]["weight_decay"] in (0.0, 1e-3)
+    assert metrics["protocol"]["data_name"] == "Patterns (PNG copy)"
+    assert (tiny_run / "eval" / "report.txt").read_text().startswith("linear evaluation of checkpoints/epoch_0001.pt "
+                                                                     "on Patterns (PNG copy) (")
 
 
 def test_random_init_label_fraction_and_finetune_write_their_own_folders(tiny_run):

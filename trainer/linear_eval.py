@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contract.cifar10 import is_cifar10_root
 from contract.files import atomic_write
 from trainer.classifier import finetune, train_head
 from trainer.cli import build_parser, option
@@ -61,6 +62,9 @@ class EvalOptions:
     checkpoint: str | None = option(None, "checkpoint to evaluate (default: the run's latest)")
     data_dir: str | None = option(None, "labelled data set with train/ and test/ splits (default: the run's "
                                   "--eval-data-dir, else its --data-dir); another one evaluates transfer")
+    data_name: str | None = option(None, "what the data is called beside the numbers (reports, the bundle's "
+                                   "manifest and model card), e.g. 'CIFAR-10 (JPEG q75 copy)' (default: CIFAR-10 "
+                                   "for torchvision's copy, else the folder's name)")
     download: bool = option(True, "download CIFAR-10 into --data-dir when it holds no data")
     cache_dir: str = option("~/.cache/simclr-cifar", "where decoded image arrays are cached between runs")
     out: str | None = option(None, "output directory (default: RUN_DIR/eval, or RUN_DIR/eval-<variant>)")
@@ -146,7 +150,9 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
     device = pick_device(opts.device)
     encoder, source = load_encoder(run, config, opts)
     encoder = encoder.to(device)
-    train, test = _load_data(opts, config)
+    data_dir = opts.data_dir or config.eval_data_dir or config.data_dir
+    train, test = _load_data(data_dir, opts, config)
+    data_name = opts.data_name or data_name_of(data_dir)
     val_idx, train_idx = split_indices(train.labels, opts.val_fraction, opts.label_fraction, opts.seed)
     epochs, lr, decays = opts.resolved()
 
@@ -186,7 +192,7 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
     metrics["checkpoint"] = source
     metrics["protocol"] = {
         "name": opts.protocol, "encoder": "fine-tuned" if opts.finetune else "frozen",
-        "data_dir": opts.data_dir or config.eval_data_dir or config.data_dir,
+        "data_dir": data_dir, "data_name": data_name,
         "train_images": len(train_idx), "val_images": len(val_idx), "test_images": len(test),
         "label_fraction": opts.label_fraction, "val_fraction": opts.val_fraction, "epochs": epochs,
         "stopping_epoch": chosen["epoch"], "batch_size": opts.batch_size, "lr": lr,
@@ -198,7 +204,7 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
     metrics["validation"] = [{k: s[k] for k in ("weight_decay", "epoch", "val_top1")} for s in search] \
         if len(val_idx) else None
     metrics["history"] = chosen["history"]
-    metrics["report"] = (f"{opts.protocol} evaluation of {source} on {metrics['protocol']['data_dir']}\n\n"
+    metrics["report"] = (f"{opts.protocol} evaluation of {source} on {data_name} ({data_dir})\n\n"
                          + format_report(metrics))
     _write_outputs(opts.out_dir(), metrics, chosen, train.classes, None if opts.finetune else train_x.shape[1],
                    opts)
@@ -261,8 +267,13 @@ def split_indices(labels: Tensor, val_fraction: float, label_fraction: float, se
     return val, rest
 
 
-def _load_data(opts: EvalOptions, config: Config) -> tuple[ImageSet, ImageSet]:
-    root = opts.data_dir or config.eval_data_dir or config.data_dir
+def data_name_of(root: str) -> str:
+    """The evaluation data's name when none is given: CIFAR-10 for torchvision's copy, else the folder's name."""
+    path = Path(root).expanduser()
+    return "CIFAR-10" if is_cifar10_root(path) else path.resolve().name
+
+
+def _load_data(root: str, opts: EvalOptions, config: Config) -> tuple[ImageSet, ImageSet]:
     kwargs = dict(image_size=config.image_size, download=opts.download, cache_dir=opts.cache_dir)
     train = load_split(root, "train", **kwargs)
     test = load_split(root, "test", **kwargs)

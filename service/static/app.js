@@ -86,7 +86,9 @@ function showModel() {
   request("version").then((r) => r.ok && r.json()).then((v) => {
     if (!v) return;
     const facts = [v.model];
-    if (v.evaluation) facts.push(`${v.evaluation.protocol} top-1 ${(100 * v.evaluation.top1).toFixed(1)}%`);
+    if (v.evaluation) {
+      facts.push(`${v.evaluation.protocol} top-1 ${(100 * v.evaluation.top1).toFixed(1)}% on ${v.evaluation.data}`);
+    }
     if (v.training.hours !== null) facts.push(`trained ${v.training.checkpoint_epoch} epochs in ${v.training.hours} h`);
     $("model").textContent = facts.join(" · ");
     $("model").title = v.training.machines.join("\n");

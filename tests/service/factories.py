@@ -21,6 +21,7 @@ from trainer.run_dir import RunDir
 CLASSES = ("blue", "green", "grey", "red")  # sorted, as class folders are listed
 SIZE = 16
 MACHINE = "2 cores of a test machine, torch x"
+DATA_NAME = "Colour squares (PNG)"
 
 
 def make_run(root: Path, *, backbone: str = "resnet18", width: int = 1, evaluated: bool = True,
@@ -60,10 +61,11 @@ def write_eval(run_dir: Path, input_dim: int, hidden_dims: list[int], classes=CL
                                                      "classes": list(classes), "checkpoint": checkpoint_name}))
     labels = torch.arange(20) % len(classes)
     metrics = classification_metrics(torch.randn(20, len(classes)), labels, list(classes))
-    protocol = {"name": "linear", "encoder": "frozen", "data_dir": "colours", "train_images": 40, "val_images": 0,
-                "test_images": 20, "label_fraction": 1.0, "epochs": 1, "stopping_epoch": 1, "lr": 0.1,
-                "weight_decay": 0.0, "seed": 0}
-    (out / "metrics.json").write_text(json.dumps({**metrics, "knn_top1": 0.4, "knn_top5": 1.0, "protocol": protocol,
+    protocol = {"name": "linear", "encoder": "frozen", "data_dir": "colours", "data_name": DATA_NAME,
+                "train_images": 40, "val_images": 0, "test_images": 20, "label_fraction": 1.0, "epochs": 1,
+                "stopping_epoch": 1, "lr": 0.1, "weight_decay": 0.0, "seed": 0}
+    (out / "metrics.json").write_text(json.dumps({**metrics, "knn_top1": 0.4, "knn_top5": 1.0, "knn_k": 10,
+                                                  "knn_temperature": 0.1, "protocol": protocol,
                                                   "checkpoint": checkpoint_name}))
 
 

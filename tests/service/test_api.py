@@ -51,6 +51,7 @@ def test_health_readiness_version(client, bundle_dir):
     assert version["classes"] == manifest["classes"] == list(CLASSES) and version["classifier"] is True
     assert version["evaluation"]["top1"] == manifest["metrics"]["top1"] and version["runtime"] == "torch-fp32"
     assert version["evaluation"]["int8_top1"] is None  # exported without int8
+    assert version["evaluation"]["data"] == manifest["metrics"]["protocol"]["data_name"]
     assert version["bundle_fingerprint"] == load_bundle(bundle_dir).fingerprint
     assert version["training"] == {k: manifest["training"][k] for k in ("epochs", "checkpoint_epoch", "hours",
                                                                        "machines", "commits")}

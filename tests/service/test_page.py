@@ -12,7 +12,7 @@ import time
 import httpx2
 import pytest
 import uvicorn
-from factories import MACHINE, colour_images, wait_ready
+from factories import DATA_NAME, MACHINE, colour_images, wait_ready
 
 from benchmarks.harness.images import png_bytes
 from contract.bundle import load_bundle
@@ -82,7 +82,7 @@ def test_upload_shows_predictions_and_similar_images(page, base_url, tmp_path, r
     assert page.locator("#grid figcaption").first.inner_text().startswith("grey")
     top1 = json.loads((bundle_dir / "manifest.json").read_text())["metrics"]["top1"]
     assert page.locator("#model").inner_text() == f"{load_bundle(bundle_dir).name} · linear top-1 {100 * top1:.1f}% " \
-                                                 f"· trained 1 epochs in 0.05 h"
+                                                 f"on {DATA_NAME} · trained 1 epochs in 0.05 h"
     assert page.locator("#model").get_attribute("title") == MACHINE
     assert page.locator("#error").is_hidden()
 
