@@ -4,7 +4,8 @@
     python -m trainer.export --run runs/simclr --out bundles/r18 --checkpoint runs/simclr/checkpoints/epoch_0100.pt
 
 BUNDLE_DIR gets the encoder and projector, the classifier when RUN_DIR/eval holds a linear evaluation of the
-same checkpoint, and manifest.json, written last (contract/bundle.py describes each file).
+same checkpoint, and manifest.json, written last (contract/bundle.py describes each file); then README.md, the
+model card (trainer/model_card.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pydantic import ValidationError
 
 from contract.bundle import (CLASSIFIER, ENCODER, ONNX_FP32, ONNX_INT8, PROJECTOR, Architecture, ClassifierSpec,
                              InputSpec, Int8Check, Manifest, Metrics, OnnxGraphs, Projection, Training, describe,
-                             load_weights, write_bundle)
+                             load_weights, read_manifest, write_bundle)
+from contract.files import atomic_write
 from contract.images import RESIZE
 from contract.networks import classifier_head
 from trainer import provenance
@@ -30,6 +32,7 @@ from trainer.config import Config
 from trainer.data import balanced_subset, load_split
 from trainer.errors import UserError
 from trainer.knn import knn_predict, topk_accuracy
+from trainer.model_card import model_card
 from trainer.onnx_export import OPSET, InferenceGraph, export_graph, quantize_int8, run_graph
 from trainer.run_dir import RunDir
 
@@ -95,7 +98,9 @@ def export(run_dir: str | Path, out: str | Path, checkpoint_file: str | Path | N
             manifest.onnx.int8, manifest.onnx.int8_calibration_images = ONNX_INT8, int8_calibration
             if metrics is not None:
                 manifest.onnx.int8_check = _check_int8(graphs, metrics, classes, config)
-    return write_bundle(out, manifest, weights, graphs)
+    manifest = write_bundle(out, manifest, weights, graphs)
+    atomic_write(Path(out) / "README.md", model_card(*read_manifest(out)))
+    return manifest
 
 
 def _calibration_images(config: Config, n: int) -> np.ndarray:

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import torch
 import torch.nn.functional as F
-from factories import CLASSES, MACHINE, SIZE, colour_images, make_run
+from factories import CLASSES, DATA_NAME, MACHINE, SIZE, colour_images, make_run
 from safetensors.torch import load_file
 
 from contract.bundle import load_bundle
@@ -67,6 +67,29 @@ def test_manifest_describes_the_run(tmp_path, run_and_model):
                                       "model.onnx"}
     assert manifest["onnx"] == {"fp32": "model.onnx", "int8": None, "int8_calibration_images": None, "int8_check": None,
                                 "opset": 17}
+
+
+def test_model_card_says_what_the_manifest_says(tmp_path, run_and_model):
+    run, _ = run_and_model
+    manifest = export(run, tmp_path / "bundle")
+    card = (tmp_path / "bundle" / "README.md").read_text()
+    bundle = load_bundle(tmp_path / "bundle")  # the card is no bundle file: the bundle verifies without it
+    assert "README.md" not in manifest.files
+    assert card.startswith(f"# {bundle.name}\n")
+    assert f"## Evaluation: {DATA_NAME}, test set (20 images)" in card
+    assert f"| top-1 | linear, frozen encoder | {100 * manifest.metrics.top1:.2f}% |" in card
+    assert "| kNN top-1 | k=10, votes exp(similarity / 0.1), 40 training images as the bank | 40.00% |" in card
+    for row in manifest.metrics.per_class:
+        assert f"| {row.name} | {row.count:,} | {100 * row.top1:.1f}% | {100 * row.top3:.1f}% |" in card
+    assert "settings fixed in advance" in card and "Wall-clock hours of its epochs: 0.05 (as run" in card
+    assert f"Machines: {MACHINE}." in card and "Code: abc123." in card
+    for name, digest in manifest.files.items():
+        assert f"| {name} | `{digest}` |" in card
+
+    unevaluated, _ = make_run(tmp_path / "unevaluated", evaluated=False)
+    export(unevaluated, tmp_path / "plain", onnx=False)
+    card = (tmp_path / "plain" / "README.md").read_text()
+    assert "None: the run was not evaluated" in card and "/classify" not in card and "top-1" not in card
 
 
 def test_half_weights_take_half_the_room_and_give_the_same_answers(tmp_path, run_and_model):

@@ -1,0 +1,95 @@
+"""The bundle's model card, BUNDLE_DIR/README.md: what the model is, how well it does by which protocol, what
+trained it and where it falls short, for the person who finds the bundle (models/reference in the repository).
+
+It is written from the manifest alone, so it never says more than the manifest does; the manifest stays the
+authority (the service never reads the card, and the card is not among the checksummed files).
+"""
+
+from __future__ import annotations
+
+from contract.bundle import MAX_INT8_LOSS, Manifest, bundle_name
+
+
+def model_card(manifest: Manifest, fingerprint: str) -> str:
+    """Markdown describing the bundle whose manifest.json has sha256 fingerprint."""
+    arch, training = manifest.architecture, manifest.training
+    size, route = manifest.input.size, "classify" if arch.classifier else "embed"
+    head = "an MLP" if arch.classifier and arch.classifier.hidden_dims else "a linear"
+    lines = [f"# {bundle_name(manifest, fingerprint)}", "",
+             f"A {arch.backbone} encoder (width x{arch.width}, CIFAR stem: 3x3 first convolution, no max-pool) "
+             f"trained with SimCLR, without labels, for {training.checkpoint_epoch} epochs"
+             + (f", and {head} classifier on its frozen features." if arch.classifier else "."),
+             "Written by `python -m trainer.export` from `manifest.json`, which is the authority (checksums "
+             "included).", "",
+             "## Use", "", "```bash", "python -m service --bundle BUNDLE_DIR   # this folder; models/reference is "
+             "the default", f"curl -F images=@cat.png http://127.0.0.1:8000/{route}", "```", "",
+             f"Inputs: any image, resized (shorter side, bicubic) and centre-cropped to {size} x {size} px. Outputs: "
+             f"a {arch.representation_dim}-d representation (`/embed`, similar-image search), its "
+             f"{arch.projection.out_dim}-d SimCLR projection"
+             + (f", and probabilities over {len(manifest.classes)} classes (`/classify`): "
+                f"{', '.join(manifest.classes)}." if arch.classifier else "."), ""]
+    lines += _evaluation(manifest) + _training(manifest)
+    lines += ["## Limitations", "",
+              f"- Every image is reduced to {size} x {size} px, the size it learnt from: fine detail is lost, and "
+              f"images unlike its training data embed less well.",
+              "- The classifier knows only its classes and always answers with them: there is no \"none of "
+              f"these\". Its probabilities come from {head} head trained with cross-entropy and are not "
+              "calibrated." if arch.classifier else "- No classifier: the run was not evaluated.",
+              "- The figures above are the evaluation's, on its test set; a different data set needs its own.", "",
+              "## Files", "", "| file | sha256 |", "| --- | --- |"]
+    lines += [f"| {name} | `{digest}` |" for name, digest in manifest.files.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _evaluation(manifest: Manifest) -> list[str]:
+    metrics = manifest.metrics
+    if metrics is None:
+        return ["## Evaluation", "", "None: the run was not evaluated (python -m trainer.linear_eval).", ""]
+    p = metrics.protocol
+    data = p.data_name or p.data_dir
+    head = "a linear head" if p.name == "linear" else f"a {p.name} head" if p.encoder == "frozen" else "fine-tuning"
+    length = f"{p.epochs} epochs" if p.stopping_epoch == p.epochs else f"{p.stopping_epoch} of {p.epochs} epochs"
+    chosen = (f"weight decay and stopping epoch chosen on a class-balanced validation split of {p.val_images:,} "
+              f"training images" if p.val_images else "settings fixed in advance")
+    lines = [f"## Evaluation: {data}, test set ({p.test_images:,} images)", "",
+             f"Protocol: {head} on the {p.encoder} encoder's features (`python -m trainer.linear_eval`), trained on "
+             f"{p.train_images:,} training images for {length}, lr {p.lr:g}, weight "
+             f"decay {p.weight_decay:g}; {chosen}; the test set scored once.", "",
+             "| measure | protocol | value |", "| --- | --- | ---: |",
+             *(f"| top-{k} | {p.name}, {p.encoder} encoder | {100 * getattr(metrics, f'top{k}'):.2f}% |"
+               for k in (1, 3, 5))]
+    if metrics.knn_top1 is not None:
+        knn = f"k={metrics.knn_k}, votes exp(similarity / {metrics.knn_temperature:g})" if metrics.knn_k else "kNN"
+        lines.append(f"| kNN top-1 | {knn}, {p.train_images:,} training images as the bank "
+                     f"| {100 * metrics.knn_top1:.2f}% |")
+    check = manifest.onnx.int8_check if manifest.onnx else None
+    if check:
+        verdict = "passed, so served unasked where fastest" if check.passed else "failed, so served only when asked"
+        knn = (f", kNN top-1 {100 * check.int8_knn_top1:.2f}% against {100 * check.fp32_knn_top1:.2f}%"
+               if check.int8_knn_top1 is not None and check.fp32_knn_top1 is not None else "")
+        lines += ["", f"The int8 ONNX graph (calibrated on {manifest.onnx.int8_calibration_images} training images), "
+                  f"on the same test set: linear top-1 {100 * check.int8_top1:.2f}% against the fp32 graph's "
+                  f"{100 * check.fp32_top1:.2f}%{knn} ({verdict}; the rule: less than {100 * MAX_INT8_LOSS:g} "
+                  f"points lost on each)."]
+    lines += ["", f"Per class ({p.name}, {p.encoder} encoder):", "", "| class | images | top-1 | top-3 |",
+              "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {c.name} | {c.count:,} | {100 * c.top1:.1f}% | {100 * c.top3:.1f}% |" for c in metrics.per_class]
+    return lines + [""]
+
+
+def _training(manifest: Manifest) -> list[str]:
+    t, p = manifest.training, manifest.metrics.protocol if manifest.metrics else None
+    recipe = t.recipe or {}
+    data = p.data_name if p and p.data_name and p.data_dir == t.data_dir else t.data_dir
+    lines = ["## Training", "",
+             f"- SimCLR, {t.checkpoint_epoch} of {t.epochs:g} epochs, batch {t.batch_size}, {t.optimizer} lr "
+             f"{t.lr:g}, weight decay {t.weight_decay:g}, temperature {t.temperature:g}"
+             + (f", view-size schedule `{recipe['resolution_schedule']}`" if recipe.get("resolution_schedule")
+                else "") + (f", {recipe['precision']}" if recipe.get("precision") else "") + f"; data: {data}.",
+             "- Wall-clock hours of its epochs: " + (f"{t.hours:g} (as run: including any time the machine was "
+                                                     f"shared or the run paused)" if t.hours is not None
+                                                     else "not recorded") + ".",
+             f"- Machines: {'; '.join(t.machines) if t.machines else 'not recorded'}.",
+             f"- Code: {', '.join(t.commits) if t.commits else 'not recorded'}.",
+             "- The whole recipe: `training.recipe` in manifest.json.", ""]
+    return lines
