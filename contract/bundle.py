@@ -131,6 +131,8 @@ class Training(BaseModel):
     data_dir: str
     hours: float | None = Field(None, description="wall-clock hours of the epochs up to the checkpoint, summed over "
                                 "every start, training steps only, as run (slowed by whatever shared the machine)")
+    median_pace_hours: float | None = Field(None, description="the same epochs at the run's median epoch time "
+                                            "per view size: the time it was paused or shared taken out")
     machines: list[str] = Field([], description="the machines its starts and resumes ran on (trainer.provenance)")
     commits: list[str] = Field([], description="the git commits of the code each start ran, or 'unknown'")
     recipe: dict[str, Any] | None = Field(None, description="the run's whole configuration (RUN_DIR/config.json)")

@@ -242,6 +242,8 @@ class TrainingSummary(BaseModel):
     checkpoint_epoch: int
     hours: float | None = Field(description="wall-clock hours of its training epochs, over every start; null if "
                                 "unrecorded")
+    median_pace_hours: float | None = Field(None, description="the same epochs at their median time per view size "
+                                            "(pauses and sharing taken out); null if unrecorded")
     machines: list[str] = Field(description="the machines its training ran on")
     commits: list[str] = Field(description="the git commits of the trainer's code that ran")
 

@@ -81,14 +81,16 @@ def _training(manifest: Manifest) -> list[str]:
     t, p = manifest.training, manifest.metrics.protocol if manifest.metrics else None
     recipe = t.recipe or {}
     data = p.data_name if p and p.data_name and p.data_dir == t.data_dir else t.data_dir
+    hours = "not recorded" if t.hours is None else (
+        f"{t.hours:g} as run (including any time the machine was shared or the run paused)"
+        + (f"; {t.median_pace_hours:g} at the run's median epoch time per view size"
+           if t.median_pace_hours is not None else ""))
     lines = ["## Training", "",
              f"- SimCLR, {t.checkpoint_epoch} of {t.epochs:g} epochs, batch {t.batch_size}, {t.optimizer} lr "
              f"{t.lr:g}, weight decay {t.weight_decay:g}, temperature {t.temperature:g}"
              + (f", view-size schedule `{recipe['resolution_schedule']}`" if recipe.get("resolution_schedule")
                 else "") + (f", {recipe['precision']}" if recipe.get("precision") else "") + f"; data: {data}.",
-             "- Wall-clock hours of its epochs: " + (f"{t.hours:g} (as run: including any time the machine was "
-                                                     f"shared or the run paused)" if t.hours is not None
-                                                     else "not recorded") + ".",
+             f"- Wall-clock hours of its epochs: {hours}.",
              f"- Machines: {'; '.join(t.machines) if t.machines else 'not recorded'}.",
              f"- Code: {', '.join(t.commits) if t.commits else 'not recorded'}.",
              "- The whole recipe: `training.recipe` in manifest.json.", ""]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -58,11 +59,18 @@ def record_start(run: RunDir, epoch: int, device: torch.device) -> None:
 
 def summary(run: RunDir, epoch: int) -> dict[str, Any]:
     """What trained the run's first `epoch` epochs: the hours of those epochs (training steps only, as run:
-    slowed by whatever shared the machine), and the machines and commits of the starts that ran them."""
+    slowed by whatever shared the machine or paused the run), the same at the run's median epoch time per
+    view size (the pauses and sharing taken out: a long run is paused for other work now and then, most epochs
+    are not), and the machines and commits of the starts that ran them."""
     rows = [r for r in read_metrics(run.metrics) if "epoch_seconds" in r and r["epoch"] <= epoch] \
         if run.metrics.is_file() else []
     starts = [r for r in read_metrics(run.starts) if r["epoch"] < epoch] if run.starts.is_file() else []
+    by_size: dict[Any, list[float]] = {}
+    for r in rows:
+        by_size.setdefault(r.get("image_size"), []).append(r["epoch_seconds"])
+    median_pace = sum(len(seconds) * statistics.median(seconds) for seconds in by_size.values())
     return {"hours": round(sum(r["epoch_seconds"] for r in rows) / 3600, 2) if rows else None,
+            "median_pace_hours": round(median_pace / 3600, 2) if rows else None,
             "machines": list(dict.fromkeys(r["machine"] for r in starts)),
             "commits": list(dict.fromkeys(r["commit"] or "unknown" for r in starts))}
 

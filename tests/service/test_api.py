@@ -53,8 +53,8 @@ def test_health_readiness_version(client, bundle_dir):
     assert version["evaluation"]["int8_top1"] is None  # exported without int8
     assert version["evaluation"]["data"] == manifest["metrics"]["protocol"]["data_name"]
     assert version["bundle_fingerprint"] == load_bundle(bundle_dir).fingerprint
-    assert version["training"] == {k: manifest["training"][k] for k in ("epochs", "checkpoint_epoch", "hours",
-                                                                       "machines", "commits")}
+    assert version["training"] == {k: manifest["training"][k] for k in (
+        "epochs", "checkpoint_epoch", "hours", "median_pace_hours", "machines", "commits")}
     assert version["training"]["machines"] == [MACHINE]
     assert version["index"] == {"type": "Flat", "count": len(IMAGES), "dim": 512, "classes": list(CLASSES),
                                 "runtime": "torch-fp32", "thumbnail_size": 128, "read_only": False}

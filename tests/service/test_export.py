@@ -61,8 +61,8 @@ def test_manifest_describes_the_run(tmp_path, run_and_model):
     assert manifest["metrics"]["per_class"][0]["class"] == 0 and manifest["metrics"]["protocol"]["name"] == "linear"
     assert manifest["training"]["checkpoint_epoch"] == 1 and manifest["training"]["batch_size"] == 16
     assert manifest["training"]["recipe"] == json.loads((run / "config.json").read_text())
-    assert {k: manifest["training"][k] for k in ("hours", "machines", "commits")} == \
-        {"hours": 0.05, "machines": [MACHINE], "commits": ["abc123"]}  # from metrics.jsonl and starts.jsonl
+    assert {k: manifest["training"][k] for k in ("hours", "median_pace_hours", "machines", "commits")} == \
+        {"hours": 0.05, "median_pace_hours": 0.05, "machines": [MACHINE], "commits": ["abc123"]}  # from the run's jsonl
     assert set(manifest["files"]) == {"encoder.safetensors", "projector.safetensors", "classifier.safetensors",
                                       "model.onnx"}
     assert manifest["onnx"] == {"fp32": "model.onnx", "int8": None, "int8_calibration_images": None, "int8_check": None,
@@ -81,7 +81,7 @@ def test_model_card_says_what_the_manifest_says(tmp_path, run_and_model):
     assert "| kNN top-1 | k=10, votes exp(similarity / 0.1), 40 training images as the bank | 40.00% |" in card
     for row in manifest.metrics.per_class:
         assert f"| {row.name} | {row.count:,} | {100 * row.top1:.1f}% | {100 * row.top3:.1f}% |" in card
-    assert "settings fixed in advance" in card and "Wall-clock hours of its epochs: 0.05 (as run" in card
+    assert "settings fixed in advance" in card and "Wall-clock hours of its epochs: 0.05 as run (" in card
     assert f"Machines: {MACHINE}." in card and "Code: abc123." in card
     for name, digest in manifest.files.items():
         assert f"| {name} | `{digest}` |" in card
