@@ -47,7 +47,7 @@ def _evaluation(manifest: Manifest) -> list[str]:
         return ["## Evaluation", "", "None: the run was not evaluated (python -m trainer.linear_eval).", ""]
     p = metrics.protocol
     data = p.data_name or p.data_dir
-    head = "a linear head" if p.name == "linear" else f"a {p.name} head" if p.encoder == "frozen" else "fine-tuning"
+    head = "a linear head" if p.name == "linear" else "an MLP head"  # only heads on frozen features are bundled
     length = f"{p.epochs} epochs" if p.stopping_epoch == p.epochs else f"{p.stopping_epoch} of {p.epochs} epochs"
     chosen = (f"weight decay and stopping epoch chosen on a class-balanced validation split of {p.val_images:,} "
               f"training images" if p.val_images else "settings fixed in advance")
@@ -85,13 +85,12 @@ def _training(manifest: Manifest) -> list[str]:
         f"{t.hours:g} as run (including any time the machine was shared or the run paused)"
         + (f"; {t.median_pace_hours:g} at the run's median epoch time per view size"
            if t.median_pace_hours is not None else ""))
-    lines = ["## Training", "",
-             f"- SimCLR, {t.checkpoint_epoch} of {t.epochs:g} epochs, batch {t.batch_size}, {t.optimizer} lr "
-             f"{t.lr:g}, weight decay {t.weight_decay:g}, temperature {t.temperature:g}"
-             + (f", view-size schedule `{recipe['resolution_schedule']}`" if recipe.get("resolution_schedule")
-                else "") + (f", {recipe['precision']}" if recipe.get("precision") else "") + f"; data: {data}.",
-             f"- Wall-clock hours of its epochs: {hours}.",
-             f"- Machines: {'; '.join(t.machines) if t.machines else 'not recorded'}.",
-             f"- Code: {', '.join(t.commits) if t.commits else 'not recorded'}.",
-             "- The whole recipe: `training.recipe` in manifest.json.", ""]
-    return lines
+    return ["## Training", "",
+            f"- SimCLR, {t.checkpoint_epoch} of {t.epochs:g} epochs, batch {t.batch_size}, {t.optimizer} lr "
+            f"{t.lr:g}, weight decay {t.weight_decay:g}, temperature {t.temperature:g}"
+            + (f", view-size schedule `{recipe['resolution_schedule']}`" if recipe.get("resolution_schedule")
+               else "") + (f", {recipe['precision']}" if recipe.get("precision") else "") + f"; data: {data}.",
+            f"- Wall-clock hours of its epochs: {hours}.",
+            f"- Machines: {'; '.join(t.machines) if t.machines else 'not recorded'}.",
+            f"- Code: {', '.join(t.commits) if t.commits else 'not recorded'}.",
+            "- The whole recipe: `training.recipe` in manifest.json.", ""]
