@@ -214,7 +214,8 @@ class Evaluation(BaseModel):
     """The bundled model's evaluation on its test set (accuracies as fractions), as the manifest records it."""
 
     protocol: str
-    data: str = Field(description="the data evaluated on, by name (its folder where the evaluation named none)")
+    data: str = Field(description="the data evaluated on, by name (its folder's name, never the trainer's path, "
+                      "where the evaluation named none)")
     top1: float
     top3: float
     top5: float

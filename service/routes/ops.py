@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
@@ -51,7 +52,7 @@ async def version(state: Ready) -> Version:
         checkpoint_epoch=manifest.training.checkpoint_epoch,
         training=TrainingSummary.model_validate(manifest.training, from_attributes=True),
         evaluation=Evaluation(protocol=metrics.protocol.name, top1=metrics.top1, top3=metrics.top3,
-                              data=metrics.protocol.data_name or metrics.protocol.data_dir,
+                              data=metrics.protocol.data_name or PurePath(metrics.protocol.data_dir).name,
                               top5=metrics.top5, knn_top1=metrics.knn_top1,
                               int8_top1=check.int8_top1 if check else None,
                               int8_knn_top1=check.int8_knn_top1 if check else None) if metrics else None,

@@ -475,3 +475,16 @@ def test_a_tampered_bundle_is_refused(tmp_path, bundle_dir):
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     with TestClient(create_app(Settings(bundle=tmp_path / "bundle", data_dir=None))) as client:
         assert "does not match its sha256" in wait_ready(client)["error"]
+
+
+def test_version_names_unnamed_evaluation_data_by_its_folder_never_its_path(tmp_path):
+    run, _ = make_run(tmp_path / "run")
+    evaluation = json.loads((run / "eval" / "metrics.json").read_text())
+    del evaluation["protocol"]["data_name"]  # evaluated before data was named
+    evaluation["protocol"]["data_dir"] = "/home/someone/data/colours"
+    (run / "eval" / "metrics.json").write_text(json.dumps(evaluation))
+    export(run, tmp_path / "bundle", onnx=False)
+    settings = Settings(bundle=tmp_path / "bundle", index_root=tmp_path / "indexes", data_dir=None)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        assert client.get("/version").json()["evaluation"]["data"] == "colours"
