@@ -82,6 +82,7 @@ def test_model_card_says_what_the_manifest_says(tmp_path, run_and_model):
     for row in manifest.metrics.per_class:
         assert f"| {row.name} | {row.count:,} | {100 * row.top1:.1f}% | {100 * row.top3:.1f}% |" in card
     assert "settings fixed in advance" in card and "Wall-clock hours of its epochs: 0.05 as run (" in card
+    assert "; 0.05 at the run's median epoch time per view size." in card
     assert f"Machines: {MACHINE}." in card and "Code: abc123." in card
     for name, digest in manifest.files.items():
         assert f"| {name} | `{digest}` |" in card
