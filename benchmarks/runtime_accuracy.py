@@ -37,7 +37,7 @@ def knn_top1(queries: torch.Tensor, bank: torch.Tensor, labels: torch.Tensor, cl
     """Predicted class per query (the evaluation's weighted kNN)."""
     predictions = []
     for start in range(0, len(queries), 1024):
-        similarity, index = (queries[start:start + 1024] @ bank.T).topk(k, dim=1)
+        similarity, index = (queries[start:start + 1024] @ bank.T).topk(min(k, len(bank)), dim=1)
         votes = torch.zeros(len(similarity), classes).scatter_add_(1, labels[index], (similarity / temperature).exp())
         predictions.append(votes.argmax(dim=1))
     return torch.cat(predictions)
@@ -58,7 +58,8 @@ def main() -> None:
             entries = entries[::max(1, len(entries) // args.bank)][:args.bank]  # every n-th: classes stay balanced
         names = sorted({e.class_name for e in entries})
         labels = torch.tensor([names.index(e.class_name) for e in entries])
-        splits[split] = decode_all(entries, model.size, 10**8), labels, names
+        images, _ = decode_all(entries, model.size, 10**8)
+        splits[split] = images, labels, names
     (bank_images, bank_labels, names), (test_images, test_labels, _) = splits["train"], splits["test"]
     head_classes = model.bundle.manifest.classes
     print(f"{model.bundle.name}: {len(test_labels)} test images, kNN bank of {len(bank_labels)}")
