@@ -21,9 +21,6 @@ from service.settings import REFERENCE_BUNDLE, Settings
 SAMPLES = Path(__file__).resolve().parents[1] / "reference"
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
-pytestmark = pytest.mark.skipif(not (REFERENCE_BUNDLE / "manifest.json").is_file(),
-                                reason="models/reference is not committed yet (issue 12)")
-
 
 @pytest.fixture(scope="module")
 def expected() -> dict:
