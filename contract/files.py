@@ -9,6 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+# mkstemp makes files 0600; the files written here are read by other users too (the service's container runs
+# as uid 10001 on a bundle the host exported), so they get the mode open() would give them. Read once, at
+# import: os.umask can only be read by setting it, which is not thread-safe later.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | Path, content: bytes | str | Callable[[BinaryIO], object]) -> None:
     """Write content (bytes, text as UTF-8, or a function that writes to the open binary file) to a temporary
@@ -18,6 +24,7 @@ def atomic_write(path: str | Path, content: bytes | str | Callable[[BinaryIO], o
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             if callable(content):
                 content(f)

@@ -1,0 +1,20 @@
+"""contract.files.atomic_write: the mode a plain open() would give, not mkstemp's owner-only 0600."""
+
+import os
+import stat
+
+from contract import files
+
+
+def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path):
+    written = tmp_path / "manifest.json"
+    files.atomic_write(written, "{}")
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+    assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~files._UMASK
+
+
+def test_atomic_write_leaves_no_temporary_file(tmp_path):
+    files.atomic_write(tmp_path / "a.bin", b"\x00\x01")
+    assert os.listdir(tmp_path) == ["a.bin"]
