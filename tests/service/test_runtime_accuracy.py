@@ -1,5 +1,5 @@
 """benchmarks/runtime_accuracy.py end to end on a small bundle and image folder: it runs, honours --bank, and
-prints each runtime's kNN and linear top-1."""
+prints the runtime's kNN and linear top-1."""
 
 import re
 import sys
