@@ -132,11 +132,14 @@ def color_jitter(x: Tensor, g: torch.Generator, strength: tuple[float, float, fl
                            _uniform(1 - s, 1 + s, n, g, device), _uniform(-h, h, n, g, device)])
     order = torch.rand(n, 4, generator=g, device=device).argsort(dim=1)  # a random permutation per image
     applied = _bernoulli(p, n, g, device)
-    out = x.clone()
+    # Each adjustment runs on the whole batch and is kept where it is this image's turn: selecting the images
+    # first (nonzero) would make the host wait for the device at every step, and these elementwise passes cost
+    # little beside the network's step.
+    out = x
     for position in range(4):
         for op_index, op in enumerate(_JITTER_OPS):
-            idx = ((order[:, position] == op_index) & applied).nonzero().squeeze(1)
-            out[idx] = op(out[idx], factors[op_index, idx])
+            turn = ((order[:, position] == op_index) & applied).view(-1, 1, 1, 1)
+            out = torch.where(turn, op(out, factors[op_index]), out)
     return out
 
 

@@ -167,22 +167,30 @@ def _torchvision_cifar10(root: Path, split: str, image_size: int, download: bool
 
 class DeviceLoader:
     """Batches of indices into a data set that lives on the training device, from a seeded permutation
-    per epoch; under DDP every rank draws the same permutation and takes its own slice of each batch."""
+    per epoch; under DDP every rank draws the same permutation and takes its own slice of each batch.
+    The permutation is drawn on the CPU (the same on every device) and moved to the device once an epoch, so
+    that indexing the images makes the host wait for nothing."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu"):
         if batch_size > n:
             raise UserError(f"--batch-size {batch_size} is larger than the data set ({n} images)")
         if batch_size % world_size:
             raise UserError(f"--batch-size {batch_size} must divide evenly over {world_size} processes")
         self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
+        self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return self.n // self.batch_size  # drop the last, smaller batch: NT-Xent wants full batches
 
     def __iter__(self):
-        perm = torch.randperm(self.n, generator=self.generator)
+        return self.batches()
+
+    def batches(self, start: int = 0):
+        """This epoch's batches from batch `start` on (a run resumed in the middle of an epoch)."""
+        perm = torch.randperm(self.n, generator=self.generator).to(self.device, non_blocking=True)
         local = self.batch_size // self.world_size
-        for step in range(len(self)):
-            start = step * self.batch_size + self.rank * local
-            yield perm[start:start + local]
+        for step in range(start, len(self)):
+            first = step * self.batch_size + self.rank * local
+            yield perm[first:first + local]
