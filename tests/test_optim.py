@@ -7,7 +7,7 @@ from torch import nn
 
 from trainer.loss import nt_xent
 from trainer.models import SimCLR
-from trainer.optim import LARS, build_optimizer, build_scheduler, loss_scale, parameter_groups, warmup_cosine
+from trainer.optim import LARS, WarmupCosine, build_optimizer, build_scheduler, loss_scale, parameter_groups, replan
 
 
 def test_parameter_groups_split_weights_from_bn_and_bias():
@@ -44,7 +44,7 @@ def test_lars_step_against_formula():
 
 
 def test_warmup_then_cosine_values():
-    f = warmup_cosine(total_steps=100, warmup_steps=10)
+    f = WarmupCosine(total_steps=100, warmup_steps=10)
     assert [f(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
     assert f(10) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.5)
@@ -63,6 +63,23 @@ def test_scheduler_steps_per_optimisation_step():
     assert lrs[:5] == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0])
     assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+
+
+def test_a_replanned_schedule_ends_at_its_new_length_and_checkpoints_carry_the_plan():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, total_steps=10**9, warmup_steps=8)  # a budgeted run before its plan
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    replan(sched, 12)  # the warm-up is cut to half the run
+    for _ in range(7):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    saved = sched.state_dict()
+    resumed = build_scheduler(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), 10**9, 8)
+    resumed.load_state_dict(saved)
+    assert (resumed.lr_lambdas[0].total_steps, resumed.lr_lambdas[0].warmup_steps) == (12, 6)
 
 
 def test_lars_on_the_doubled_loss_steps_as_simclrs_summed_loss():

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import re
 import shutil
@@ -218,3 +219,35 @@ def test_a_run_too_long_for_a_cpu_points_at_the_cpu_recipe(tmp_path, pattern_fol
     out = capsys.readouterr().out
     assert "plan: 2 steps" in out and f"--config {pretrain.CPU_RECIPE}" in out
     assert (REPO / pretrain.CPU_RECIPE).is_file()
+
+
+def test_a_backward_that_cannot_compile_trains_eager_and_says_so_once(tmp_path, pattern_folder, monkeypatch, capsys):
+    """torch.compile compiles the backward at the first backward call: a failure there falls back too."""
+    import trainer.pretrain as pretrain
+
+    class FailingBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("backward graph failed to compile")
+
+    class CompiledForwardOnly(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            return FailingBackward.apply(self.module(x))
+
+    monkeypatch.setattr(pretrain.torch, "compile", lambda module, **kwargs: CompiledForwardOnly(module))
+    out = tmp_path / "run"
+    assert main(tiny_args(pattern_folder, out, "--epochs", "2", "--compile")) == 0
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("torch.compile failed (RuntimeError: backward graph failed") == 1
+    state = checkpoint.load(RunDir(out).latest_checkpoint())
+    assert state["step"] == 4
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in rows)

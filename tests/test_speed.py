@@ -55,3 +55,13 @@ def test_a_pause_moves_the_eta_by_one_slow_step_not_by_its_length():
     for _ in range(200):  # a machine that really got slower is still followed
         clock.record(32, 3.0)
     assert clock.per_step(32) > 2.9
+
+
+def test_a_window_of_steps_counts_as_its_steps_one_by_one():
+    one_by_one, windowed = RunClock({32: 1.0}, smoothing=0.1), RunClock({32: 1.0}, smoothing=0.1)
+    for clock in (one_by_one, windowed):
+        clock.record(32, 1.0)
+    for _ in range(20):
+        one_by_one.record(32, 2.0)
+    windowed.record(32, 40.0, steps=20)
+    assert windowed.per_step(32) == pytest.approx(one_by_one.per_step(32))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.budget import parse_duration
 from trainer.cli import OneLineErrorParser, field_types, option
 from trainer.cli import build_parser as build_dataclass_parser
 from trainer.errors import UserError
@@ -46,6 +47,9 @@ class Config:
     temperature: float = option(0.5, "NT-Xent temperature")
     epochs: float = option(500, "pretraining epochs (a fraction cuts the last one short; the learning rate reaches "
                            "zero at the end)")
+    time_budget: str | None = option(None, "train for this long instead of --epochs, e.g. 7m or 12h: the run times "
+                                     "its own steps and plans the epochs that fill the budget (written to "
+                                     "config.json, so that a resumed run keeps the plan)")
     batch_size: int = option(512, "global batch size (pairs of views per step, over all processes)")
     optimizer: str = option("sgd", "sgd (momentum 0.9), lars (SimCLR's) or adam", ("sgd", "lars", "adam"))
     lr: float | None = option(None, "peak learning rate (default: sgd 0.06 x batch/128, lars 1.0 x batch/256 "
@@ -103,6 +107,8 @@ class Config:
             if not ok:
                 raise UserError(message)
         ResolutionSchedule.parse(self.resolution_schedule, self.image_size)  # a bad schedule fails here, not later
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)
 
     @property
     def peak_lr(self) -> float:

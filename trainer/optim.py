@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
@@ -76,20 +74,30 @@ def loss_scale(name: str) -> float:
     return 2.0 if name == "lars" else 1.0
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """LR multiplier per step: linear from 1/warmup to 1 over warmup_steps, then cosine to 0."""
+class WarmupCosine:
+    """LR multiplier per step: linear from 1/warmup to 1 over warmup_steps, then cosine to 0 at total_steps.
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    An object rather than a closure so that a time-budgeted run can re-plan its length, and so that the
+    scheduler's state_dict (which keeps a callable object's attributes) carries the plan into checkpoints."""
+
+    def __init__(self, total_steps: int, warmup_steps: int):
+        self.total_steps, self.warmup_steps = total_steps, warmup_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int,
                     warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Stepped once per optimisation step (not per epoch)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps, warmup_steps))
 
+
+def replan(scheduler: torch.optim.lr_scheduler.LambdaLR, total_steps: int) -> None:
+    """Make the schedule end at total_steps from now on; the warm-up is cut to half the run where it was longer."""
+    schedule = scheduler.lr_lambdas[0]
+    schedule.total_steps = total_steps
+    schedule.warmup_steps = min(schedule.warmup_steps, total_steps // 2)

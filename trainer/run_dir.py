@@ -5,6 +5,7 @@
     RUN_DIR/checkpoints/epoch_NNNN.pt    the newest few checkpoints
     RUN_DIR/metrics.jsonl, curves.png, tensorboard/
     RUN_DIR/starts.jsonl                 each start and resume: its machine and git commit (trainer.provenance)
+    RUN_DIR/budget.json                  a --time-budget run's plans (trainer.budget)
     RUN_DIR/features/                    frozen features cached by the linear evaluation
     RUN_DIR/eval[-VARIANT]/              linear evaluation outputs (export bundles eval/)
 """
@@ -32,6 +33,7 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.metrics = self.path / "metrics.jsonl"
         self.starts = self.path / "starts.jsonl"
+        self.budget = self.path / "budget.json"
         self.curves = self.path / "curves.png"
         self.tensorboard = self.path / "tensorboard"
         self.features = self.path / "features"

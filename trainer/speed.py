@@ -8,6 +8,7 @@ times a few steps of both on a copy of the model instead of guessing.
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -58,10 +59,10 @@ def step_seconds(model: nn.Module, device: torch.device, precision: str, size: i
 
 
 def pick_precision(requested: str, model: nn.Module, device: torch.device, size: int,
-                   channels_last: bool = True, rounds: int = 3) -> tuple[str, str]:
+                   channels_last: bool = True, rounds: int = 5) -> tuple[str, str]:
     """The precision to train in, and why. `auto` is bf16 on CUDA GPUs that support it; on a CPU, bf16 only
-    where it measured at least BF16_MIN_GAIN times faster than fp32 here (the two timed in turns, the fastest
-    of each kept, so that a busy machine slows both alike)."""
+    where it measured at least BF16_MIN_GAIN times faster than fp32 here: the two are timed in turns, `rounds`
+    times each, and their medians compared, so that a burst of other work on the machine moves neither much."""
     if requested == "fp16" and device.type != "cuda":
         raise UserError("--precision fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
     if requested != "auto":
@@ -73,9 +74,9 @@ def pick_precision(requested: str, model: nn.Module, device: torch.device, size:
     for _ in range(rounds):
         for p, once in timers.items():
             times[p].append(once())
-    gain = min(times["fp32"]) / min(times["bf16"])
+    gain = statistics.median(times["fp32"]) / statistics.median(times["bf16"])
     choice = "bf16" if gain >= BF16_MIN_GAIN else "fp32"
-    return choice, f"auto: bf16 measured {gain:.2f}x fp32 on this CPU"
+    return choice, f"auto: bf16 measured {gain:.2f}x fp32 on this CPU (medians of {rounds})"
 
 
 def format_duration(seconds: float) -> str:
@@ -98,13 +99,17 @@ class RunClock:
         self.pace: dict[int, float] = {}
         self.last: int | None = None
 
-    def record(self, size: int, seconds: float) -> None:
-        """One step at this size took `seconds`. A step counts as at most 4x the pace so far: a run paused (kill
+    def record(self, size: int, seconds: float, steps: int = 1) -> None:
+        """`steps` steps at this size took `seconds` together (a training loop that waits for the device only
+        now and then times a window of steps). A step counts as at most 4x the pace so far: a run paused (kill
         -STOP) or a machine that stalled for minutes slows the estimate by a step, not by the whole pause."""
+        mean = seconds / steps
         previous = self.pace.get(size)
-        if previous is not None:
-            seconds = min(seconds, 4 * previous)
-        self.pace[size] = seconds if previous is None else previous + self.smoothing * (seconds - previous)
+        if previous is None:
+            self.pace[size] = mean
+        else:  # the moving average as if each step of the window had been recorded on its own
+            weight = 1 - (1 - self.smoothing) ** steps
+            self.pace[size] = previous + weight * (min(mean, 4 * previous) - previous)
         self.last = size
 
     def per_step(self, size: int) -> float:
