@@ -3,6 +3,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -141,18 +142,44 @@ def test_short_run_learns_features_far_better_than_initialisation(tmp_path):
     assert final["knn_top1"] >= initial["knn_top1"] + margin, (initial, final)
 
 
+def _torchrun(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+            if "loss" in json.loads(line)]
+
+
 @pytest.mark.slow
-def test_torchrun_two_processes(tmp_path, pattern_folder):
-    out = tmp_path / "ddp"
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "trainer.pretrain", *tiny_args(pattern_folder, out, "--epochs", "1", "--knn-every", "1")],
-        capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-2000:]
-    state = checkpoint.load(RunDir(out).latest_checkpoint())
-    assert state["epoch"] == 1 and state["step"] == 2  # 64 images / global batch 32
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1] and "knn_top1" in rows[1]  # logged once, by rank 0
+def test_torchrun_two_processes_on_one_node_and_on_two(tmp_path, pattern_folder):
+    """Global batch 32 as one process, as two processes on one node, and as two nodes of one process each
+    meeting over c10d rendezvous on 127.0.0.1 (what two machines do, docs/training.md). The two-process runs
+    must agree exactly: the same global batch, split the same way. One process differs a little: on a CPU each
+    process normalises its half batch (SyncBatchNorm has no CPU kernels; on CUDA the runs share statistics)."""
+    train = ("--epochs", "1", "--knn-every", "1", "--deterministic")
+    single, standalone, nodes = tmp_path / "single", tmp_path / "standalone", tmp_path / "nodes"
+    assert main(tiny_args(pattern_folder, single, *train)) == 0
+    one_node = _torchrun("--standalone", "--nproc-per-node", "2", "-m", "trainer.pretrain",
+                         *tiny_args(pattern_folder, standalone, *train))
+    assert one_node.wait(timeout=300) == 0, one_node.stdout.read()[-2000:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agents = [_torchrun("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                        f"127.0.0.1:{port}", "--rdzv-id", "test", "--rdzv-conf", f"is_host={int(node == 0)}",
+                        "-m", "trainer.pretrain", *tiny_args(pattern_folder, nodes, *train)) for node in (0, 1)]
+    for agent in agents:
+        assert agent.wait(timeout=300) == 0, agent.stdout.read()[-2000:]
+
+    for out in (standalone, nodes):
+        state = checkpoint.load(RunDir(out).latest_checkpoint())
+        assert state["epoch"] == 1 and state["step"] == 2  # 64 images / global batch 32
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == [0, 1] and "knn_top1" in rows[1]  # logged once, by rank 0
+    assert _losses(nodes) == pytest.approx(_losses(standalone), rel=1e-5)
+    assert _losses(nodes) == pytest.approx(_losses(single), rel=0.05)
 
 
 def test_resolution_schedule_fractional_epochs_and_the_lr_reaching_zero(tmp_path, pattern_folder, monkeypatch,
