@@ -115,11 +115,12 @@ def measure(batches: Iterable[Views], consume: Callable[[Tensor, Tensor], None],
 
 
 def make_train_step(model: nn.Module, device: torch.device, precision: str, channels_last: bool,
-                    compiled: bool) -> Callable[[Tensor, Tensor], None]:
-    """trainer.pretrain's step with the given settings, on its own model and optimizer."""
+                    compiled: bool, backend: str = "inductor") -> Callable[[Tensor, Tensor], None]:
+    """trainer.pretrain's step with the given settings, on its own model and optimizer (backend: torch.compile's;
+    "eager" only traces, which a CPU rehearsal of a GPU run uses to go through the compiled path quickly)."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    net = torch.compile(model, dynamic=False) if compiled else model
+    net = torch.compile(model, dynamic=False, backend=backend) if compiled else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
     def step(v1: Tensor, v2: Tensor) -> None:

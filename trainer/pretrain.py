@@ -338,7 +338,7 @@ class Pretraining:
         loss_sum = torch.zeros((), device=self.device)
         seconds_before = 0.0
         if self.partial:  # resumed inside this epoch: its random stream and running loss as they were
-            self.aug.set_state(self.partial["aug_rng"])
+            self.aug.set_state(self.partial["aug_rng"].cpu())  # map_location moved it to the device
             loss_sum += self.partial["loss_sum"]
             seconds_before, self.partial = self.partial["seconds"], None
         else:
@@ -348,8 +348,9 @@ class Pretraining:
         started = window = time.perf_counter()
         window_steps, size = 0, self.resolution.size_at(self.step, self.total_steps)
         of = "?" if self.budget and not self.budget.plans else math.ceil(self.total_steps / spe)
+        quiet = {} if self.proc.is_main else {"disable": True}  # on rank 0, TQDM_DISABLE=1 turns it off too
         bar = tqdm(total=min(spe, self.total_steps - epoch * spe), initial=offset, unit="step", leave=False,
-                   desc=f"epoch {epoch + 1}/{of}", disable=not self.proc.is_main, mininterval=1)
+                   desc=f"epoch {epoch + 1}/{of}", mininterval=1, **quiet)
         loss = None
         for idx in self.loader.batches(offset):
             if self.step >= self.total_steps:

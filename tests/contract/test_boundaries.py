@@ -42,3 +42,14 @@ def test_serving_loads_no_training_code_or_libraries():
     result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_training_and_evaluation_load_none_of_the_serving_libraries():
+    """The GPU machine has torch but not pydantic, fastapi or faiss (docs/benchmarks.md): pretraining and the
+    linear evaluation must run there without them. Only the export writes a manifest, and needs pydantic."""
+    check = ("import sys, trainer.pretrain, trainer.linear_eval; "
+             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & "
+             "{'pydantic', 'fastapi', 'faiss', 'service', 'uvicorn'})))")
+    result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
