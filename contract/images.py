@@ -1,8 +1,9 @@
 """Image files and bytes -> the model's input: the one decoding that training, evaluation, index building and
 the service all use, so that an image means the same pixels everywhere.
 
-decode (first frame of an animation), convert to RGB (alpha dropped, palette and greyscale expanded; 16-bit
-greyscale scaled to 8 bits first), then, when the size differs, resize the shorter side and centre-crop
+decode (the first frame of an animation or the first page of a multi-page TIFF), convert to RGB (alpha dropped,
+palette and greyscale expanded; 16-bit greyscale scaled to 8 bits first, floating-point greyscale in [0, 1]
+scaled to 0-255), then, when the size differs, resize the shorter side and centre-crop
 (PIL ImageOps.fit, bicubic). The bundle's manifest names this as RESIZE.
 """
 
@@ -78,4 +79,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit greyscale: keep the top 8 bits
         # convert("RGB") would clip at 255 and turn almost every 16-bit image white.
         return Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "F":  # floating-point greyscale (TIFF): [0, 1] as a fraction of white, else as 8-bit levels
+        values = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
+        return Image.fromarray((values * scale).round().clip(0, 255).astype(np.uint8)).convert("RGB")
     return img.convert("RGB")

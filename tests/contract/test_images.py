@@ -44,12 +44,36 @@ def test_16_bit_greyscale_is_scaled_not_clipped():
     assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
 
 
-def test_animated_images_give_their_first_frame():
-    frames = [Image.new("RGB", (8, 8), colour) for colour in [(255, 0, 0), (0, 0, 255)]]
+@pytest.mark.parametrize("format, options", [
+    ("GIF", {"duration": 100}), ("WEBP", {"duration": 100, "lossless": True}), ("PNG", {"duration": 100}),  # APNG
+    ("TIFF", {}), ("TIFF", {"compression": "tiff_lzw"}), ("TIFF", {"compression": "jpeg"}),
+    ("TIFF", {"big_tiff": True}),
+])
+def test_multi_frame_images_give_their_first_frame(format, options):
+    """Every format the 415 message names decodes, a multi-page TIFF or an animation by its first frame."""
+    frames = [Image.new("RGB", (8, 8), colour) for colour in [(255, 0, 0), (0, 0, 255), (0, 255, 0)]]
+    if format == "TIFF":
+        frames[2] = frames[2].resize((20, 10))  # a TIFF's pages are images of their own sizes
     data = io.BytesIO()
-    frames[0].save(data, format="GIF", save_all=True, append_images=frames[1:], duration=100)
+    frames[0].save(data, format=format, save_all=True, append_images=frames[1:], **options)
+    assert Image.open(io.BytesIO(data.getvalue())).n_frames == 3
     out = decode_image(data.getvalue(), 8, 10**6)
     assert out[..., 0].min() > 200 and out[..., 2].max() < 50
+
+
+@pytest.mark.parametrize("format", ["JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM"])
+def test_every_format_the_refusal_names_decodes(format):
+    from contract.images import FORMATS
+
+    assert format in FORMATS
+    out = decode_image(png_bytes(RGB, format), 8, 10**6)
+    assert out.shape == (8, 8, 3) and 60 < out.mean() < 200
+
+
+def test_floating_point_tiffs_in_0_to_1_become_their_grey_levels():
+    values = np.array([[0.0, 0.25, 0.5, 1.0]], dtype=np.float32).repeat(4, axis=0)
+    out = decode_image(png_bytes(Image.fromarray(values), "TIFF"), 4, 10**6)  # mode F
+    np.testing.assert_array_equal(out[0, :, 0], [0, 64, 128, 255])
 
 
 @pytest.mark.parametrize("data, status, message", [
