@@ -1,10 +1,11 @@
 """The model bundle: what `python -m trainer.export` writes and the service loads.
 
-BUNDLE_DIR holds encoder.safetensors, projector.safetensors, classifier.safetensors (when the run was
-evaluated) and manifest.json, written last: format and version, architecture, input preprocessing, class
-names, evaluation metrics, a training summary and the sha256 of every file. Manifest is the one description
-of that file: the writer builds it and the reader validates it. Weights are safetensors (tensors, never
-pickles); an unknown format or version, a missing file or a wrong checksum is refused.
+BUNDLE_DIR holds encoder.safetensors, projector.safetensors, classifier.safetensors and familiarity.safetensors
+(when the run was evaluated), the ONNX graphs (model.onnx, model.int8.onnx) and manifest.json, written last:
+format and version, architecture, input preprocessing, class names, evaluation metrics, a training summary and
+the sha256 of every file. Manifest is the one description of that file: the writer builds it and the reader
+validates it. Weights are safetensors (tensors, never pickles); an unknown format or version, a missing file
+or a wrong checksum is refused.
 """
 
 from __future__ import annotations
@@ -30,10 +31,15 @@ from contract.networks import BACKBONES, classifier_head, projector, resnet_enco
 FORMAT, FORMAT_VERSION = "simclr-bundle", 1
 ENCODER, PROJECTOR, CLASSIFIER = "encoder.safetensors", "projector.safetensors", "classifier.safetensors"
 ONNX_FP32, ONNX_INT8 = "model.onnx", "model.int8.onnx"
+FAMILIARITY = "familiarity.safetensors"
 Fraction = Annotated[float, Field(ge=0, le=1)]
-# Issue 16's rule: the int8 graph is served unasked only where it costs less than half a point of linear top-1
-# and of kNN top-1.
-MAX_INT8_LOSS = 0.005
+# The gate a fast runtime passes before the service runs it unasked: against fp32 on the evaluation's test set,
+# less than half a point of linear (and kNN) top-1 lost, and the same top-1 class on 97% of the images and the
+# same top 3 in the same order on 80%. The int8 encoder measured 98.4% and 90.4% on the reference model; the
+# int8 graph that quantised the probabilities too, 42% (ties at zero behind a first class above 0.99).
+MAX_ACCURACY_LOSS = 0.005
+MIN_TOP1_AGREEMENT = 0.97
+MIN_TOP3_ORDER_AGREEMENT = 0.80
 
 
 class BundleError(Exception):
@@ -48,6 +54,8 @@ class Projection(BaseModel):
 class ClassifierSpec(BaseModel):
     hidden_dims: list[int] = Field(max_length=1)
     num_classes: int = Field(gt=0)
+    temperature: float = Field(1.0, gt=0, description="the probabilities are softmax(logits / temperature): fitted "
+                               "on images held out of the head's training (bundles from before it: 1)")
 
 
 class Architecture(BaseModel):
@@ -100,6 +108,18 @@ class Protocol(BaseModel):
     seed: int
 
 
+class Calibration(BaseModel):
+    """The classifier's temperature, fitted on images held out of its training, and the expected calibration error
+    (15 bins) of its probabilities on the test set before and after it."""
+
+    images: int = Field(gt=0)
+    temperature: float = Field(gt=0)
+    test_ece_before: Fraction
+    test_ece_after: Fraction
+    test_nll_before: float | None = None
+    test_nll_after: float | None = None
+
+
 class Metrics(BaseModel):
     """The linear evaluation of the bundled checkpoint: accuracies as fractions of the test set."""
 
@@ -113,6 +133,7 @@ class Metrics(BaseModel):
     per_class: list[ClassScore]
     protocol: Protocol
     checkpoint: str
+    calibration: Calibration | None = None
 
 
 class Training(BaseModel):
@@ -138,41 +159,63 @@ class Training(BaseModel):
     recipe: dict[str, Any] | None = Field(None, description="the run's whole configuration (RUN_DIR/config.json)")
 
 
-class Int8Check(BaseModel):
-    """The int8 graph's linear top-1 and kNN top-1 beside the fp32 graph's on the evaluation's test set, measured
-    at export. The kNN is the evaluation's (k=200, votes exp(similarity / 0.1)) over the training images, each
-    graph embedding both sides; bundles from before it was measured have no kNN figures."""
+class RuntimeCheck(BaseModel):
+    """A fast runtime beside fp32 (the fp32 ONNX graph) on the evaluation's test set, measured at export: its
+    accuracy, and how often it gives fp32's answer. The kNN figures (k=200 over the training images, each side
+    embedded by its own runtime) are measured for the int8 graph only."""
 
+    runtime: str
     data_dir: str
     test_images: int = Field(gt=0)
     fp32_top1: Fraction
-    int8_top1: Fraction
+    top1: Fraction
     train_images: int | None = Field(None, gt=0, description="the kNN's bank")
     fp32_knn_top1: Fraction | None = None
-    int8_knn_top1: Fraction | None = None
+    knn_top1: Fraction | None = None
+    top1_agreement: Fraction = Field(description="test images whose first class is fp32's")
+    top3_agreement: Fraction = Field(description="test images whose top 3 are fp32's three classes")
+    top3_order_agreement: Fraction = Field(description="test images whose top 3 are fp32's, in fp32's order")
 
     @property
     def passed(self) -> bool:
-        """int8 loses less than MAX_INT8_LOSS on every measure taken."""
-        knn = (self.fp32_knn_top1, self.int8_knn_top1)
-        knn_loss = 0.0 if None in knn else knn[0] - knn[1]
-        return max(self.fp32_top1 - self.int8_top1, knn_loss) < MAX_INT8_LOSS
+        """The gate: MAX_ACCURACY_LOSS, MIN_TOP1_AGREEMENT and MIN_TOP3_ORDER_AGREEMENT all met."""
+        knn_loss = 0.0 if None in (self.fp32_knn_top1, self.knn_top1) else self.fp32_knn_top1 - self.knn_top1
+        return (max(self.fp32_top1 - self.top1, knn_loss) < MAX_ACCURACY_LOSS
+                and self.top1_agreement >= MIN_TOP1_AGREEMENT and self.top3_order_agreement >= MIN_TOP3_ORDER_AGREEMENT)
+
+
+class Familiarity(BaseModel):
+    """How like the training images an image is: the cosine similarity of its representation to its k-th most
+    similar of `images` training representations, class-balanced, kept in FAMILIARITY (the k-th nearest
+    neighbour score of Sun et al., "Out-of-distribution detection with deep nearest neighbors", ICML 2022).
+    Below `threshold`, chosen so that `heldout_accepted` of images held out of the head's training and of the
+    bank score above it, the service says the image is unlike the training data."""
+
+    file: str = FAMILIARITY
+    images: int = Field(gt=0)
+    k: int = Field(gt=0)
+    threshold: float
+    heldout_images: int = Field(gt=0)
+    heldout_accepted: Fraction
+    test_accepted: Fraction | None = Field(None, description="the evaluation's test images above the threshold")
+    rejected: dict[str, Fraction] = Field({}, description="per set of synthetic images unlike any photograph, the "
+                                          "share below the threshold (trainer.synthetic)")
 
 
 class OnnxGraphs(BaseModel):
     """The whole inference as ONNX graphs (an addition to format version 1: older readers ignore it).
 
     Input "images": uint8 (N, 3, S, S), normalised inside the graph; outputs "representation" (N, D),
-    "projection" (N, P) and, with a classifier, "probabilities" (N, C): what the torch networks compute. Their
-    weights are ONNX external data inside the bundle's safetensors files (write_bundle links them): open a
-    graph by its path, in the bundle directory.
+    "projection" (N, P) and, with a classifier, "logits" (N, C), whose softmax at the classifier's temperature the
+    reader takes (graphs exported before the temperature output "probabilities" instead). The int8 graph
+    quantises the encoder only: the representation and the heads are float. The weights are ONNX external data
+    inside the bundle's safetensors files (write_bundle links them): open a graph by its path, in the bundle
+    directory.
     """
 
     fp32: str = ONNX_FP32
     int8: str | None = Field(None, description="statically quantised (QDQ) graph, calibrated on training images")
     int8_calibration_images: int | None = None
-    int8_check: Int8Check | None = Field(None, description="what int8 costs in accuracy; without it, or where it "
-                                         "costs MAX_INT8_LOSS or more, the service runs int8 only when asked")
     opset: int
 
 
@@ -189,6 +232,9 @@ class Manifest(BaseModel):
     # float16 halves the files; the networks are rebuilt and run in float32 either way.
     weights_dtype: Literal["float32", "float16"] = "float32"
     onnx: OnnxGraphs | None = None
+    runtime_checks: list[RuntimeCheck] = Field([], description="the fast runtimes measured against fp32 at export; "
+                                               "the service runs one unasked only where its check passed")
+    familiarity: Familiarity | None = None
     files: dict[str, str] = {}
 
     def to_json(self) -> str:
@@ -206,6 +252,7 @@ class Bundle:
     encoder: nn.Module
     projector: nn.Module
     classifier: nn.Module | None
+    familiarity: Tensor | None  # (images, D) unit training representations, float32
 
     @property
     def name(self) -> str:
@@ -233,7 +280,7 @@ def write_bundle(path: str | Path, manifest: Manifest, weights: dict[str, dict[s
     for name, data in blobs.items():
         atomic_write(path / name, data)
         files[name] = hashlib.sha256(data).hexdigest()
-    for stale in {CLASSIFIER, ONNX_FP32, ONNX_INT8} - files.keys():
+    for stale in {CLASSIFIER, FAMILIARITY, ONNX_FP32, ONNX_INT8} - files.keys():
         (path / stale).unlink(missing_ok=True)
     manifest = manifest.model_copy(update={"files": files})
     _check_files_listed(manifest, path / "manifest.json")
@@ -339,7 +386,16 @@ def load_bundle(path: str | Path) -> Bundle:
     for net in (encoder, head, classifier):
         if net is not None:
             net.requires_grad_(False).eval()
-    return Bundle(path, manifest, fingerprint, encoder, head, classifier)
+    familiarity = None
+    if manifest.familiarity:
+        try:
+            familiarity = load_safetensors((path / manifest.familiarity.file).read_bytes())["bank"].float()
+        except (OSError, SafetensorError, KeyError) as e:
+            raise BundleError(f"{path / manifest.familiarity.file} holds no readable bank: {e}") from None
+        if familiarity.shape != (manifest.familiarity.images, arch.representation_dim):
+            raise BundleError(f"{path / manifest.familiarity.file} has shape {tuple(familiarity.shape)}, not "
+                              f"({manifest.familiarity.images}, {arch.representation_dim})")
+    return Bundle(path, manifest, fingerprint, encoder, head, classifier, familiarity)
 
 
 def load_weights(net: nn.Module, file: Path, error: type[Exception]) -> nn.Module:
@@ -363,7 +419,8 @@ def describe(error: ValidationError) -> str:
 def _check_files_listed(manifest: Manifest, file: Path) -> None:
     onnx = manifest.onnx
     required = {ENCODER, PROJECTOR} | ({CLASSIFIER} if manifest.architecture.classifier else set()) | (
-        {onnx.fp32} | ({onnx.int8} if onnx.int8 else set()) if onnx else set())
+        {onnx.fp32} | ({onnx.int8} if onnx.int8 else set()) if onnx else set()) | (
+        {manifest.familiarity.file} if manifest.familiarity else set())
     missing = required - manifest.files.keys()
     if missing:
         raise BundleError(f"{file} lists no checksum for {', '.join(sorted(missing))}")

@@ -255,13 +255,15 @@ def _ask(client: Client, args: argparse.Namespace, batch: list[Path]) -> list[di
 
 
 def _line(file: Path, command: str, answer: dict) -> str:
+    unlike = " (unlike the training data)" if answer.get("unlike_training_data") else ""
     if command == "classify":
-        return f"{file}: " + ", ".join(f"{p['class_name']} {p['probability']:.3f}" for p in answer["predictions"])
+        return (f"{file}: " + ", ".join(f"{p['class_name']} {p['probability']:.3f}" for p in answer["predictions"])
+                + unlike)
     if command == "search":
         return f"{file}: " + ", ".join(f"{n['id']} ({n['metadata'].get('class', '-')}) {n['score']:.3f}"
                                       for n in answer["neighbours"])
     vector = answer["representation"]
-    return f"{file}: {len(vector)}-d [{', '.join(f'{x:.4f}' for x in vector[:4])}, ...]"
+    return f"{file}: {len(vector)}-d [{', '.join(f'{x:.4f}' for x in vector[:4])}, ...]{unlike}"
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Preprocessing and inference: image bytes -> the evaluation's input tensor -> representation, projection,
-class probabilities.
+class probabilities, familiarity.
 
 Preprocessing is the one the linear evaluation used: contract.images decodes and resizes to the manifest's
 input size, then the pixels are scaled to [0, 1] and normalised with the manifest's mean and std.
@@ -17,22 +17,31 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from contract.bundle import Bundle, BundleError
+from contract.familiarity import familiarity
 from contract.images import decode_image
 
 @dataclass
 class Outputs:
     """Per image: raw representation (N, D), the same L2-normalised, projection (N, P), class probabilities
-    (N, C) or None."""
+    (N, C) or None, and familiarity (N,) or None: the cosine similarity to the k-th most similar of the bundle's
+    training representations (contract.bundle.Familiarity), for bundles that carry them."""
 
     representation: Tensor
     unit: Tensor
     projection: Tensor
     probabilities: Tensor | None
+    familiarity: Tensor | None = None
+
+    def familiar(self, threshold: float | None) -> list[dict[str, float | bool | None]]:
+        """Per image, training_similarity and unlike_training_data as the answers carry them (None without)."""
+        if self.familiarity is None or threshold is None:
+            return [{"training_similarity": None, "unlike_training_data": None}] * len(self.representation)
+        return [{"training_similarity": s, "unlike_training_data": s < threshold} for s in self.familiarity.tolist()]
 
     def __getitem__(self, rows: slice) -> Outputs:
         """The outputs of some of the images: how the batcher hands each request its own rows."""
-        probabilities = self.probabilities[rows] if self.probabilities is not None else None
-        return Outputs(self.representation[rows], self.unit[rows], self.projection[rows], probabilities)
+        return Outputs(*(t[rows] if t is not None else None for t in (
+            self.representation, self.unit, self.projection, self.probabilities, self.familiarity)))
 
 
 RUNTIMES = ("torch-fp32", "torch-bf16", "torch-fp16", "onnx-fp32", "onnx-int8")
@@ -44,7 +53,9 @@ class Model:
     - torch-fp32, torch-bf16 (and torch-fp16 on a GPU): the torch networks, channels-last (uint8 images arrive
       in that layout, and the convolutions are faster in it), the encoder under autocast for bf16 and fp16;
     - onnx-fp32, onnx-int8 (CPU): the bundle's ONNX graphs (normalisation, encoder and heads) in ONNX Runtime.
-    The torch networks live on device; every output is float32, on the CPU, whatever the runtime.
+    The torch networks live on device; every output is float32, on the CPU, whatever the runtime. Whatever the
+    runtime, the probabilities are the softmax of float logits at the bundle's temperature, and familiarity is
+    computed from the float representation.
     """
 
     def __init__(self, bundle: Bundle, runtime: str = "torch-fp32", device: str | torch.device = "cpu"):
@@ -57,6 +68,9 @@ class Model:
             if net is not None:
                 net.to(self.device)
         bundle.encoder.to(memory_format=torch.channels_last)
+        classifier, familiar = bundle.manifest.architecture.classifier, bundle.manifest.familiarity
+        self.temperature = classifier.temperature if classifier else 1.0
+        self.familiarity_threshold = familiar.threshold if familiar else None
         self._sessions: dict[str, object] = {}
         self.use(runtime)
 
@@ -102,13 +116,25 @@ class Model:
         h = h.float()
         z = self.bundle.projector(h)
         head = self.bundle.classifier
-        p = F.softmax(head(h), dim=1) if head is not None else None
-        return Outputs(h.cpu(), F.normalize(h, dim=1).cpu(), z.cpu(), p.cpu() if p is not None else None)
+        logits = head(h).cpu() if head is not None else None
+        return self._outputs(h.cpu(), z.cpu(), logits)
 
     def _infer_onnx(self, images: Tensor) -> Outputs:
-        outputs = [torch.from_numpy(o) for o in self._session().run(None, {"images": images.contiguous().numpy()})]
-        h, z = outputs[0], outputs[1]
-        return Outputs(h, F.normalize(h, dim=1), z, outputs[2] if len(outputs) > 2 else None)
+        session = self._session()
+        named = dict(zip([o.name for o in session.get_outputs()],
+                         session.run(None, {"images": images.contiguous().numpy()})))
+        h, z = torch.from_numpy(named["representation"]), torch.from_numpy(named["projection"])
+        if "probabilities" in named:  # a graph exported before the temperature: its own softmax, at 1
+            return self._outputs(h, z, None, torch.from_numpy(named["probabilities"]))
+        return self._outputs(h, z, torch.from_numpy(named["logits"]) if "logits" in named else None)
+
+    def _outputs(self, h: Tensor, z: Tensor, logits: Tensor | None, probabilities: Tensor | None = None) -> Outputs:
+        unit = F.normalize(h, dim=1)
+        if logits is not None:
+            probabilities = F.softmax(logits / self.temperature, dim=1)
+        bank = self.bundle.familiarity
+        score = familiarity(unit, bank, self.bundle.manifest.familiarity.k) if bank is not None else None
+        return Outputs(h, unit, z, probabilities, score)
 
     def _session(self):
         """The runtime's ONNX Runtime session, made on first use (in the inference thread), with as many threads
@@ -128,15 +154,15 @@ class Model:
 def pick_runtime(model: Model, asked: str, batch: int = 32, min_gain: float = 1.15) -> tuple[str, str]:
     """The runtime to serve with, and why: as asked, or for "auto" the fastest of those the bundle offers, timed
     on a few batches in turns, where it is at least min_gain times torch-fp32's speed (bf16 is that on CPUs with
-    fast bf16, and slower on others). onnx-int8 competes only where the export measured it losing less than
-    MAX_INT8_LOSS of linear and kNN top-1 (the manifest's onnx.int8_check); otherwise it runs when
-    asked for."""
+    fast bf16, and slower on others). Besides the fp32 ones, a runtime competes only where the export measured it
+    against fp32 and it passed the gate (contract.bundle.RuntimeCheck: accuracy, and the same top-1 and top 3);
+    otherwise it runs when asked for."""
     if asked != "auto":
         model.use(asked)
         return asked, "as asked"
     images = torch.randint(0, 256, (batch, 3, model.size, model.size), dtype=torch.uint8)
-    check = model.bundle.manifest.onnx.int8_check if model.bundle.manifest.onnx else None
-    candidates = [r for r in model.runtimes if r != "onnx-int8" or (check is not None and check.passed)]
+    passed = {check.runtime for check in model.bundle.manifest.runtime_checks if check.passed}
+    candidates = [r for r in model.runtimes if r in ("torch-fp32", "onnx-fp32") or r in passed]
     seconds: dict[str, float] = {}
     for runtime in candidates * 2:  # in turns, so that a busy moment hits all of them
         model.use(runtime)

@@ -90,7 +90,18 @@ class IndexedImage(BaseModel):
     added: float = Field(description="when it was indexed (Unix time)")
 
 
-class Embedding(BaseModel):
+class Familiar(BaseModel):
+    """How like the training images an image is (bundles exported before familiarity: both null)."""
+
+    training_similarity: float | None = Field(None, description="cosine similarity of the image's representation "
+                                              "to the k-th most similar of the training images the bundle keeps "
+                                              "(GET /version: familiarity); higher is more familiar")
+    unlike_training_data: bool | None = Field(None, description="training_similarity is below the threshold fixed "
+                                              "at export (95% of held-out training images are above it): the answer "
+                                              "is less to be trusted")
+
+
+class Embedding(Familiar):
     representation: list[float] = Field(description="the encoder's representation (L2-normalised unless "
                                         "normalize=false)")
     projection: list[float] | None = Field(None, description="the projection head's output (with projection=true)")
@@ -110,8 +121,9 @@ class Prediction(BaseModel):
     probability: float
 
 
-class Classification(BaseModel):
-    predictions: list[Prediction] = Field(description="the top-k classes, best first")
+class Classification(Familiar):
+    predictions: list[Prediction] = Field(description="the top-k classes, best first, with calibrated "
+                                          "probabilities (GET /version: evaluation.calibration)")
 
 
 class ClassifyResponse(BaseModel):
@@ -180,7 +192,10 @@ class EmbeddingsRequest(BaseModel):
     user: str | None = Field(None, description="ignored (accepted for compatibility)")
 
 
-class EmbeddingObject(BaseModel):
+class EmbeddingObject(Familiar):
+    """OpenAI's embedding object; training_similarity and unlike_training_data are this service's additions
+    (clients that do not know them ignore them)."""
+
     object: Literal["embedding"] = "embedding"
     index: int
     embedding: list[float] | str = Field(description="the L2-normalised representation")
@@ -210,6 +225,32 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class RuntimeCheckSummary(BaseModel):
+    runtime: str
+    top1: float = Field(description="its linear top-1 on the test set")
+    knn_top1: float | None = Field(description="its kNN top-1 (measured for onnx-int8)")
+    top1_agreement: float = Field(description="test images given fp32's first class")
+    top3_agreement: float = Field(description="test images given fp32's three classes")
+    top3_order_agreement: float = Field(description="test images given fp32's top 3 in fp32's order")
+    passed: bool
+
+
+class CalibrationSummary(BaseModel):
+    temperature: float = Field(description="probabilities are softmax(logits / temperature)")
+    images: int = Field(description="held-out training images it was fitted on")
+    test_ece_before: float = Field(description="expected calibration error (15 bins) on the test set at temperature 1")
+    test_ece_after: float
+
+
+class FamiliaritySummary(BaseModel):
+    k: int
+    images: int = Field(description="training images kept in the bundle")
+    threshold: float = Field(description="training_similarity below this is unlike_training_data")
+    heldout_accepted: float = Field(description="held-out training images at or above the threshold")
+    test_accepted: float | None = Field(description="test images at or above the threshold")
+    rejected: dict[str, float] = Field(description="per set of synthetic images, the share flagged")
+
+
 class Evaluation(BaseModel):
     """The bundled model's evaluation on its test set (accuracies as fractions), as the manifest records it."""
 
@@ -220,10 +261,9 @@ class Evaluation(BaseModel):
     top3: float
     top5: float
     knn_top1: float | None
-    int8_top1: float | None = Field(None, description="linear top-1 of the int8 graph (runtime onnx-int8) on the "
-                                    "same test set, measured at export beside the fp32 graph's; null if unmeasured")
-    int8_knn_top1: float | None = Field(None, description="kNN top-1 of the int8 graph, the same way; null if "
-                                        "unmeasured")
+    runtime_checks: list[RuntimeCheckSummary] = Field([], description="each fast runtime against fp32 on the same "
+                                                      "test set, measured at export; auto serves one only if passed")
+    calibration: CalibrationSummary | None = Field(None, description="null: the probabilities are not calibrated")
 
 
 class IndexSummary(BaseModel):
@@ -264,6 +304,8 @@ class Version(BaseModel):
     checkpoint_epoch: int
     training: TrainingSummary
     evaluation: Evaluation | None
+    familiarity: FamiliaritySummary | None = Field(description="what training_similarity is measured against; null "
+                                                   "for bundles without it")
     index: IndexSummary | None
 
 

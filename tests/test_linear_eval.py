@@ -74,18 +74,18 @@ def test_schedule_steps_per_step_or_per_epoch():
     assert per_step[-1]["lr_last"] == pytest.approx(last, rel=1e-3)
 
 
-def test_label_fractions_are_class_balanced_reproducible_and_disjoint_from_validation():
+def test_label_fractions_are_class_balanced_reproducible_and_disjoint_from_the_held_out_splits():
     labels = torch.arange(10).repeat_interleave(500)[torch.randperm(5000, generator=torch.Generator().manual_seed(0))]
-    val, train = split_indices(labels, 0.1, 0.1, seed=3)
-    assert torch.bincount(labels[val]).tolist() == [50] * 10
-    assert torch.bincount(labels[train]).tolist() == [45] * 10
-    assert not set(val.tolist()) & set(train.tolist())
-    again_val, again_train = split_indices(labels, 0.1, 0.1, seed=3)
-    assert torch.equal(val, again_val) and torch.equal(train, again_train)
-    _, other = split_indices(labels, 0.1, 0.1, seed=4)
-    assert not torch.equal(train, other)
-    _, one_percent = split_indices(labels, 0.0, 0.01, seed=0)
-    assert torch.bincount(labels[one_percent]).tolist() == [5] * 10
+    val, cal, train = split_indices(labels, 0.1, 0.1, seed=3, calibration_fraction=0.1)
+    assert torch.bincount(labels[val]).tolist() == torch.bincount(labels[cal]).tolist() == [50] * 10
+    assert torch.bincount(labels[train]).tolist() == [40] * 10  # a tenth of what the two splits leave
+    assert not set(val.tolist()) & set(train.tolist()) and not set(cal.tolist()) & (set(val.tolist()) | set(
+        train.tolist()))
+    again = split_indices(labels, 0.1, 0.1, seed=3, calibration_fraction=0.1)
+    assert all(torch.equal(a, b) for a, b in zip((val, cal, train), again))
+    assert not torch.equal(train, split_indices(labels, 0.1, 0.1, seed=4, calibration_fraction=0.1)[2])
+    _, no_cal, one_percent = split_indices(labels, 0.0, 0.01, seed=0)
+    assert len(no_cal) == 0 and torch.bincount(labels[one_percent]).tolist() == [5] * 10
 
 
 @pytest.fixture(scope="module")
@@ -139,22 +139,33 @@ def test_end_to_end_on_a_tiny_run(tiny_run, capsys):
     assert metrics["units"] == "fraction" and metrics["count"] == 32
     assert metrics["checkpoint"] == "checkpoints/epoch_0001.pt"
     assert 0 <= metrics["top1"] <= metrics["top3"] <= metrics["top5"] <= 1 and 0 <= metrics["knn_top1"] <= 1
-    assert metrics["protocol"]["encoder"] == "frozen" and metrics["protocol"]["train_images"] == 64
+    assert metrics["protocol"]["encoder"] == "frozen" and metrics["protocol"]["train_images"] == 64 - 6
+    assert metrics["protocol"]["calibration_images"] == 6  # 10%, held out of the head's training
     assert metrics["protocol"]["data_name"] == "patterns"  # none given: the data folder's name
     assert [r["name"] for r in metrics["per_class"]] == sorted(PATTERNS)
     assert {p.name for p in out.iterdir()} >= {"metrics.json", "report.txt", "confusion.png", "head_curves.png",
-                                               "retrieval.png", "classifier.safetensors", "classifier.json"}
+                                               "retrieval.png", "classifier.safetensors", "classifier.json",
+                                               "reliability.png", "familiarity.safetensors"}
+    calibration, familiar = metrics["calibration"], metrics["familiarity"]
+    assert calibration["images"] == 6 and calibration["temperature"] > 0
+    assert 0 <= calibration["test_ece_after"] <= 1 and 0 <= calibration["test_ece_before"] <= 1
+    bank = load_file(out / "familiarity.safetensors")["bank"]
+    assert bank.shape == (familiar["images"], 512) == (58, 512)  # every head-training image, at most 5,000
+    torch.testing.assert_close(bank.norm(dim=1), torch.ones(58))
+    assert familiar["heldout_accepted"] >= 0.8 and 0 <= familiar["test_accepted"] <= 1
 
     # The saved head, on the raw representation of the checkpoint's encoder, gives the reported accuracy.
     spec = json.loads((out / "classifier.json").read_text())
     assert spec["classes"] == sorted(PATTERNS) and spec["hidden_dims"] == [] and spec["input_dim"] == 512
+    assert spec["temperature"] == calibration["temperature"]
     head = torch.nn.Sequential(torch.nn.Linear(512, 4))
     head.load_state_dict(load_file(out / "classifier.safetensors"))
     model = SimCLR()
     model.load_state_dict(checkpoint.load(tiny_run / spec["checkpoint"])["model"])
     test = load_split(tiny_run.parent / "patterns", "test", image_size=16, cache_dir=None)
     with torch.no_grad():
-        predictions = head(extract_features(model.encoder, test.images, l2_normalize=False)).argmax(1)
+        logits = head(extract_features(model.encoder, test.images, l2_normalize=False))
+    predictions = logits.argmax(1)
     assert (predictions == test.labels).sum().item() == metrics["top1_correct"]
 
     # predictions.csv: each test image's label and top 3, in the test split's order, as the metrics count them.
@@ -164,18 +175,20 @@ def test_end_to_end_on_a_tiny_run(tiny_run, capsys):
     assert [r["top1"] for r in rows] == [sorted(PATTERNS)[i] for i in predictions]
     assert sum(r["label"] in (r["top1"], r["top2"], r["top3"]) for r in rows) == metrics["top3_correct"]
     assert all(1 >= float(r["p1"]) >= float(r["p2"]) >= float(r["p3"]) >= 0 for r in rows)
+    calibrated = (logits / spec["temperature"]).softmax(dim=1).max(dim=1).values  # the probabilities served
+    assert [float(r["p1"]) for r in rows] == pytest.approx(calibrated.tolist(), abs=1e-4)
 
 
 def test_the_encoder_is_frozen(tiny_run, monkeypatch):
     seen = {}
-    original = linear_eval.load_encoder
+    original = linear_eval._source
 
     def spy(*args):
-        encoder, source = original(*args)
-        seen["encoder"], seen["before"] = encoder, copy.deepcopy(encoder.state_dict())
-        return encoder, source
+        source = original(*args)
+        seen["encoder"], seen["before"] = source.encoder, copy.deepcopy(source.encoder.state_dict())
+        return source
 
-    monkeypatch.setattr(linear_eval, "load_encoder", spy)
+    monkeypatch.setattr(linear_eval, "_source", spy)
     assert main(eval_args(tiny_run, "--val-fraction", "0.25", "--weight-decay", "0", "1e-3",
                           "--data-name", "Patterns (PNG copy)")) == 0
     after = seen["encoder"].state_dict()
@@ -195,10 +208,12 @@ def test_random_init_label_fraction_and_finetune_write_their_own_folders(tiny_ru
     assert main(eval_args(tiny_run, "--random-init")) == 0
     assert json.loads((tiny_run / "eval-random-init" / "metrics.json").read_text())["checkpoint"].startswith("random")
     assert main(eval_args(tiny_run, "--label-fraction", "0.5")) == 0
-    assert json.loads((tiny_run / "eval-labels0.5" / "metrics.json").read_text())["protocol"]["train_images"] == 32
+    assert json.loads((tiny_run / "eval-labels0.5" / "metrics.json").read_text())["protocol"]["train_images"] == 29
     assert main(eval_args(tiny_run, "--finetune", "--epochs", "1")) == 0
     finetuned = tiny_run / "eval-finetune"
-    assert json.loads((finetuned / "metrics.json").read_text())["protocol"]["encoder"] == "fine-tuned"
+    metrics = json.loads((finetuned / "metrics.json").read_text())
+    assert metrics["protocol"]["encoder"] == "fine-tuned" and metrics["protocol"]["train_images"] == 64
+    assert metrics["calibration"] is None  # nothing held out: only a frozen-feature head is bundled
     assert not (finetuned / "classifier.safetensors").exists()  # its encoder is not the run's: nothing to export
     assert not (tiny_run / "eval").exists()
 
@@ -242,3 +257,42 @@ def test_a_nearly_dead_channel_cannot_swamp_the_head():
     dead = lambda n, scale, seed: torch.randn(n, 1, generator=torch.Generator().manual_seed(seed)) * scale  # noqa: E731
     head, _ = train_head(torch.cat([x, dead(len(x), 1e-6, 5)], 1), y, 5, **HEAD)
     assert accuracy(head, torch.cat([x_test, dead(len(x_test), 1e-2, 6)], 1), y_test) >= 0.95
+
+
+def test_a_bundle_is_evaluated_then_exported_again_keeping_its_training_record(tiny_run, tmp_path, capsys):
+    """What models/reference went through: a bundle's encoder evaluated (--bundle), then the bundle written again
+    with the new head, its temperature, the familiarity bank, graphs and runtime checks, and its old training
+    record."""
+    from contract.bundle import load_bundle
+    from service.model import Model
+    from trainer.export import export, export_bundle
+    from trainer.export import main as export_main
+
+    data = tiny_run.parent / "patterns"
+    first = export(tiny_run, tmp_path / "first", onnx=False, half=True)  # not evaluated yet: no head
+    assert first.metrics is None
+    args = ["--bundle", str(tmp_path / "first"), "--data-dir", str(data), "--out", str(tmp_path / "eval"),
+            "--epochs", "5", "--batch-size", "16", "--device", "cpu", "--knn-k", "10", "--cache-dir", str(tmp_path)]
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["checkpoint"] == load_bundle(tmp_path / "first").name
+    assert not (tmp_path / "first" / "eval").exists()  # the bundle folder is left as it was
+
+    second = export_bundle(tmp_path / "first", tmp_path / "second", tmp_path / "eval", str(data),
+                           int8_calibration=16)
+    assert second.training == first.training and second.weights_dtype == "float16"
+    assert second.architecture.classifier.temperature == metrics["calibration"]["temperature"]
+    assert second.familiarity.threshold == metrics["familiarity"]["threshold"]
+    assert second.metrics.calibration.temperature == metrics["calibration"]["temperature"]
+    assert {c.runtime for c in second.runtime_checks} == {"onnx-int8", "torch-bf16"}
+    assert (tmp_path / "second" / "reliability.png").read_bytes().startswith(b"\x89PNG")
+    served = Model(load_bundle(tmp_path / "second"))
+    test = load_split(data, "test", image_size=16, cache_dir=None)
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "eval" / "predictions.csv").read_text())))
+    top1 = served.infer(test.images).probabilities.max(dim=1).values
+    assert top1.tolist() == pytest.approx([float(r["p1"]) for r in rows], abs=1e-3)  # what the evaluation said
+
+    capsys.readouterr()
+    assert export_main(["--bundle", str(tmp_path / "second"), "--evaluation", str(tmp_path / "eval"), "--out",
+                        str(tmp_path / "third")]) == 2  # that evaluation was of the first bundle, not this one
+    assert "evaluated simclr-" in capsys.readouterr().err

@@ -7,18 +7,23 @@
     python -m trainer.linear_eval --run runs/simclr --finetune              # the whole network trains
     python -m trainer.linear_eval --run runs/simclr --data-dir ~/data/other # transfer to another labelled set
     python -m trainer.linear_eval --run runs/simclr --val-fraction 0.1 --weight-decay 0 1e-5 1e-4
+    python -m trainer.linear_eval --bundle models/reference --data-dir ~/data/cifar10 --out eval-ref  # a bundle
 
 Frozen protocols extract the train and test features once (cached in RUN_DIR/features/) and train the head on
 them: no epoch runs the encoder again, and the encoder, in eval mode with gradients off, cannot change.
 Nothing is chosen on the test set: with --val-fraction the weight decay and the stopping epoch are chosen on a
 class-balanced validation split of the training set; without it they are fixed in advance (the last epoch).
+For a head on frozen features, --calibration-fraction (10% by default) of the training images are held out of
+the head's training too: the probabilities' temperature and the familiarity threshold (how like the training
+images an image must be, contract.bundle.Familiarity) are fitted on them; the test set measures both after.
 
 OUT (default RUN_DIR/eval, or RUN_DIR/eval-<variant> for random-init, fine-tuning and label fractions) gets
 metrics.json (accuracies as fractions in [0, 1]), report.txt (percentages), predictions.csv (each test
-image's label and top-3 classes with their probabilities), confusion.png, head_curves.png, retrieval.png (the
-first test image of each class beside its nearest training images by the frozen features: the kNN's
-neighbours) and, for frozen protocols, classifier.safetensors + classifier.json: the head the export step
-bundles.
+image's label and top-3 classes with their calibrated probabilities), confusion.png, head_curves.png,
+retrieval.png (the first test image of each class beside its nearest training images by the frozen features:
+the kNN's neighbours) and, for frozen protocols, classifier.safetensors + classifier.json (the head, with its
+temperature), reliability.png (confidence against accuracy on the test set, before and after the temperature)
+and familiarity.safetensors: what the export step bundles.
 """
 
 from __future__ import annotations
@@ -37,19 +42,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contract.cifar10 import is_cifar10_root
+from contract.familiarity import familiarity
 from contract.files import atomic_write
+from trainer.calibration import acceptance_threshold, expected_calibration_error, fit_temperature, reliability
 from trainer.classifier import finetune, train_head
 from trainer.cli import build_parser, option
-from trainer.config import Config
 from trainer.data import ImageSet, balanced_indices, load_split
 from trainer.device import pick_device
 from trainer.errors import UserError
 from trainer.features import cached_features, extract_features
 from trainer.knn import knn_predict, topk_accuracy
 from trainer.models import SimCLR
-from trainer.plots import save_confusion, save_head_curves, save_retrieval_grid
+from trainer.plots import save_confusion, save_head_curves, save_reliability, save_retrieval_grid
 from trainer.report import classification_metrics, format_report
 from trainer.run_dir import RunDir
+from trainer.synthetic import synthetic_sets
 
 # Per protocol: epochs, peak learning rate, weight decay (linear: common practice; mlp: masterzero-hw/ssl-simclr;
 # finetune: RDR2Blackwater/SimCLR-v1).
@@ -58,7 +65,9 @@ PROTOCOL_DEFAULTS = {"linear": (100, 0.1, 0.0), "mlp": (150, 0.2, 0.0), "finetun
 
 @dataclass
 class EvalOptions:
-    run: str = option(None, "pretraining run directory (its config.json and checkpoints/)", required=True)
+    run: str | None = option(None, "pretraining run directory (its config.json and checkpoints/)")
+    bundle: str | None = option(None, "a model bundle to evaluate instead of a run (its encoder; needs --data-dir "
+                                "and --out)")
     checkpoint: str | None = option(None, "checkpoint to evaluate (default: the run's latest)")
     data_dir: str | None = option(None, "labelled data set with train/ and test/ splits (default: the run's "
                                   "--eval-data-dir, else its --data-dir); another one evaluates transfer")
@@ -72,6 +81,11 @@ class EvalOptions:
     limit_test: int | None = option(None, "class-balanced subset of N test images, for quick runs (default: all)")
     label_fraction: float = option(1.0, "fraction of the training labels used, class-balanced and seeded "
                                    "(e.g. 0.01, 0.1, 1.0)")
+    calibration_fraction: float = option(0.1, "fraction of the training set held out of a frozen-feature head's "
+                                         "training to fit its temperature and the familiarity threshold (0: none)")
+    familiarity_images: int = option(5000, "training representations kept for familiarity (class-balanced)")
+    familiarity_k: int = option(5, "familiarity is the similarity to the k-th nearest of them (k=50 of 50,000 in "
+                                "Sun et al. 2022, scaled to the subset)")
     val_fraction: float = option(0.0, "fraction of the training set held out to choose the weight decay and the "
                                  "stopping epoch (0: both fixed in advance)")
     head: str = option("linear", "linear, or mlp: masterzero-hw/ssl-simclr's Linear-ReLU-Dropout-Linear",
@@ -98,6 +112,13 @@ class EvalOptions:
 
     def __post_init__(self) -> None:
         checks = [
+            ((self.run is None) != (self.bundle is None), "give one of --run and --bundle"),
+            (self.bundle is None or (self.data_dir and self.out), "--bundle needs --data-dir and --out"),
+            (self.bundle is None or not (self.checkpoint or self.random_init),
+             "--checkpoint and --random-init go with --run"),
+            (0 <= self.calibration_fraction < 0.5, "--calibration-fraction must be in [0, 0.5)"),
+            (self.familiarity_images >= 1 and self.familiarity_k >= 1,
+             "--familiarity-images and --familiarity-k must be at least 1"),
             (0 < self.label_fraction <= 1, "--label-fraction must be in (0, 1]"),
             (0 <= self.val_fraction < 1, "--val-fraction must be in [0, 1)"),
             (self.epochs is None or self.epochs >= 1, "--epochs must be at least 1"),
@@ -119,13 +140,18 @@ class EvalOptions:
     def protocol(self) -> str:
         return "finetune" if self.finetune else self.head
 
+    @property
+    def calibrates(self) -> bool:
+        """Whether this evaluation holds out calibration images: heads on frozen features only."""
+        return self.calibration_fraction > 0 and not self.finetune
+
     def resolved(self) -> tuple[int, float, list[float]]:
         """epochs, peak lr and weight-decay candidates, defaults filled in per protocol."""
         epochs, lr, wd = PROTOCOL_DEFAULTS[self.protocol]
         return self.epochs or epochs, self.lr if self.lr is not None else lr, self.weight_decay or [wd]
 
     def out_dir(self) -> Path:
-        if self.out:
+        if self.out:  # always given with --bundle
             return Path(self.out)
         variant = [v for v, on in [("random-init", self.random_init), ("finetune", self.finetune),
                                    (f"labels{self.label_fraction:g}", self.label_fraction < 1)] if on]
@@ -143,22 +169,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@dataclass
+class Source:
+    """What is evaluated: an encoder, its name in the outputs, the input size, the data it was trained on and
+    where its features are cached."""
+
+    encoder: nn.Module
+    name: str
+    image_size: int
+    data_dir: str | None
+    features: Path
+
+
 def evaluate(opts: EvalOptions) -> dict[str, Any]:
     """Run the protocol opts asks for, write OUT, and return the metrics (with the text report)."""
-    run = RunDir(opts.run)
-    config = run.read_config()
     device = pick_device(opts.device)
-    encoder, source = load_encoder(run, config, opts)
-    encoder = encoder.to(device)
-    data_dir = opts.data_dir or config.eval_data_dir or config.data_dir
-    train, test = _load_data(data_dir, opts, config)
+    source = _source(opts)
+    encoder = source.encoder.to(device)
+    data_dir = opts.data_dir or source.data_dir
+    train, test = _load_data(data_dir, opts, source.image_size)
     data_name = opts.data_name or data_name_of(data_dir)
-    val_idx, train_idx = split_indices(train.labels, opts.val_fraction, opts.label_fraction, opts.seed)
+    val_idx, cal_idx, train_idx = split_indices(train.labels, opts.val_fraction, opts.label_fraction, opts.seed,
+                                                opts.calibration_fraction if opts.calibrates else 0.0)
     epochs, lr, decays = opts.resolved()
 
     encoder.requires_grad_(False).eval()  # frozen: no gradient reaches it and BatchNorm statistics stay put
-    train_x, test_x = (cached_features(run.features, split, encoder, data.images, opts.flip_average,
-                                       desc=f"features of {split} ({source})")
+    train_x, test_x = (cached_features(source.features, split, encoder, data.images, opts.flip_average,
+                                       desc=f"features of {split} ({source.name})")
                        for split, data in (("train", train), ("test", test)))
     train_y, test_y = train.labels.to(device), test.labels.to(device)
     knn_scores = knn_predict(F.normalize(test_x, dim=1), F.normalize(train_x[train_idx], dim=1), train_y[train_idx],
@@ -171,7 +208,7 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
                         schedule_step=opts.schedule_step, seed=opts.seed)
         if opts.finetune:
             model, history = finetune(copy.deepcopy(encoder).requires_grad_(True), train, train_idx, val_idx,
-                                      config.image_size, **settings)
+                                      source.image_size, **settings)
         else:
             model, history = train_head(train_x[train_idx], train_y[train_idx], len(train.classes),
                                         val=(train_x[val_idx], train_y[val_idx]) if len(val_idx) else None,
@@ -182,18 +219,27 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
                        "val_top1": best.get("val_top1")})
     chosen = max(search, key=lambda s: s["val_top1"] or 0.0) if len(val_idx) else search[0]
 
+    calibration = familiar = None
     with torch.no_grad():  # the test set, scored once, by the choice made without it
         if opts.finetune:
             scores = chosen["model"][1](extract_features(chosen["model"][0], test.images, l2_normalize=False))
         else:
-            scores = chosen["model"].eval()(test_x)
+            head = chosen["model"].eval()
+            scores = head(test_x)
+            if len(cal_idx):
+                calibration = _calibrate(head(train_x[cal_idx]), train_y[cal_idx], scores, test_y)
+                unlike = {name: extract_features(encoder, torch.from_numpy(images))
+                          for name, images in synthetic_sets(500, source.image_size, opts.seed).items()}
+                familiar = _familiarity(train_x, train_y, train_idx, cal_idx, test_x, unlike, opts)
+    temperature = calibration["temperature"] if calibration else 1.0
     metrics = classification_metrics(scores, test_y, train.classes)
     metrics.update(knn_top1=knn[1], knn_top5=knn[5], knn_k=opts.knn_k, knn_temperature=opts.knn_temperature)
-    metrics["checkpoint"] = source
+    metrics["checkpoint"] = source.name
     metrics["protocol"] = {
         "name": opts.protocol, "encoder": "fine-tuned" if opts.finetune else "frozen",
         "data_dir": data_dir, "data_name": data_name,
-        "train_images": len(train_idx), "val_images": len(val_idx), "test_images": len(test),
+        "train_images": len(train_idx), "val_images": len(val_idx), "calibration_images": len(cal_idx),
+        "test_images": len(test),
         "label_fraction": opts.label_fraction, "val_fraction": opts.val_fraction, "epochs": epochs,
         "stopping_epoch": chosen["epoch"], "batch_size": opts.batch_size, "lr": lr,
         "weight_decay": chosen["weight_decay"], "weight_decay_candidates": decays,
@@ -203,18 +249,73 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
     }
     metrics["validation"] = [{k: s[k] for k in ("weight_decay", "epoch", "val_top1")} for s in search] \
         if len(val_idx) else None
+    metrics["calibration"] = {k: v for k, v in calibration.items() if k != "reliability"} if calibration else None
+    metrics["familiarity"] = {k: v for k, v in familiar.items() if k != "bank"} if familiar else None
     metrics["history"] = chosen["history"]
-    metrics["report"] = (f"{opts.protocol} evaluation of {source} on {data_name} ({data_dir})\n\n"
-                         + format_report(metrics))
-    _write_outputs(opts.out_dir(), metrics, chosen, train.classes, None if opts.finetune else train_x.shape[1],
-                   opts)
-    atomic_write(opts.out_dir() / "predictions.csv", predictions_csv(scores, test_y, train.classes))
+    metrics["report"] = (f"{opts.protocol} evaluation of {source.name} on {data_name} ({data_dir})\n\n"
+                         + format_report(metrics) + _held_out_report(calibration, familiar))
+    out = opts.out_dir()
+    _write_outputs(out, metrics, chosen, train.classes, None if opts.finetune else train_x.shape[1], opts,
+                   temperature)
+    if calibration:
+        save_reliability(calibration["reliability"], out / "reliability.png",
+                         title=f"{data_name} test set, temperature {temperature:.2f}")
+    if familiar:
+        from safetensors.torch import save as save_safetensors
+
+        atomic_write(out / "familiarity.safetensors", save_safetensors({"bank": familiar["bank"].cpu().contiguous()}))
+    atomic_write(out / "predictions.csv", predictions_csv(scores / temperature, test_y, train.classes))
     queries, neighbours, similarities = retrieval_examples(test_x, test_y, train_x[train_idx])
     bank = train_idx[neighbours.cpu()]
     save_retrieval_grid(test.subset(queries.cpu()), train.subset(bank.flatten()), similarities.cpu(),
-                        opts.out_dir() / "retrieval.png", title=f"nearest training images by the frozen features "
-                        f"of {source} (kNN top-1 {100 * knn[1]:.2f}%)")
+                        out / "retrieval.png", title=f"nearest training images by the frozen features "
+                        f"of {source.name} (kNN top-1 {100 * knn[1]:.2f}%)")
     return metrics
+
+
+def _held_out_report(calibration: dict[str, Any] | None, familiar: dict[str, Any] | None) -> str:
+    if not calibration:
+        return ""
+    lines = [f"Temperature {calibration['temperature']:.3f}, fitted on {calibration['images']} held-out training "
+             f"images: expected calibration error on the test images {100 * calibration['test_ece_before']:.2f} % "
+             f"before, {100 * calibration['test_ece_after']:.2f} % after"]
+    if familiar:
+        rejected = ", ".join(f"{name} {100 * rate:.1f} %" for name, rate in familiar["rejected"].items())
+        lines.append(f"Familiarity threshold {familiar['threshold']:.4f} (similarity to the {familiar['k']}th nearest "
+                     f"of {familiar['images']} training images): accepts {100 * familiar['heldout_accepted']:.1f} % "
+                     f"of the held-out images, {100 * familiar['test_accepted']:.1f} % of the test images; rejects "
+                     f"{rejected}")
+    return "\n".join(lines) + "\n"
+
+
+def _calibrate(held_out: Tensor, held_out_y: Tensor, test_logits: Tensor, test_y: Tensor) -> dict[str, Any]:
+    """The temperature fitted on the held-out logits, and what it does on the test set."""
+    temperature = fit_temperature(held_out, held_out_y)
+    before, after = (F.softmax(test_logits.double() / t, dim=1).cpu() for t in (1.0, temperature))
+    return {"images": len(held_out_y), "temperature": temperature,
+            "test_ece_before": expected_calibration_error(before, test_y.cpu()),
+            "test_ece_after": expected_calibration_error(after, test_y.cpu()),
+            "test_nll_before": F.nll_loss(before.log(), test_y.cpu()).item(),
+            "test_nll_after": F.nll_loss(after.log(), test_y.cpu()).item(),
+            "reliability": {"before": reliability(before, test_y.cpu()), "after": reliability(after, test_y.cpu())}}
+
+
+def _familiarity(train_x: Tensor, train_y: Tensor, train_idx: Tensor, cal_idx: Tensor, test_x: Tensor,
+                 unlike: dict[str, Tensor], opts: EvalOptions) -> dict[str, Any]:
+    """The bank (class-balanced head-training representations), and the threshold that accepts 95% of the
+    held-out calibration images; the test set's acceptance measured at it, and the share of each set of unit
+    representations of images unlike the training data (unlike) that it rejects."""
+    keep = train_idx[balanced_indices(train_y[train_idx].cpu(), min(opts.familiarity_images, len(train_idx)),
+                                      opts.seed)]
+    bank = F.normalize(train_x[keep], dim=1)
+    held_out = familiarity(F.normalize(train_x[cal_idx], dim=1), bank, opts.familiarity_k)
+    threshold = acceptance_threshold(held_out)
+    test = familiarity(F.normalize(test_x, dim=1), bank, opts.familiarity_k)
+    return {"bank": bank, "images": len(keep), "k": min(opts.familiarity_k, len(keep)), "threshold": threshold,
+            "heldout_images": len(cal_idx), "heldout_accepted": (held_out >= threshold).double().mean().item(),
+            "test_accepted": (test >= threshold).double().mean().item(),
+            "rejected": {name: (familiarity(unit, bank, opts.familiarity_k) < threshold).double().mean().item()
+                         for name, unit in unlike.items()}}
 
 
 def retrieval_examples(test_x: Tensor, test_y: Tensor, bank_x: Tensor, k: int = 8) -> tuple[Tensor, Tensor, Tensor]:
@@ -242,29 +343,45 @@ def predictions_csv(scores: Tensor, labels: Tensor, classes: list[str], k: int =
     return out.getvalue()
 
 
-def load_encoder(run: RunDir, config: Config, opts: EvalOptions) -> tuple[nn.Module, str]:
-    """The run's encoder with the weights of the checkpoint evaluated (or seeded random ones), and a name
-    for what was loaded."""
+def _source(opts: EvalOptions) -> Source:
+    """The run's encoder with the weights of the checkpoint evaluated (or seeded random ones), or the bundle's."""
+    if opts.bundle:
+        from contract.bundle import BundleError, load_bundle  # pydantic: only here, not on the run path
+
+        try:
+            bundle = load_bundle(opts.bundle)
+        except BundleError as e:
+            raise UserError(str(e)) from None
+        return Source(bundle.encoder, bundle.name, bundle.manifest.input.size, None, Path(opts.out) / "features")
+    run = RunDir(opts.run)
+    config = run.read_config()
+    data_dir = config.eval_data_dir or config.data_dir
     if opts.random_init:
         torch.manual_seed(opts.seed)
-        return SimCLR(config.backbone, config.width).encoder, f"random initialisation (seed {opts.seed})"
+        return Source(SimCLR(config.backbone, config.width).encoder, f"random initialisation (seed {opts.seed})",
+                      config.image_size, data_dir, run.features)
     path = Path(opts.checkpoint) if opts.checkpoint else run.latest_checkpoint()
     model, _ = run.load_model(config, path)
-    return model.encoder, run.relative(path)
+    return Source(model.encoder, run.relative(path), config.image_size, data_dir, run.features)
 
 
-def split_indices(labels: Tensor, val_fraction: float, label_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """(validation, training) indices: a class-balanced validation split held out first, then a class-balanced
-    label_fraction of the rest; both reproducible from seed."""
+def split_indices(labels: Tensor, val_fraction: float, label_fraction: float, seed: int,
+                  calibration_fraction: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """(validation, calibration, training) indices: class-balanced calibration and validation splits held out
+    first, then a class-balanced label_fraction of the rest; all reproducible from seed."""
     everything = torch.arange(len(labels))
-    val = balanced_indices(labels, round(val_fraction * len(labels)), seed) if val_fraction else everything[:0]
-    rest = everything[~torch.isin(everything, val)]
+    calibration = (balanced_indices(labels, round(calibration_fraction * len(labels)), seed + 2)
+                   if calibration_fraction else everything[:0])
+    rest = everything[~torch.isin(everything, calibration)]
+    val = rest[balanced_indices(labels[rest], round(val_fraction * len(labels)), seed)] if val_fraction \
+        else everything[:0]
+    rest = rest[~torch.isin(rest, val)]
     if label_fraction < 1:
         keep = max(1, round(label_fraction * len(rest)))
         rest = rest[balanced_indices(labels[rest], keep, seed + 1)]
     if not len(rest):
-        raise UserError("no training images are left after the validation split and the label fraction")
-    return val, rest
+        raise UserError("no training images are left after the held-out splits and the label fraction")
+    return val, calibration, rest
 
 
 def data_name_of(root: str) -> str:
@@ -273,8 +390,8 @@ def data_name_of(root: str) -> str:
     return "CIFAR-10" if is_cifar10_root(path) else path.resolve().name
 
 
-def _load_data(root: str, opts: EvalOptions, config: Config) -> tuple[ImageSet, ImageSet]:
-    kwargs = dict(image_size=config.image_size, download=opts.download, cache_dir=opts.cache_dir)
+def _load_data(root: str, opts: EvalOptions, image_size: int) -> tuple[ImageSet, ImageSet]:
+    kwargs = dict(image_size=image_size, download=opts.download, cache_dir=opts.cache_dir)
     train = load_split(root, "train", **kwargs)
     test = load_split(root, "test", **kwargs)
     if not train.labelled or test is None or not test.labelled:
@@ -291,7 +408,7 @@ def _load_data(root: str, opts: EvalOptions, config: Config) -> tuple[ImageSet, 
 
 
 def _write_outputs(out: Path, metrics: dict[str, Any], chosen: dict[str, Any], classes: list[str],
-                   feature_dim: int | None, opts: EvalOptions) -> None:
+                   feature_dim: int | None, opts: EvalOptions, temperature: float) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if feature_dim is not None:  # a head on the frozen encoder: what the export step bundles
         from safetensors.torch import save as save_safetensors
@@ -300,7 +417,7 @@ def _write_outputs(out: Path, metrics: dict[str, Any], chosen: dict[str, Any], c
         state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
         atomic_write(out / "classifier.safetensors", save_safetensors(state))
         spec = {"input_dim": feature_dim, "hidden_dims": [opts.hidden_dim] if opts.head == "mlp" else [],
-                "classes": classes, "checkpoint": metrics["checkpoint"],
+                "classes": classes, "checkpoint": metrics["checkpoint"], "temperature": temperature,
                 "input": "the encoder's raw representation (feature standardisation is folded into the first layer)"}
         _write_json(out / "classifier.json", spec)
     _write_json(out / "metrics.json", {k: v for k, v in metrics.items() if k != "report"})

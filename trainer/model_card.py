@@ -7,7 +7,10 @@ authority (the service never reads the card, and the card is not among the check
 
 from __future__ import annotations
 
-from contract.bundle import MAX_INT8_LOSS, Manifest, bundle_name
+from contract.bundle import (MAX_ACCURACY_LOSS, MIN_TOP1_AGREEMENT, MIN_TOP3_ORDER_AGREEMENT, Manifest,
+                             bundle_name)
+
+RELIABILITY = "reliability.png"  # beside the card in the bundle's folder, from the evaluation
 
 
 def model_card(manifest: Manifest, fingerprint: str) -> str:
@@ -29,12 +32,19 @@ def model_card(manifest: Manifest, fingerprint: str) -> str:
              + (f", and probabilities over {len(manifest.classes)} classes (`/classify`): "
                 f"{', '.join(manifest.classes)}." if arch.classifier else "."), ""]
     lines += _evaluation(manifest) + _training(manifest)
+    calibrated = arch.classifier is not None and manifest.metrics is not None and manifest.metrics.calibration
     lines += ["## Limitations", "",
               f"- Every image is reduced to {size} x {size} px, the size it learnt from: fine detail is lost, and "
               f"images unlike its training data embed less well.",
               "- The classifier knows only its classes and always answers with them: there is no \"none of "
-              f"these\". Its probabilities come from {head} head trained with cross-entropy and are not "
-              "calibrated." if arch.classifier else "- No classifier: the run was not evaluated.",
+              "these\"" + (". Each answer's `unlike_training_data` says where an image is far from every training "
+                           "image it keeps (Familiarity above); that is no class, and it misses some."
+                           if manifest.familiarity else ".") if arch.classifier else
+              "- No classifier: the run was not evaluated.",
+              (f"- Its probabilities come from {head} head trained with cross-entropy"
+               + (", scaled by a temperature fitted on held-out images (Calibration above): calibrated on data "
+                  "like the evaluation's, not on images unlike it." if calibrated else ", and are not calibrated."))
+              if arch.classifier else "",
               "- The figures above are the evaluation's, on its test set; a different data set needs its own.", "",
               "## Files", "", "| file | sha256 |", "| --- | --- |"]
     lines += [f"| {name} | `{digest}` |" for name, digest in manifest.files.items()]
@@ -62,19 +72,62 @@ def _evaluation(manifest: Manifest) -> list[str]:
         knn = f"k={metrics.knn_k}, votes exp(similarity / {metrics.knn_temperature:g})" if metrics.knn_k else "kNN"
         lines.append(f"| kNN top-1 | {knn}, {p.train_images:,} training images as the bank "
                      f"| {100 * metrics.knn_top1:.2f}% |")
-    check = manifest.onnx.int8_check if manifest.onnx else None
-    if check:
-        verdict = "passed, so served unasked where fastest" if check.passed else "failed, so served only when asked"
-        knn = (f", kNN top-1 {100 * check.int8_knn_top1:.2f}% against {100 * check.fp32_knn_top1:.2f}%"
-               if check.int8_knn_top1 is not None and check.fp32_knn_top1 is not None else "")
-        lines += ["", f"The int8 ONNX graph (calibrated on {manifest.onnx.int8_calibration_images} training images), "
-                  f"on the same test set: linear top-1 {100 * check.int8_top1:.2f}% against the fp32 graph's "
-                  f"{100 * check.fp32_top1:.2f}%{knn} ({verdict}; the rule: less than {100 * MAX_INT8_LOSS:g} "
-                  f"points lost on each)."]
+    lines += _runtimes(manifest) + _calibration(manifest) + _familiarity(manifest)
     lines += ["", f"Per class ({p.name}, {p.encoder} encoder):", "", "| class | images | top-1 | top-3 |",
               "| --- | ---: | ---: | ---: |"]
     lines += [f"| {c.name} | {c.count:,} | {100 * c.top1:.1f}% | {100 * c.top3:.1f}% |" for c in metrics.per_class]
     return lines + [""]
+
+
+def _runtimes(manifest: Manifest) -> list[str]:
+    checks = manifest.runtime_checks
+    if not checks:
+        return []
+    calibration = (f"the int8 graph quantises the encoder only, calibrated on {manifest.onnx.int8_calibration_images} "
+                   f"training images, and the heads stay float; " if manifest.onnx and manifest.onnx.int8 else "")
+    fp32, fp32_knn = checks[0], next((c.fp32_knn_top1 for c in checks if c.fp32_knn_top1 is not None), None)
+    lines = ["", f"Fast runtimes against fp32 (the fp32 ONNX graph) on the same {fp32.test_images:,} test images "
+             f"({calibration}every runtime takes the softmax of float logits). The service runs one "
+             f"unasked only where it loses under {100 * MAX_ACCURACY_LOSS:g} points of top-1 and gives fp32's first "
+             f"class on {100 * MIN_TOP1_AGREEMENT:g}% of the images and its top 3 in order on "
+             f"{100 * MIN_TOP3_ORDER_AGREEMENT:g}%:", "",
+             "| runtime | linear top-1 | kNN top-1 | same top-1 | same top 3 | same top 3, same order | gate |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+             f"| fp32 | {100 * fp32.fp32_top1:.2f}% | {_percent(fp32_knn)} | | | | |"]
+    lines += [f"| {c.runtime} | {100 * c.top1:.2f}% | {_percent(c.knn_top1)} | "
+              f"{100 * c.top1_agreement:.2f}% | {100 * c.top3_agreement:.2f}% | {100 * c.top3_order_agreement:.2f}% | "
+              f"{'passed' if c.passed else 'failed: runs only when asked'} |" for c in checks]
+    return lines
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f}%"
+
+
+def _calibration(manifest: Manifest) -> list[str]:
+    c = manifest.metrics.calibration
+    if c is None:
+        return []
+    return ["", f"Calibration: the probabilities are softmax(logits / {c.temperature:.3f}), the temperature fitted "
+            f"(lowest negative log-likelihood) on {c.images:,} training images held out of the head's training. "
+            f"Expected calibration error on the test set (15 bins): {100 * c.test_ece_before:.2f}% before, "
+            f"{100 * c.test_ece_after:.2f}% after.", "", f"![reliability diagrams before and after]({RELIABILITY})"]
+
+
+def _familiarity(manifest: Manifest) -> list[str]:
+    f = manifest.familiarity
+    if f is None:
+        return []
+    lines = ["", f"Familiarity (`training_similarity` in each answer): the cosine similarity of an image's "
+             f"representation to its k-th most similar (k = {f.k}) of {f.images:,} training images kept in the "
+             f"bundle (class-balanced); below {f.threshold:.4f} the answer says `unlike_training_data`. The threshold "
+             f"accepts {100 * f.heldout_accepted:.1f}% of {f.heldout_images:,} held-out training images"
+             + (f" and {100 * f.test_accepted:.1f}% of the test set" if f.test_accepted is not None else "") + "."]
+    if f.rejected:
+        lines += ["", "| images unlike the training data (synthetic, trainer/synthetic.py) | flagged |",
+                  "| --- | ---: |"]
+        lines += [f"| {name} | {100 * rate:.1f}% |" for name, rate in f.rejected.items()]
+    return lines
 
 
 def _training(manifest: Manifest) -> list[str]:

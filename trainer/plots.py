@@ -1,5 +1,5 @@
 """PNG figures a person would rather look at than read: training curves, augmented views, confusion matrices,
-retrieval grids.
+reliability diagrams, retrieval grids.
 
     python -m trainer.plots views --data-dir ~/data/cifar10 --out views.png   # originals beside two views
     python -m trainer.plots curves --run runs/simclr                          # loss / lr / kNN curves
@@ -87,6 +87,36 @@ def save_head_curves(history: list[dict], out: Path) -> None:
     axes[1].set(title="validation top-1 accuracy (%)", xlabel="epoch")
     for ax in axes:
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def save_reliability(reliability: dict[str, dict[str, list[float]]], out: Path, title: str = "") -> None:
+    """Reliability diagrams, one per entry (before / after the temperature): per confidence bin, the accuracy of
+    its images against their mean confidence (on the diagonal where the probabilities mean what they say), the
+    bins' shares of the images beneath."""
+    fig, axes = plt.subplots(2, len(reliability), figsize=(4.5 * len(reliability), 6), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    for column, (name, r) in enumerate(reliability.items()):
+        bins = len(r["share"])
+        centres = [(i + 0.5) / bins for i in range(bins)]
+        used = [i for i, share in enumerate(r["share"]) if share > 0]
+        top, bottom = axes[0, column], axes[1, column]
+        top.bar([centres[i] for i in used], [r["accuracy"][i] for i in used], width=1 / bins, edgecolor="black",
+                alpha=0.7, label="accuracy")
+        top.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
+        top.plot([r["confidence"][i] for i in used], [r["accuracy"][i] for i in used], "o", color="black",
+                 markersize=3, label="mean confidence")
+        ece = sum(s * abs(a - c) for s, a, c in zip(r["share"], r["accuracy"], r["confidence"]))
+        top.set(title=f"{name}: ECE {100 * ece:.2f}%", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+        top.legend(loc="upper left", fontsize=8)
+        bottom.bar(centres, r["share"], width=1 / bins, edgecolor="black", alpha=0.7)
+        bottom.set(xlabel="confidence (top-1 probability)", ylabel="share of images")
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -17,7 +17,8 @@ router = APIRouter(tags=["model"])
 async def classify(images: Images, state: Ready,
                    k: Annotated[int, Query(ge=1, le=MAX_CLASSIFY_K, description="classes per image")] = 3
                    ) -> ClassifyResponse:
-    """Per image the k most probable classes (all of them when there are fewer than k), best first."""
+    """Per image the k most probable classes (all of them when there are fewer than k), best first, with calibrated
+    probabilities, and how like the training images it is (training_similarity, unlike_training_data)."""
     if state.model.bundle.classifier is None:
         raise Problem(501, "this bundle has no classifier: its run was not evaluated (run python -m "
                       "trainer.linear_eval, then export again); /embed and /search still work", "no-classifier")
@@ -26,5 +27,6 @@ async def classify(images: Images, state: Ready,
     classes = state.model.bundle.manifest.classes
     return ClassifyResponse(model=state.model.bundle.name, classifications=[
         Classification(predictions=[Prediction(class_id=c, class_name=classes[c], probability=p)
-                                    for p, c in zip(probs, ids)])
-        for probs, ids in zip(top.values.tolist(), top.indices.tolist())])
+                                    for p, c in zip(probs, ids)], **familiar)
+        for probs, ids, familiar in zip(top.values.tolist(), top.indices.tolist(),
+                                        out.familiar(state.model.familiarity_threshold))])

@@ -12,12 +12,13 @@ router = APIRouter(tags=["model"])
 
 @router.post("/embed", response_model=EmbedResponse, responses=PROBLEMS, openapi_extra=OPENAPI_BODY)
 async def embed(images: Images, state: Ready, normalize: bool = True, projection: bool = False) -> EmbedResponse:
-    """Per image the encoder's representation (L2-normalised unless normalize=false) and, with
-    projection=true, the projection head's output."""
+    """Per image the encoder's representation (L2-normalised unless normalize=false), with projection=true the
+    projection head's output, and how like the training images it is (training_similarity, unlike_training_data)."""
     out = await state.batcher.submit(images)
     h = out.unit if normalize else out.representation
     z = out.projection.tolist() if projection else [None] * len(h)
     arch = state.model.bundle.manifest.architecture
     return EmbedResponse(model=state.model.bundle.name, representation_dim=arch.representation_dim,
                          projection_dim=arch.projection.out_dim, normalized=normalize,
-                         embeddings=[Embedding(representation=r, projection=p) for r, p in zip(h.tolist(), z)])
+                         embeddings=[Embedding(representation=r, projection=p, **familiar) for r, p, familiar in
+                                     zip(h.tolist(), z, out.familiar(state.model.familiarity_threshold))])

@@ -40,9 +40,11 @@ async def create_embeddings(body: EmbeddingsRequest, state: Ready) -> Embeddings
     files = base64_files(inputs, "input")
     with state.batcher.incoming():
         images = await decode_files(files, state)
-    vectors = (await state.batcher.submit(images)).unit.numpy().astype("<f4")
+    out = await state.batcher.submit(images)
+    vectors = out.unit.numpy().astype("<f4")
     data = [EmbeddingObject(index=i, embedding=base64.b64encode(v.tobytes()).decode() if body.encoding_format ==
-                            "base64" else v.tolist()) for i, v in enumerate(vectors)]
+                            "base64" else v.tolist(), **familiar)
+            for i, (v, familiar) in enumerate(zip(vectors, out.familiar(state.model.familiarity_threshold)))]
     return EmbeddingsResponse(data=data, model=card.id, usage=Usage(prompt_tokens=len(data), total_tokens=len(data)))
 
 

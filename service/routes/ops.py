@@ -11,7 +11,8 @@ from service.dependencies import Ready, get_state
 from service.problems import KINDS, Problem
 from service.routes import NOT_FOUND
 from service.routes.index import summary
-from service.schemas import Evaluation, Health, ProblemType, Readiness, TrainingSummary, Version
+from service.schemas import (CalibrationSummary, Evaluation, FamiliaritySummary, Health, ProblemType, Readiness,
+                             RuntimeCheckSummary, TrainingSummary, Version)
 from service.state import ServiceState
 
 router = APIRouter(tags=["operations"])
@@ -44,7 +45,7 @@ async def version(state: Ready) -> Version:
     """The served model (name, fingerprint, runtime, architecture, classes, evaluation) and index."""
     bundle, index = state.model.bundle, state.index
     manifest, arch = bundle.manifest, bundle.manifest.architecture
-    metrics, check = manifest.metrics, manifest.onnx.int8_check if manifest.onnx else None
+    metrics = manifest.metrics
     return Version(
         model=bundle.name, bundle_fingerprint=bundle.fingerprint, runtime=state.model.runtime,
         backbone=arch.backbone, representation_dim=arch.representation_dim, projection_dim=arch.projection.out_dim,
@@ -54,8 +55,12 @@ async def version(state: Ready) -> Version:
         evaluation=Evaluation(protocol=metrics.protocol.name, top1=metrics.top1, top3=metrics.top3,
                               data=metrics.protocol.data_name or PurePath(metrics.protocol.data_dir).name,
                               top5=metrics.top5, knn_top1=metrics.knn_top1,
-                              int8_top1=check.int8_top1 if check else None,
-                              int8_knn_top1=check.int8_knn_top1 if check else None) if metrics else None,
+                              runtime_checks=[RuntimeCheckSummary(**c.model_dump(), passed=c.passed)
+                                              for c in manifest.runtime_checks],
+                              calibration=CalibrationSummary.model_validate(metrics.calibration, from_attributes=True)
+                              if metrics.calibration else None) if metrics else None,
+        familiarity=FamiliaritySummary.model_validate(manifest.familiarity, from_attributes=True)
+        if manifest.familiarity else None,
         index=await state.run_search(summary, index) if index else None)
 
 

@@ -24,6 +24,16 @@ async function post(route, file) {
   return body;
 }
 
+// A badge where the image is far from every training image the model keeps: its answer is less to be trusted.
+function showFamiliarity(classification) {
+  const unlike = classification.unlike_training_data === true;
+  $("unlike").hidden = !unlike;
+  if (unlike) {
+    $("unlike").title = `similarity to the training images ${classification.training_similarity.toFixed(3)}, `
+      + "below the threshold the model was exported with";
+  }
+}
+
 function showPredictions(predictions) {
   $("predictions").replaceChildren(...predictions.map((p) => {
     const item = document.createElement("li");
@@ -62,8 +72,11 @@ async function analyse(file) {
   $("error").hidden = true;
   $("added").textContent = "";
   $("preview").src = URL.createObjectURL(file);
-  const jobs = [post("classify", file).then((r) => showPredictions(r.classifications[0].predictions)),
-                search(file)];
+  $("unlike").hidden = true;
+  const jobs = [post("classify", file).then((r) => {
+    showPredictions(r.classifications[0].predictions);
+    showFamiliarity(r.classifications[0]);
+  }), search(file)];
   for (const result of await Promise.allSettled(jobs)) {
     if (result.status === "rejected") showError(result.reason);
   }

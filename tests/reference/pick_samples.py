@@ -1,10 +1,11 @@
 """Pick the CIFAR-10 test images that tests/service/test_reference_bundle.py checks the committed bundle against.
 
-    python tests/reference/pick_samples.py --run ~/reference-run --data-dir ~/data/cifar10
+    python tests/reference/pick_samples.py --evaluation ~/eval-reference --data-dir ~/data/cifar10
 
-For each class, the first test image whose evaluated top-1 leads its runner-up by --margin (so that float16
-weights or another runtime cannot flip it), saved losslessly as PNG (the decoded pixels the evaluation saw),
-and expected.json with what RUN_DIR/eval/predictions.csv says of each: label, top 3 and their probabilities.
+For each class, the first test image whose evaluated top 3 are apart (the first leads the second by --margin, the
+second the third by --order-margin, so that float16 weights or another runtime cannot reorder them), saved
+losslessly as PNG (the decoded pixels the evaluation saw), and expected.json with what the evaluation's
+predictions.csv says of each: label, top 3 and their probabilities.
 """
 
 from __future__ import annotations
@@ -24,20 +25,23 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="the evaluated reference run")
+    parser.add_argument("--evaluation", type=Path, required=True,
+                        help="the reference's evaluation folder (python -m trainer.linear_eval --out)")
     parser.add_argument("--data-dir", type=Path, required=True, help="the CIFAR-10 copy it was evaluated on")
     parser.add_argument("--margin", type=float, default=0.3, help="least lead of top-1 over top-2 (probability)")
+    parser.add_argument("--order-margin", type=float, default=0.02, help="least lead of top-2 over top-3")
     args = parser.parse_args()
-    with open(args.run / "eval" / "predictions.csv", newline="") as f:
+    with open(args.evaluation / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     test = load_split(args.data_dir, "test", cache_dir=None, download=False)
     if test is None or len(rows) != len(test):
-        raise SystemExit(f"{args.run}/eval/predictions.csv is not of {args.data_dir}'s test split")
+        raise SystemExit(f"{args.evaluation}/predictions.csv is not of {args.data_dir}'s test split")
     for old in HERE.glob("*.png"):
         old.unlink()
     expected = {}
     for name in test.classes:
-        row = next(r for r in rows if r["label"] == name and float(r["p1"]) - float(r["p2"]) >= args.margin)
+        row = next(r for r in rows if r["label"] == name and float(r["p1"]) - float(r["p2"]) >= args.margin
+                   and float(r["p2"]) - float(r["p3"]) >= args.order_margin)
         file = f"{int(row['index']):05d}-{name}.png"
         Image.fromarray(test.images[int(row["index"])].permute(1, 2, 0).numpy()).save(HERE / file)
         expected[file] = {"index": int(row["index"]), "label": name, "top3": [row[f"top{i}"] for i in (1, 2, 3)],

@@ -22,6 +22,7 @@ CLASSES = ("blue", "green", "grey", "red")  # sorted, as class folders are liste
 SIZE = 16
 MACHINE = "2 cores of a test machine, torch x"
 DATA_NAME = "Colour squares (PNG)"
+TEMPERATURE = 1.5
 
 
 def make_run(root: Path, *, backbone: str = "resnet18", width: int = 1, evaluated: bool = True,
@@ -50,7 +51,8 @@ def make_run(root: Path, *, backbone: str = "resnet18", width: int = 1, evaluate
 
 def write_eval(run_dir: Path, input_dim: int, hidden_dims: list[int], classes=CLASSES,
                checkpoint_name: str = "checkpoints/epoch_0001.pt") -> None:
-    """RUN_DIR/eval as trainer.linear_eval writes it: classifier.safetensors, classifier.json, metrics.json."""
+    """RUN_DIR/eval as trainer.linear_eval writes it: classifier.safetensors, classifier.json (temperature
+    TEMPERATURE), familiarity.safetensors (12 random unit vectors) and metrics.json."""
     out = run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     head = classifier_head(input_dim, len(classes), hidden_dims)
@@ -58,15 +60,22 @@ def write_eval(run_dir: Path, input_dim: int, hidden_dims: list[int], classes=CL
         torch.nn.init.normal_(p, std=0.1)
     save_file(head.state_dict(), out / "classifier.safetensors")
     (out / "classifier.json").write_text(json.dumps({"input_dim": input_dim, "hidden_dims": hidden_dims,
-                                                     "classes": list(classes), "checkpoint": checkpoint_name}))
+                                                     "classes": list(classes), "checkpoint": checkpoint_name,
+                                                     "temperature": TEMPERATURE}))
+    bank = torch.nn.functional.normalize(torch.randn(12, input_dim), dim=1)
+    save_file({"bank": bank}, out / "familiarity.safetensors")
     labels = torch.arange(20) % len(classes)
     metrics = classification_metrics(torch.randn(20, len(classes)), labels, list(classes))
     protocol = {"name": "linear", "encoder": "frozen", "data_dir": "colours", "data_name": DATA_NAME,
                 "train_images": 40, "val_images": 0, "test_images": 20, "label_fraction": 1.0, "epochs": 1,
                 "stopping_epoch": 1, "lr": 0.1, "weight_decay": 0.0, "seed": 0}
+    calibration = {"images": 8, "temperature": TEMPERATURE, "test_ece_before": 0.2, "test_ece_after": 0.05}
+    familiarity = {"images": 12, "k": 2, "threshold": 0.0, "heldout_images": 8, "heldout_accepted": 0.875,
+                   "test_accepted": 0.85, "rejected": {"uniform noise": 0.9}}
     (out / "metrics.json").write_text(json.dumps({**metrics, "knn_top1": 0.4, "knn_top5": 1.0, "knn_k": 10,
                                                   "knn_temperature": 0.1, "protocol": protocol,
-                                                  "checkpoint": checkpoint_name}))
+                                                  "checkpoint": checkpoint_name, "calibration": calibration,
+                                                  "familiarity": familiarity}))
 
 
 def colour_images(n_per_class: int, size: int = SIZE, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -50,7 +50,9 @@ def test_health_readiness_version(client, bundle_dir):
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     assert version["classes"] == manifest["classes"] == list(CLASSES) and version["classifier"] is True
     assert version["evaluation"]["top1"] == manifest["metrics"]["top1"] and version["runtime"] == "torch-fp32"
-    assert version["evaluation"]["int8_top1"] is None  # exported without int8
+    assert version["evaluation"]["runtime_checks"] == []  # exported without int8, its data not on this machine
+    assert version["evaluation"]["calibration"]["temperature"] == manifest["architecture"]["classifier"]["temperature"]
+    assert version["familiarity"]["threshold"] == manifest["familiarity"]["threshold"]
     assert version["evaluation"]["data"] == manifest["metrics"]["protocol"]["data_name"]
     assert version["bundle_fingerprint"] == load_bundle(bundle_dir).fingerprint
     assert version["training"] == {k: manifest["training"][k] for k in (
@@ -138,6 +140,23 @@ def test_classify_top_k(client):
     every = client.post("/classify?k=10", files=files(png_bytes(IMAGES[0]))).json()["classifications"][0]
     assert len(every["predictions"]) == len(CLASSES)  # k beyond the number of classes gives them all
     assert sum(p["probability"] for p in every["predictions"]) == pytest.approx(1, abs=1e-5)
+
+
+def test_answers_say_how_like_the_training_images_each_image_is(client, bundle_dir):
+    """training_similarity is the k-th nearest bank similarity of the image's unit representation, and the flag
+    compares it with the bundle's threshold, in /classify, /embed and the OpenAI endpoint alike."""
+    bundle = load_bundle(bundle_dir)
+    spec = bundle.manifest.familiarity
+    unit = Model(bundle).infer(torch.from_numpy(IMAGES[:2]).permute(0, 3, 1, 2)).unit
+    expected = (unit @ bundle.familiarity.T).sort(dim=1, descending=True).values[:, spec.k - 1]
+    uploads = files(png_bytes(IMAGES[0]), png_bytes(IMAGES[1]))
+    for answers in (client.post("/classify", files=uploads).json()["classifications"],
+                    client.post("/embed", files=uploads).json()["embeddings"]):
+        assert [a["training_similarity"] for a in answers] == pytest.approx(expected.tolist(), abs=1e-4)
+        assert [a["unlike_training_data"] for a in answers] == [s < spec.threshold for s in expected.tolist()]
+    openai = client.post("/v1/embeddings", json={"model": bundle.name, "input": [
+        base64.b64encode(png_bytes(IMAGES[0])).decode()]}).json()["data"][0]
+    assert openai["training_similarity"] == pytest.approx(expected[0].item(), abs=1e-4)
 
 
 def test_search_finds_the_indexed_image_first(client):

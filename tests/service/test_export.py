@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import torch
 import torch.nn.functional as F
-from factories import CLASSES, DATA_NAME, MACHINE, SIZE, colour_images, make_run
+from factories import CLASSES, DATA_NAME, MACHINE, SIZE, TEMPERATURE, colour_images, make_run
 from safetensors.torch import load_file
 
 from contract.bundle import load_bundle
@@ -35,7 +35,7 @@ def test_service_model_equals_trainer_model(tmp_path, backbone, width, hidden):
         z = model.projector(h)
         head = classifier_head(model.feature_dim, len(CLASSES), hidden)
         head.load_state_dict(load_file(run / "eval" / "classifier.safetensors"))
-        p = F.softmax(head.eval()(h), dim=1)
+        p = F.softmax(head.eval()(h) / TEMPERATURE, dim=1)
     torch.testing.assert_close(out.representation, h, atol=1e-5, rtol=0)
     torch.testing.assert_close(out.projection, z, atol=1e-5, rtol=0)
     torch.testing.assert_close(out.probabilities, p, atol=1e-5, rtol=0)
@@ -50,7 +50,7 @@ def test_manifest_describes_the_run(tmp_path, run_and_model):
     arch = manifest["architecture"]
     assert (arch["backbone"], arch["width"], arch["stem"], arch["representation_dim"]) == ("resnet18", 1, "cifar", 512)
     assert arch["projection"] == {"hidden_dim": 64, "out_dim": 32}
-    assert arch["classifier"] == {"hidden_dims": [], "num_classes": 4}
+    assert arch["classifier"] == {"hidden_dims": [], "num_classes": 4, "temperature": TEMPERATURE}
     assert manifest["input"] == {"size": SIZE, "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616],
                                  "resize": "fit-bicubic"}
     assert manifest["classes"] == list(CLASSES)
@@ -64,9 +64,14 @@ def test_manifest_describes_the_run(tmp_path, run_and_model):
     assert {k: manifest["training"][k] for k in ("hours", "median_pace_hours", "machines", "commits")} == \
         {"hours": 0.05, "median_pace_hours": 0.05, "machines": [MACHINE], "commits": ["abc123"]}  # from the run's jsonl
     assert set(manifest["files"]) == {"encoder.safetensors", "projector.safetensors", "classifier.safetensors",
-                                      "model.onnx"}
-    assert manifest["onnx"] == {"fp32": "model.onnx", "int8": None, "int8_calibration_images": None, "int8_check": None,
-                                "opset": 17}
+                                      "familiarity.safetensors", "model.onnx"}
+    assert manifest["onnx"] == {"fp32": "model.onnx", "int8": None, "int8_calibration_images": None, "opset": 17}
+    assert manifest["runtime_checks"] == []  # the factory's evaluation data is not on this machine
+    assert manifest["metrics"]["calibration"] == {**evaluation["calibration"], "test_nll_before": None,
+                                                  "test_nll_after": None}
+    assert manifest["familiarity"] == {"file": "familiarity.safetensors", **evaluation["familiarity"]}
+    bank = load_file(run / "eval" / "familiarity.safetensors")["bank"]
+    torch.testing.assert_close(load_bundle(tmp_path / "bundle").familiarity, bank)
 
 
 def test_model_card_says_what_the_manifest_says(tmp_path, run_and_model):
@@ -79,6 +84,9 @@ def test_model_card_says_what_the_manifest_says(tmp_path, run_and_model):
     assert f"## Evaluation: {DATA_NAME}, test set (20 images)" in card
     assert f"| top-1 | linear, frozen encoder | {100 * manifest.metrics.top1:.2f}% |" in card
     assert "| kNN top-1 | k=10, votes exp(similarity / 0.1), 40 training images as the bank | 40.00% |" in card
+    assert "softmax(logits / 1.500)" in card and "20.00% before, 5.00% after" in card
+    assert "(k = 2) of 12 training images" in card and "below 0.0000 the answer says `unlike_training_data`" in card
+    assert "| uniform noise | 90.0% |" in card and "reliability.png" in card
     for row in manifest.metrics.per_class:
         assert f"| {row.name} | {row.count:,} | {100 * row.top1:.1f}% | {100 * row.top3:.1f}% |" in card
     assert "settings fixed in advance" in card and "Wall-clock hours of its epochs: 0.05 as run (" in card

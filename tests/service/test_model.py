@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from factories import colour_images, make_run, wait_ready
 from fastapi.testclient import TestClient
 
-from contract.bundle import MAX_INT8_LOSS, BundleError, Int8Check, load_bundle
+from contract.bundle import MAX_ACCURACY_LOSS, MIN_TOP1_AGREEMENT, MIN_TOP3_ORDER_AGREEMENT, BundleError, RuntimeCheck, load_bundle
 from service.app import create_app
 from service.model import Model, pick_runtime
 from service.settings import Settings
@@ -84,53 +84,83 @@ def test_runtimes_a_bundle_or_device_lacks_are_refused(bundle_dir):
         model.use("torch-fp16")
 
 
-def test_the_export_measures_what_int8_costs(int8_bundle, image_folder):
-    check = load_bundle(int8_bundle).manifest.onnx.int8_check
+def test_the_export_measures_what_each_fast_runtime_costs(int8_bundle, image_folder):
+    checks = {c.runtime: c for c in load_bundle(int8_bundle).manifest.runtime_checks}
+    assert set(checks) == {"onnx-int8", "torch-bf16"}
     train, test = (load_split(image_folder, split, image_size=16, cache_dir=None) for split in ("train", "test"))
-    assert check.data_dir == str(image_folder) and (check.test_images, check.train_images) == (len(test), len(train))
-    for runtime, top1, knn_top1 in (("onnx-fp32", check.fp32_top1, check.fp32_knn_top1),
-                                    ("onnx-int8", check.int8_top1, check.int8_knn_top1)):
+    reference = Model(load_bundle(int8_bundle), "onnx-fp32")
+    queries, bank = reference.infer(test.images), reference.infer(train.images)
+    top3 = queries.probabilities.topk(3, dim=1).indices
+    for runtime, check in checks.items():
+        assert check.data_dir == str(image_folder) and check.test_images == len(test)
+        assert check.fp32_top1 == (top3[:, 0] == test.labels).double().mean().item()
         model = Model(load_bundle(int8_bundle), runtime)
-        queries, bank = model.infer(test.images), model.infer(train.images)
-        assert top1 == (queries.probabilities.argmax(dim=1) == test.labels).float().mean().item()
-        votes = knn_predict(queries.unit, bank.unit, train.labels, len(train.classes))
-        assert knn_top1 == (votes.argmax(dim=1) == test.labels).float().mean().item()
+        served = model.infer(test.images)
+        fast = served.probabilities.topk(3, dim=1).indices
+        assert check.top1 == (fast[:, 0] == test.labels).double().mean().item()
+        assert check.top1_agreement == (fast[:, 0] == top3[:, 0]).double().mean().item()
+        assert check.top3_order_agreement == (fast == top3).all(dim=1).double().mean().item()
+        if runtime == "onnx-int8":  # the kNN is measured for the int8 graph, each side embedded by its runtime
+            assert check.train_images == len(train)
+            for top1, side in ((check.fp32_knn_top1, (queries, bank)), (check.knn_top1, (served, model.infer(
+                    train.images)))):
+                votes = knn_predict(side[0].unit, side[1].unit, train.labels, len(train.classes))
+                assert top1 == (votes.argmax(dim=1) == test.labels).double().mean().item()
 
 
-def test_version_reports_what_int8_costs(int8_bundle, tmp_path):
-    check = load_bundle(int8_bundle).manifest.onnx.int8_check
+def test_version_reports_what_the_fast_runtimes_cost(int8_bundle, tmp_path):
+    checks = load_bundle(int8_bundle).manifest.runtime_checks
     settings = Settings(bundle=int8_bundle, data_dir=None, index_root=tmp_path, runtime="onnx-int8")
     with TestClient(create_app(settings)) as client:
         assert wait_ready(client)["ready"]
         version = client.get("/version").json()
-    assert version["runtime"] == "onnx-int8" and version["evaluation"]["int8_top1"] == check.int8_top1
-    assert version["evaluation"]["int8_knn_top1"] == check.int8_knn_top1 is not None
+    assert version["runtime"] == "onnx-int8"
+    assert version["evaluation"]["runtime_checks"] == [
+        {"runtime": c.runtime, "top1": c.top1, "knn_top1": c.knn_top1, "top1_agreement": c.top1_agreement,
+         "top3_agreement": c.top3_agreement, "top3_order_agreement": c.top3_order_agreement, "passed": c.passed}
+        for c in checks]
 
 
-def test_without_the_evaluation_data_int8_is_left_unchecked(tmp_path, image_folder, capsys):
+def test_without_the_evaluation_data_the_fast_runtimes_are_left_unchecked(tmp_path, image_folder, capsys):
     run, _ = make_run(tmp_path / "run")
     config = json.loads((run / "config.json").read_text())  # calibration images, but the test set is elsewhere
     (run / "config.json").write_text(json.dumps({**config, "data_dir": str(image_folder), "cache_dir": str(tmp_path)}))
     export(run, tmp_path / "bundle", int8_calibration=16)
-    assert load_bundle(tmp_path / "bundle").manifest.onnx.int8_check is None
-    assert "int8 graph not checked: the evaluation's data colours cannot be read here" in capsys.readouterr().err
+    assert load_bundle(tmp_path / "bundle").manifest.runtime_checks == []
+    assert "fast runtimes not checked: the evaluation's data colours cannot be read here" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("int8_loss, knn_loss", [(None, None), (0.0, 0.0), (0.0, None), (MAX_INT8_LOSS, 0.0),
-                                                (0.0, MAX_INT8_LOSS)])
+def check_of(runtime: str, accuracy_loss: float = 0.0, knn_loss: float | None = None, top1_agreement: float = 1.0,
+             order_agreement: float = 1.0) -> RuntimeCheck:
+    knn = {} if knn_loss is None else {"train_images": 500, "fp32_knn_top1": 0.8, "knn_top1": 0.8 - knn_loss}
+    return RuntimeCheck(runtime=runtime, data_dir="d", test_images=100, fp32_top1=0.9, top1=0.9 - accuracy_loss,
+                        top1_agreement=top1_agreement, top3_agreement=order_agreement,
+                        top3_order_agreement=order_agreement, **knn)
+
+
+@pytest.mark.parametrize("check, passed", [
+    (check_of("onnx-int8"), True), (check_of("onnx-int8", knn_loss=0.0), True),
+    (check_of("onnx-int8", accuracy_loss=MAX_ACCURACY_LOSS), False), (check_of("onnx-int8", knn_loss=MAX_ACCURACY_LOSS), False),
+    (check_of("onnx-int8", top1_agreement=MIN_TOP1_AGREEMENT - 0.01), False),
+    (check_of("onnx-int8", order_agreement=MIN_TOP3_ORDER_AGREEMENT - 0.01), False),
+    (check_of("onnx-int8", order_agreement=0.42), False),  # the graph that quantised its probabilities
+])
+def test_the_gate(check, passed):
+    assert check.passed == passed
+
+
+@pytest.mark.parametrize("checked", [(), ("onnx-int8",), ("torch-bf16",), ("onnx-int8", "torch-bf16")])
+@pytest.mark.parametrize("failed", [False, True])
 @pytest.mark.parametrize("fast", ["torch-bf16", "onnx-fp32", "onnx-int8", None])
-def test_auto_takes_the_fastest_and_int8_only_where_it_costs_little(int8_bundle, monkeypatch, fast, int8_loss,
-                                                                    knn_loss):
+def test_auto_takes_the_fastest_of_fp32_and_the_runtimes_that_passed_their_check(int8_bundle, monkeypatch, fast,
+                                                                                 checked, failed):
     model = Model(load_bundle(int8_bundle))
-    check = None if int8_loss is None else Int8Check(data_dir="d", test_images=100, fp32_top1=0.9,
-                                                     int8_top1=0.9 - int8_loss)
-    if knn_loss is not None:  # bundles exported before the kNN was measured have only the linear figures
-        check = check.model_copy(update=dict(train_images=500, fp32_knn_top1=0.8, int8_knn_top1=0.8 - knn_loss))
-    monkeypatch.setattr(model.bundle.manifest.onnx, "int8_check", check)
+    checks = [check_of(r, top1_agreement=0.5 if failed else 1.0) for r in checked]
+    monkeypatch.setattr(model.bundle.manifest, "runtime_checks", checks)
     monkeypatch.setattr(model, "infer", lambda images: time.sleep(0.001 if model.runtime == fast else 0.01))
     runtime, why = pick_runtime(model, "auto")
-    int8_competes = int8_loss == 0.0 and knn_loss in (0.0, None)
-    expected = fast if fast and (fast != "onnx-int8" or int8_competes) else "torch-fp32"
+    competes = {"torch-fp32", "onnx-fp32"} | (set() if failed else set(checked))
+    expected = fast if fast in competes else "torch-fp32"
     assert runtime == expected == model.runtime and why.startswith("auto: torch-fp32 1.00x")
-    assert ("onnx-int8" in why) == int8_competes
+    assert {r for r in ("torch-bf16", "onnx-int8") if r in why} == competes - {"torch-fp32", "onnx-fp32"}
     assert pick_runtime(model, "onnx-int8") == ("onnx-int8", "as asked") and model.runtime == "onnx-int8"

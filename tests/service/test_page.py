@@ -26,10 +26,15 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromiu
 KEY = "page-test-key"
 
 
-@pytest.fixture(scope="module", params=["open", "keyed"])
-def base_url(request, bundle_dir, index_copy):
-    """The app served by uvicorn in a thread of this process, on a free loopback port; without an API key, then
-    with one."""
+@pytest.fixture(scope="module", params=["open", "keyed", "unlike"])
+def base_url(request, bundle_dir, index_copy, tmp_path_factory):
+    """The app served by uvicorn in a thread of this process, on a free loopback port: without an API key, with
+    one, and with a bundle whose familiarity threshold no image reaches (every answer unlike the training data)."""
+    if request.param == "unlike":
+        bundle_dir = shutil.copytree(bundle_dir, tmp_path_factory.mktemp("unlike") / "bundle")
+        manifest = json.loads((bundle_dir / "manifest.json").read_text())
+        manifest["familiarity"]["threshold"] = 2.0  # above any cosine similarity
+        (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
     settings = Settings(bundle=bundle_dir, index=index_copy, api_key=KEY if request.param == "keyed" else None)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -81,10 +86,14 @@ def test_upload_shows_predictions_and_similar_images(page, base_url, tmp_path, r
     assert page.locator("#grid img").first.evaluate("i => i.naturalWidth") == 16
     assert page.locator("#grid figcaption").first.inner_text().startswith("grey")
     top1 = json.loads((bundle_dir / "manifest.json").read_text())["metrics"]["top1"]
-    assert page.locator("#model").inner_text() == f"{load_bundle(bundle_dir).name} · linear top-1 {100 * top1:.1f}% " \
+    with httpx2.Client(base_url=base_url, headers={"X-API-Key": KEY}) as client:
+        name = client.get("/version").json()["model"]  # the "unlike" bundle's manifest differs: so does its name
+    assert name.startswith(load_bundle(bundle_dir).name[:-12])
+    assert page.locator("#model").inner_text() == f"{name} · linear top-1 {100 * top1:.1f}% " \
                                                  f"on {DATA_NAME} · trained 1 epochs in 0.05 h"
     assert page.locator("#model").get_attribute("title") == MACHINE
     assert page.locator("#error").is_hidden()
+    assert page.locator("#unlike").is_visible() == (request.node.callspec.id.startswith("unlike"))
 
 
 def test_an_added_image_is_then_found_first(page, base_url, tmp_path, request):
