@@ -4,8 +4,8 @@ BUNDLE_DIR holds encoder.safetensors, projector.safetensors, classifier.safetens
 (when the run was evaluated), the ONNX graphs (model.onnx, model.int8.onnx) and manifest.json, written last:
 format and version, architecture, input preprocessing, class names, evaluation metrics, a training summary and
 the sha256 of every file. Manifest is the one description of that file: the writer builds it and the reader
-validates it. Weights are safetensors (tensors, never pickles); an unknown format or version, a missing file
-or a wrong checksum is refused.
+validates it. Weights are safetensors (tensors, never pickles; float16 in a half bundle, but for familiarity's
+statistics); an unknown format or version, a missing file or a wrong checksum is refused.
 """
 
 from __future__ import annotations
@@ -185,21 +185,20 @@ class RuntimeCheck(BaseModel):
 
 
 class Familiarity(BaseModel):
-    """How like the training images an image is: the cosine similarity of its representation to its k-th most
-    similar of `images` training representations, class-balanced, kept in FAMILIARITY (the k-th nearest
-    neighbour score of Sun et al., "Out-of-distribution detection with deep nearest neighbors", ICML 2022).
-    Below `threshold`, chosen so that `heldout_accepted` of images held out of the head's training and of the
-    bank score above it, the service says the image is unlike the training data."""
+    """How far an image is from the training images (contract.familiarity): the Mahalanobis distance of its unit
+    representation to the nearest of the class means, under their shared covariance, both estimated on `images`
+    training representations and kept in `file` ("means" (C, D), "precision" (D, D), float32). Above
+    `threshold`, which `heldout_accepted` of images held out of the head's training fall within, the service says
+    the image is unlike the training data."""
 
     file: str = FAMILIARITY
     images: int = Field(gt=0)
-    k: int = Field(gt=0)
-    threshold: float
+    threshold: float = Field(gt=0)
     heldout_images: int = Field(gt=0)
     heldout_accepted: Fraction
-    test_accepted: Fraction | None = Field(None, description="the evaluation's test images above the threshold")
+    test_accepted: Fraction | None = Field(None, description="the evaluation's test images within the threshold")
     rejected: dict[str, Fraction] = Field({}, description="per set of synthetic images unlike any photograph, the "
-                                          "share below the threshold (trainer.synthetic)")
+                                          "share beyond the threshold (trainer.synthetic)")
 
 
 class OnnxGraphs(BaseModel):
@@ -252,7 +251,7 @@ class Bundle:
     encoder: nn.Module
     projector: nn.Module
     classifier: nn.Module | None
-    familiarity: Tensor | None  # (images, D) unit training representations, float32
+    familiarity: tuple[Tensor, Tensor] | None  # class means (C, D) and shared precision (D, D), float32
 
     @property
     def name(self) -> str:
@@ -273,9 +272,13 @@ def write_bundle(path: str | Path, manifest: Manifest, weights: dict[str, dict[s
     export into path are removed."""
     path = Path(path)
     files = {}
-    dtype = torch.float16 if manifest.weights_dtype == "float16" else torch.float32
-    blobs = {name: save_safetensors({k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
-                                     for k, v in state.items()}) for name, state in weights.items()}
+    half = manifest.weights_dtype == "float16"
+
+    def stored(name: str, v: Tensor) -> Tensor:  # the familiarity statistics stay float32: precisions pass 65,504
+        dtype = torch.float16 if half and name != FAMILIARITY else torch.float32
+        return (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+
+    blobs = {name: save_safetensors({k: stored(name, v) for k, v in state.items()}) for name, state in weights.items()}
     blobs |= {name: _reading_weights(graph, blobs) for name, graph in (graphs or {}).items()}
     for name, data in blobs.items():
         atomic_write(path / name, data)
@@ -388,13 +391,15 @@ def load_bundle(path: str | Path) -> Bundle:
             net.requires_grad_(False).eval()
     familiarity = None
     if manifest.familiarity:
+        file, d = path / manifest.familiarity.file, arch.representation_dim
         try:
-            familiarity = load_safetensors((path / manifest.familiarity.file).read_bytes())["bank"].float()
+            tensors = load_safetensors(file.read_bytes())
+            familiarity = tensors["means"].float(), tensors["precision"].float()
         except (OSError, SafetensorError, KeyError) as e:
-            raise BundleError(f"{path / manifest.familiarity.file} holds no readable bank: {e}") from None
-        if familiarity.shape != (manifest.familiarity.images, arch.representation_dim):
-            raise BundleError(f"{path / manifest.familiarity.file} has shape {tuple(familiarity.shape)}, not "
-                              f"({manifest.familiarity.images}, {arch.representation_dim})")
+            raise BundleError(f"{file} holds no readable class means and precision: {e}") from None
+        if familiarity[0].shape != (len(manifest.classes), d) or familiarity[1].shape != (d, d):
+            raise BundleError(f"{file}: means {tuple(familiarity[0].shape)} and precision "
+                              f"{tuple(familiarity[1].shape)} do not fit {len(manifest.classes)} classes of {d}-d")
     return Bundle(path, manifest, fingerprint, encoder, head, classifier, familiarity)
 
 

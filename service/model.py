@@ -1,5 +1,5 @@
 """Preprocessing and inference: image bytes -> the evaluation's input tensor -> representation, projection,
-class probabilities, familiarity.
+class probabilities, distance from the training images.
 
 Preprocessing is the one the linear evaluation used: contract.images decodes and resizes to the manifest's
 input size, then the pixels are scaled to [0, 1] and normalised with the manifest's mean and std.
@@ -17,31 +17,31 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from contract.bundle import Bundle, BundleError
-from contract.familiarity import familiarity
+from contract.familiarity import distance
 from contract.images import decode_image
 
 @dataclass
 class Outputs:
     """Per image: raw representation (N, D), the same L2-normalised, projection (N, P), class probabilities
-    (N, C) or None, and familiarity (N,) or None: the cosine similarity to the k-th most similar of the bundle's
-    training representations (contract.bundle.Familiarity), for bundles that carry them."""
+    (N, C) or None, and distance (N,) or None: how far the image is from the training images (the Mahalanobis
+    distance of contract.familiarity), for bundles that carry its statistics."""
 
     representation: Tensor
     unit: Tensor
     projection: Tensor
     probabilities: Tensor | None
-    familiarity: Tensor | None = None
+    distance: Tensor | None = None
 
     def familiar(self, threshold: float | None) -> list[dict[str, float | bool | None]]:
-        """Per image, training_similarity and unlike_training_data as the answers carry them (None without)."""
-        if self.familiarity is None or threshold is None:
-            return [{"training_similarity": None, "unlike_training_data": None}] * len(self.representation)
-        return [{"training_similarity": s, "unlike_training_data": s < threshold} for s in self.familiarity.tolist()]
+        """Per image, training_distance and unlike_training_data as the answers carry them (None without)."""
+        if self.distance is None or threshold is None:
+            return [{"training_distance": None, "unlike_training_data": None}] * len(self.representation)
+        return [{"training_distance": d, "unlike_training_data": d > threshold} for d in self.distance.tolist()]
 
     def __getitem__(self, rows: slice) -> Outputs:
         """The outputs of some of the images: how the batcher hands each request its own rows."""
         return Outputs(*(t[rows] if t is not None else None for t in (
-            self.representation, self.unit, self.projection, self.probabilities, self.familiarity)))
+            self.representation, self.unit, self.projection, self.probabilities, self.distance)))
 
 
 RUNTIMES = ("torch-fp32", "torch-bf16", "torch-fp16", "onnx-fp32", "onnx-int8")
@@ -54,8 +54,8 @@ class Model:
       in that layout, and the convolutions are faster in it), the encoder under autocast for bf16 and fp16;
     - onnx-fp32, onnx-int8 (CPU): the bundle's ONNX graphs (normalisation, encoder and heads) in ONNX Runtime.
     The torch networks live on device; every output is float32, on the CPU, whatever the runtime. Whatever the
-    runtime, the probabilities are the softmax of float logits at the bundle's temperature, and familiarity is
-    computed from the float representation.
+    runtime, the probabilities are the softmax of float logits at the bundle's temperature, and the distance from
+    the training images is computed from the float representation.
     """
 
     def __init__(self, bundle: Bundle, runtime: str = "torch-fp32", device: str | torch.device = "cpu"):
@@ -132,9 +132,8 @@ class Model:
         unit = F.normalize(h, dim=1)
         if logits is not None:
             probabilities = F.softmax(logits / self.temperature, dim=1)
-        bank = self.bundle.familiarity
-        score = familiarity(unit, bank, self.bundle.manifest.familiarity.k) if bank is not None else None
-        return Outputs(h, unit, z, probabilities, score)
+        statistics = self.bundle.familiarity
+        return Outputs(h, unit, z, probabilities, distance(unit, *statistics) if statistics is not None else None)
 
     def _session(self):
         """The runtime's ONNX Runtime session, made on first use (in the inference thread), with as many threads

@@ -93,11 +93,11 @@ class IndexedImage(BaseModel):
 class Familiar(BaseModel):
     """How like the training images an image is (bundles exported before familiarity: both null)."""
 
-    training_similarity: float | None = Field(None, description="cosine similarity of the image's representation "
-                                              "to the k-th most similar of the training images the bundle keeps "
-                                              "(GET /version: familiarity); higher is more familiar")
-    unlike_training_data: bool | None = Field(None, description="training_similarity is below the threshold fixed "
-                                              "at export (95% of held-out training images are above it): the answer "
+    training_distance: float | None = Field(None, description="Mahalanobis distance of the image's normalised "
+                                            "representation to the nearest class mean of the training images "
+                                            "(GET /version: familiarity); lower is more familiar")
+    unlike_training_data: bool | None = Field(None, description="training_distance is beyond the threshold fixed at "
+                                              "export (95% of held-out training images are within it): the answer "
                                               "is less to be trusted")
 
 
@@ -193,7 +193,7 @@ class EmbeddingsRequest(BaseModel):
 
 
 class EmbeddingObject(Familiar):
-    """OpenAI's embedding object; training_similarity and unlike_training_data are this service's additions
+    """OpenAI's embedding object; training_distance and unlike_training_data are this service's additions
     (clients that do not know them ignore them)."""
 
     object: Literal["embedding"] = "embedding"
@@ -243,11 +243,10 @@ class CalibrationSummary(BaseModel):
 
 
 class FamiliaritySummary(BaseModel):
-    k: int
-    images: int = Field(description="training images kept in the bundle")
-    threshold: float = Field(description="training_similarity below this is unlike_training_data")
-    heldout_accepted: float = Field(description="held-out training images at or above the threshold")
-    test_accepted: float | None = Field(description="test images at or above the threshold")
+    images: int = Field(description="training images the class means and covariance were estimated on")
+    threshold: float = Field(description="training_distance beyond this is unlike_training_data")
+    heldout_accepted: float = Field(description="held-out training images within the threshold")
+    test_accepted: float | None = Field(description="test images within the threshold")
     rejected: dict[str, float] = Field(description="per set of synthetic images, the share flagged")
 
 
@@ -304,7 +303,7 @@ class Version(BaseModel):
     checkpoint_epoch: int
     training: TrainingSummary
     evaluation: Evaluation | None
-    familiarity: FamiliaritySummary | None = Field(description="what training_similarity is measured against; null "
+    familiarity: FamiliaritySummary | None = Field(description="what training_distance is measured against; null "
                                                    "for bundles without it")
     index: IndexSummary | None
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contract.familiarity import familiarity
+from contract.familiarity import distance, gaussian
 from trainer.calibration import acceptance_threshold, expected_calibration_error, fit_temperature, reliability
 
 
@@ -44,15 +44,30 @@ def test_reliability_bins_are_shares_and_means_of_their_images():
 
 
 def test_the_threshold_accepts_the_share_asked_for():
-    scores = torch.linspace(0, 1, 1001)
-    threshold = acceptance_threshold(scores, accepted=0.95)
-    assert (scores >= threshold).float().mean().item() == pytest.approx(0.95, abs=0.002)
+    distances = torch.linspace(0, 1, 1001)[torch.randperm(1001)]
+    threshold = acceptance_threshold(distances, accepted=0.95)
+    assert (distances <= threshold).float().mean().item() == pytest.approx(0.95, abs=0.002)
 
 
-def test_familiarity_is_the_similarity_to_the_kth_nearest_bank_row():
-    bank = F.normalize(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]]), dim=1)
-    query = torch.tensor([[1.0, 0.0]])
-    assert familiarity(query, bank, 1).item() == pytest.approx(1.0)
-    assert familiarity(query, bank, 2).item() == pytest.approx(0.8)
-    assert familiarity(query, bank, 3).item() == pytest.approx(0.0)
-    assert familiarity(query, bank, 10).item() == pytest.approx(-1.0)  # k beyond the bank: its last
+def test_the_distance_is_mahalanobis_to_the_nearest_class_mean():
+    g = torch.Generator().manual_seed(0)
+    means = F.normalize(torch.randn(3, 4, generator=g), dim=1)
+    a = torch.randn(4, 4, generator=g)
+    precision = a @ a.T + torch.eye(4)  # any symmetric positive definite matrix
+    x = F.normalize(torch.randn(6, 4, generator=g), dim=1)
+    explicit = torch.stack([torch.stack([((v - m) @ precision @ (v - m)).sqrt() for m in means]) for v in x])
+    torch.testing.assert_close(distance(x, means, precision), explicit.min(dim=1).values, rtol=1e-4, atol=1e-4)
+
+
+def test_the_gaussian_of_the_training_representations_and_an_outlier_far_from_it():
+    g = torch.Generator().manual_seed(1)
+    centres = torch.eye(8)[:4] * 10
+    labels = torch.arange(4).repeat_interleave(200)
+    x = centres[labels] + torch.randn(800, 8, generator=g)  # normalised, each class a tight cap on the sphere
+    means, precision = gaussian(x, labels, 4)
+    torch.testing.assert_close(means, F.normalize(F.normalize(x, dim=1).view(4, 200, 8).mean(dim=1), dim=1) *
+                               means.norm(dim=1, keepdim=True), rtol=1e-4, atol=1e-5)
+    assert means.dtype == precision.dtype == torch.float32 and precision.shape == (8, 8)
+    inliers = distance(F.normalize(centres[labels[:40]] + torch.randn(40, 8, generator=g), dim=1), means, precision)
+    outlier = distance(F.normalize(-torch.ones(1, 8), dim=1), means, precision)
+    assert outlier.item() > 3 * inliers.max().item()

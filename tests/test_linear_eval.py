@@ -149,10 +149,11 @@ def test_end_to_end_on_a_tiny_run(tiny_run, capsys):
     calibration, familiar = metrics["calibration"], metrics["familiarity"]
     assert calibration["images"] == 6 and calibration["temperature"] > 0
     assert 0 <= calibration["test_ece_after"] <= 1 and 0 <= calibration["test_ece_before"] <= 1
-    bank = load_file(out / "familiarity.safetensors")["bank"]
-    assert bank.shape == (familiar["images"], 512) == (58, 512)  # every head-training image, at most 5,000
-    torch.testing.assert_close(bank.norm(dim=1), torch.ones(58))
+    statistics = load_file(out / "familiarity.safetensors")
+    assert statistics["means"].shape == (4, 512) and statistics["precision"].shape == (512, 512)
+    assert familiar["images"] == 58 and familiar["threshold"] > 0  # the head's training images
     assert familiar["heldout_accepted"] >= 0.8 and 0 <= familiar["test_accepted"] <= 1
+    assert set(familiar["rejected"]) == {"uniform noise", "smooth noise", "flat colour", "stripes and checks"}
 
     # The saved head, on the raw representation of the checkpoint's encoder, gives the reported accuracy.
     spec = json.loads((out / "classifier.json").read_text())

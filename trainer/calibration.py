@@ -51,6 +51,6 @@ def expected_calibration_error(probabilities: Tensor, labels: Tensor, bins: int 
     return sum(s * abs(a - c) for s, a, c in zip(r["share"], r["accuracy"], r["confidence"]))
 
 
-def acceptance_threshold(scores: Tensor, accepted: float = 0.95) -> float:
-    """The score below which (1 - accepted) of these held-out in-distribution images fall."""
-    return float(torch.quantile(scores.double().cpu(), 1 - accepted))
+def acceptance_threshold(distances: Tensor, accepted: float = 0.95) -> float:
+    """The distance within which the share accepted of these held-out in-distribution images lie."""
+    return float(torch.quantile(distances.double().cpu(), accepted))

@@ -170,20 +170,17 @@ def _read(path: Path) -> dict:
 
 
 def _familiarity(evaluation: Path, weights: dict[str, dict[str, Tensor]]) -> Familiarity | None:
-    """The evaluation's familiarity bank and threshold, for the bundle (evaluations from before it have none)."""
+    """The evaluation's familiarity statistics and threshold, for the bundle (evaluations from before it have
+    none)."""
     recorded = _read(evaluation / "metrics.json").get("familiarity")
     if not recorded or not (evaluation / FAMILIARITY).is_file():
         return None
     try:
-        bank = load_safetensors((evaluation / FAMILIARITY).read_bytes())["bank"]
-        familiarity = Familiarity(**recorded)
+        tensors = load_safetensors((evaluation / FAMILIARITY).read_bytes())
+        weights[FAMILIARITY] = {k: tensors[k] for k in ("means", "precision")}
+        return Familiarity(**recorded)
     except (OSError, SafetensorError, KeyError, TypeError, ValidationError) as e:
-        raise UserError(f"{evaluation}: the familiarity bank or its figures are unreadable ({e})") from None
-    if bank.shape[0] != familiarity.images:
-        raise UserError(f"{evaluation / FAMILIARITY} holds {bank.shape[0]} rows; its metrics.json says "
-                        f"{familiarity.images}")
-    weights[FAMILIARITY] = {"bank": bank}
-    return familiarity
+        raise UserError(f"{evaluation}: the familiarity statistics or their figures are unreadable ({e})") from None
 
 
 def _calibration_images(source: Source, n: int) -> np.ndarray:

@@ -14,8 +14,8 @@ them: no epoch runs the encoder again, and the encoder, in eval mode with gradie
 Nothing is chosen on the test set: with --val-fraction the weight decay and the stopping epoch are chosen on a
 class-balanced validation split of the training set; without it they are fixed in advance (the last epoch).
 For a head on frozen features, --calibration-fraction (10% by default) of the training images are held out of
-the head's training too: the probabilities' temperature and the familiarity threshold (how like the training
-images an image must be, contract.bundle.Familiarity) are fitted on them; the test set measures both after.
+the head's training too: the probabilities' temperature and the familiarity threshold (how far from the training
+images an image may be, contract.familiarity) are fitted on them; the test set measures both after.
 
 OUT (default RUN_DIR/eval, or RUN_DIR/eval-<variant> for random-init, fine-tuning and label fractions) gets
 metrics.json (accuracies as fractions in [0, 1]), report.txt (percentages), predictions.csv (each test
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contract.cifar10 import is_cifar10_root
-from contract.familiarity import familiarity
+from contract.familiarity import distance, gaussian
 from contract.files import atomic_write
 from trainer.calibration import acceptance_threshold, expected_calibration_error, fit_temperature, reliability
 from trainer.classifier import finetune, train_head
@@ -83,9 +83,6 @@ class EvalOptions:
                                    "(e.g. 0.01, 0.1, 1.0)")
     calibration_fraction: float = option(0.1, "fraction of the training set held out of a frozen-feature head's "
                                          "training to fit its temperature and the familiarity threshold (0: none)")
-    familiarity_images: int = option(5000, "training representations kept for familiarity (class-balanced)")
-    familiarity_k: int = option(5, "familiarity is the similarity to the k-th nearest of them (k=50 of 50,000 in "
-                                "Sun et al. 2022, scaled to the subset)")
     val_fraction: float = option(0.0, "fraction of the training set held out to choose the weight decay and the "
                                  "stopping epoch (0: both fixed in advance)")
     head: str = option("linear", "linear, or mlp: masterzero-hw/ssl-simclr's Linear-ReLU-Dropout-Linear",
@@ -117,8 +114,6 @@ class EvalOptions:
             (self.bundle is None or not (self.checkpoint or self.random_init),
              "--checkpoint and --random-init go with --run"),
             (0 <= self.calibration_fraction < 0.5, "--calibration-fraction must be in [0, 0.5)"),
-            (self.familiarity_images >= 1 and self.familiarity_k >= 1,
-             "--familiarity-images and --familiarity-k must be at least 1"),
             (0 < self.label_fraction <= 1, "--label-fraction must be in (0, 1]"),
             (0 <= self.val_fraction < 1, "--val-fraction must be in [0, 1)"),
             (self.epochs is None or self.epochs >= 1, "--epochs must be at least 1"),
@@ -228,9 +223,9 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
             scores = head(test_x)
             if len(cal_idx):
                 calibration = _calibrate(head(train_x[cal_idx]), train_y[cal_idx], scores, test_y)
-                unlike = {name: extract_features(encoder, torch.from_numpy(images))
+                unlike = {name: extract_features(encoder, torch.from_numpy(images), l2_normalize=False)
                           for name, images in synthetic_sets(500, source.image_size, opts.seed).items()}
-                familiar = _familiarity(train_x, train_y, train_idx, cal_idx, test_x, unlike, opts)
+                familiar = _familiarity(train_x, train_y, train_idx, cal_idx, test_x, unlike, len(train.classes))
     temperature = calibration["temperature"] if calibration else 1.0
     metrics = classification_metrics(scores, test_y, train.classes)
     metrics.update(knn_top1=knn[1], knn_top5=knn[5], knn_k=opts.knn_k, knn_temperature=opts.knn_temperature)
@@ -250,7 +245,8 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
     metrics["validation"] = [{k: s[k] for k in ("weight_decay", "epoch", "val_top1")} for s in search] \
         if len(val_idx) else None
     metrics["calibration"] = {k: v for k, v in calibration.items() if k != "reliability"} if calibration else None
-    metrics["familiarity"] = {k: v for k, v in familiar.items() if k != "bank"} if familiar else None
+    metrics["familiarity"] = {k: v for k, v in familiar.items() if k not in ("means", "precision")} \
+        if familiar else None
     metrics["history"] = chosen["history"]
     metrics["report"] = (f"{opts.protocol} evaluation of {source.name} on {data_name} ({data_dir})\n\n"
                          + format_report(metrics) + _held_out_report(calibration, familiar))
@@ -263,7 +259,8 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
     if familiar:
         from safetensors.torch import save as save_safetensors
 
-        atomic_write(out / "familiarity.safetensors", save_safetensors({"bank": familiar["bank"].cpu().contiguous()}))
+        atomic_write(out / "familiarity.safetensors", save_safetensors({k: familiar[k].contiguous()
+                                                                        for k in ("means", "precision")}))
     atomic_write(out / "predictions.csv", predictions_csv(scores / temperature, test_y, train.classes))
     queries, neighbours, similarities = retrieval_examples(test_x, test_y, train_x[train_idx])
     bank = train_idx[neighbours.cpu()]
@@ -281,10 +278,10 @@ def _held_out_report(calibration: dict[str, Any] | None, familiar: dict[str, Any
              f"before, {100 * calibration['test_ece_after']:.2f} % after"]
     if familiar:
         rejected = ", ".join(f"{name} {100 * rate:.1f} %" for name, rate in familiar["rejected"].items())
-        lines.append(f"Familiarity threshold {familiar['threshold']:.4f} (similarity to the {familiar['k']}th nearest "
-                     f"of {familiar['images']} training images): accepts {100 * familiar['heldout_accepted']:.1f} % "
-                     f"of the held-out images, {100 * familiar['test_accepted']:.1f} % of the test images; rejects "
-                     f"{rejected}")
+        lines.append(f"Familiarity: distance threshold {familiar['threshold']:.2f} (Mahalanobis, to the nearest class "
+                     f"mean of {familiar['images']} training images): takes in "
+                     f"{100 * familiar['heldout_accepted']:.1f} % of the held-out images, "
+                     f"{100 * familiar['test_accepted']:.1f} % of the test images; flags {rejected}")
     return "\n".join(lines) + "\n"
 
 
@@ -301,21 +298,18 @@ def _calibrate(held_out: Tensor, held_out_y: Tensor, test_logits: Tensor, test_y
 
 
 def _familiarity(train_x: Tensor, train_y: Tensor, train_idx: Tensor, cal_idx: Tensor, test_x: Tensor,
-                 unlike: dict[str, Tensor], opts: EvalOptions) -> dict[str, Any]:
-    """The bank (class-balanced head-training representations), and the threshold that accepts 95% of the
-    held-out calibration images; the test set's acceptance measured at it, and the share of each set of unit
-    representations of images unlike the training data (unlike) that it rejects."""
-    keep = train_idx[balanced_indices(train_y[train_idx].cpu(), min(opts.familiarity_images, len(train_idx)),
-                                      opts.seed)]
-    bank = F.normalize(train_x[keep], dim=1)
-    held_out = familiarity(F.normalize(train_x[cal_idx], dim=1), bank, opts.familiarity_k)
+                 unlike: dict[str, Tensor], num_classes: int) -> dict[str, Any]:
+    """The class means and shared precision of the head's training representations (contract.familiarity), the
+    distance within which 95% of the held-out calibration images fall; the test set's acceptance at it, and the
+    share of each set of unit representations of images unlike the training data (unlike) beyond it."""
+    means, precision = gaussian(train_x[train_idx].cpu(), train_y[train_idx].cpu(), num_classes)
+    far = lambda x: distance(F.normalize(x.float().cpu(), dim=1), means, precision)  # noqa: E731
+    held_out = far(train_x[cal_idx])
     threshold = acceptance_threshold(held_out)
-    test = familiarity(F.normalize(test_x, dim=1), bank, opts.familiarity_k)
-    return {"bank": bank, "images": len(keep), "k": min(opts.familiarity_k, len(keep)), "threshold": threshold,
-            "heldout_images": len(cal_idx), "heldout_accepted": (held_out >= threshold).double().mean().item(),
-            "test_accepted": (test >= threshold).double().mean().item(),
-            "rejected": {name: (familiarity(unit, bank, opts.familiarity_k) < threshold).double().mean().item()
-                         for name, unit in unlike.items()}}
+    return {"means": means, "precision": precision, "images": len(train_idx), "threshold": threshold,
+            "heldout_images": len(cal_idx), "heldout_accepted": (held_out <= threshold).double().mean().item(),
+            "test_accepted": (far(test_x) <= threshold).double().mean().item(),
+            "rejected": {name: (far(x) > threshold).double().mean().item() for name, x in unlike.items()}}
 
 
 def retrieval_examples(test_x: Tensor, test_y: Tensor, bank_x: Tensor, k: int = 8) -> tuple[Tensor, Tensor, Tensor]:

@@ -37,8 +37,8 @@ def model_card(manifest: Manifest, fingerprint: str) -> str:
               f"- Every image is reduced to {size} x {size} px, the size it learnt from: fine detail is lost, and "
               f"images unlike its training data embed less well.",
               "- The classifier knows only its classes and always answers with them: there is no \"none of "
-              "these\"" + (". Each answer's `unlike_training_data` says where an image is far from every training "
-                           "image it keeps (Familiarity above); that is no class, and it misses some."
+              "these\"" + (". Each answer's `unlike_training_data` says where an image is far from the training "
+                           "images (Familiarity above); that is no class, and it misses some."
                            if manifest.familiarity else ".") if arch.classifier else
               "- No classifier: the run was not evaluated.",
               (f"- Its probabilities come from {head} head trained with cross-entropy"
@@ -118,13 +118,14 @@ def _familiarity(manifest: Manifest) -> list[str]:
     f = manifest.familiarity
     if f is None:
         return []
-    lines = ["", f"Familiarity (`training_similarity` in each answer): the cosine similarity of an image's "
-             f"representation to its k-th most similar (k = {f.k}) of {f.images:,} training images kept in the "
-             f"bundle (class-balanced); below {f.threshold:.4f} the answer says `unlike_training_data`. The threshold "
-             f"accepts {100 * f.heldout_accepted:.1f}% of {f.heldout_images:,} held-out training images"
+    lines = ["", f"Familiarity (`training_distance` in each answer): the Mahalanobis distance of an image's "
+             f"normalised representation to the nearest class mean, under the classes' shared covariance, both "
+             f"estimated on {f.images:,} training images (SSD+, Sehwag et al., ICLR 2021); beyond "
+             f"{f.threshold:.2f} the answer says `unlike_training_data`. The threshold takes in "
+             f"{100 * f.heldout_accepted:.1f}% of {f.heldout_images:,} training images held out of the head's training"
              + (f" and {100 * f.test_accepted:.1f}% of the test set" if f.test_accepted is not None else "") + "."]
     if f.rejected:
-        lines += ["", "| images unlike the training data (synthetic, trainer/synthetic.py) | flagged |",
+        lines += ["", "| synthetic images unlike the training data (trainer/synthetic.py) | flagged |",
                   "| --- | ---: |"]
         lines += [f"| {name} | {100 * rate:.1f}% |" for name, rate in f.rejected.items()]
     return lines

@@ -1,4 +1,5 @@
-"""Synthetic images unlike any photograph, for measuring how often familiarity (contract.familiarity) flags them:
+"""Synthetic images unlike any photograph, for measuring how often the distance from the training images
+(contract.familiarity) flags them:
 reproducible from a seed, no download. They are the easy end of "unlike the training data"; photographs of
 other things (docs/evaluation.md, benchmarks/familiarity.py) are the hard one."""
 

@@ -18,7 +18,7 @@ async def classify(images: Images, state: Ready,
                    k: Annotated[int, Query(ge=1, le=MAX_CLASSIFY_K, description="classes per image")] = 3
                    ) -> ClassifyResponse:
     """Per image the k most probable classes (all of them when there are fewer than k), best first, with calibrated
-    probabilities, and how like the training images it is (training_similarity, unlike_training_data)."""
+    probabilities, and how like the training images it is (training_distance, unlike_training_data)."""
     if state.model.bundle.classifier is None:
         raise Problem(501, "this bundle has no classifier: its run was not evaluated (run python -m "
                       "trainer.linear_eval, then export again); /embed and /search still work", "no-classifier")

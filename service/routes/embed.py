@@ -13,7 +13,7 @@ router = APIRouter(tags=["model"])
 @router.post("/embed", response_model=EmbedResponse, responses=PROBLEMS, openapi_extra=OPENAPI_BODY)
 async def embed(images: Images, state: Ready, normalize: bool = True, projection: bool = False) -> EmbedResponse:
     """Per image the encoder's representation (L2-normalised unless normalize=false), with projection=true the
-    projection head's output, and how like the training images it is (training_similarity, unlike_training_data)."""
+    projection head's output, and how like the training images it is (training_distance, unlike_training_data)."""
     out = await state.batcher.submit(images)
     h = out.unit if normalize else out.representation
     z = out.projection.tolist() if projection else [None] * len(h)

@@ -29,8 +29,8 @@ function showFamiliarity(classification) {
   const unlike = classification.unlike_training_data === true;
   $("unlike").hidden = !unlike;
   if (unlike) {
-    $("unlike").title = `similarity to the training images ${classification.training_similarity.toFixed(3)}, `
-      + "below the threshold the model was exported with";
+    $("unlike").title = `distance from the training images ${classification.training_distance.toFixed(1)}, `
+      + "beyond the threshold the model was exported with";
   }
 }
 

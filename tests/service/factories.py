@@ -52,7 +52,8 @@ def make_run(root: Path, *, backbone: str = "resnet18", width: int = 1, evaluate
 def write_eval(run_dir: Path, input_dim: int, hidden_dims: list[int], classes=CLASSES,
                checkpoint_name: str = "checkpoints/epoch_0001.pt") -> None:
     """RUN_DIR/eval as trainer.linear_eval writes it: classifier.safetensors, classifier.json (temperature
-    TEMPERATURE), familiarity.safetensors (12 random unit vectors) and metrics.json."""
+    TEMPERATURE), familiarity.safetensors (random unit class means, precision 4 I: distances reach 4 only opposite a mean, so the
+    threshold 3.5 takes in almost any image) and metrics.json."""
     out = run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     head = classifier_head(input_dim, len(classes), hidden_dims)
@@ -62,15 +63,15 @@ def write_eval(run_dir: Path, input_dim: int, hidden_dims: list[int], classes=CL
     (out / "classifier.json").write_text(json.dumps({"input_dim": input_dim, "hidden_dims": hidden_dims,
                                                      "classes": list(classes), "checkpoint": checkpoint_name,
                                                      "temperature": TEMPERATURE}))
-    bank = torch.nn.functional.normalize(torch.randn(12, input_dim), dim=1)
-    save_file({"bank": bank}, out / "familiarity.safetensors")
+    means = torch.nn.functional.normalize(torch.randn(len(classes), input_dim), dim=1)
+    save_file({"means": means, "precision": torch.eye(input_dim) * 4}, out / "familiarity.safetensors")
     labels = torch.arange(20) % len(classes)
     metrics = classification_metrics(torch.randn(20, len(classes)), labels, list(classes))
     protocol = {"name": "linear", "encoder": "frozen", "data_dir": "colours", "data_name": DATA_NAME,
                 "train_images": 40, "val_images": 0, "test_images": 20, "label_fraction": 1.0, "epochs": 1,
                 "stopping_epoch": 1, "lr": 0.1, "weight_decay": 0.0, "seed": 0}
     calibration = {"images": 8, "temperature": TEMPERATURE, "test_ece_before": 0.2, "test_ece_after": 0.05}
-    familiarity = {"images": 12, "k": 2, "threshold": 0.0, "heldout_images": 8, "heldout_accepted": 0.875,
+    familiarity = {"images": 40, "threshold": 3.5, "heldout_images": 8, "heldout_accepted": 0.875,
                    "test_accepted": 0.85, "rejected": {"uniform noise": 0.9}}
     (out / "metrics.json").write_text(json.dumps({**metrics, "knn_top1": 0.4, "knn_top5": 1.0, "knn_k": 10,
                                                   "knn_temperature": 0.1, "protocol": protocol,

@@ -142,21 +142,22 @@ def test_classify_top_k(client):
     assert sum(p["probability"] for p in every["predictions"]) == pytest.approx(1, abs=1e-5)
 
 
-def test_answers_say_how_like_the_training_images_each_image_is(client, bundle_dir):
-    """training_similarity is the k-th nearest bank similarity of the image's unit representation, and the flag
-    compares it with the bundle's threshold, in /classify, /embed and the OpenAI endpoint alike."""
+def test_answers_say_how_far_each_image_is_from_the_training_images(client, bundle_dir):
+    """training_distance is the Mahalanobis distance of the image's unit representation to the nearest of the
+    bundle's class means, and the flag compares it with the bundle's threshold, in /classify, /embed and the
+    OpenAI endpoint alike."""
     bundle = load_bundle(bundle_dir)
-    spec = bundle.manifest.familiarity
+    threshold, (means, precision) = bundle.manifest.familiarity.threshold, bundle.familiarity
     unit = Model(bundle).infer(torch.from_numpy(IMAGES[:2]).permute(0, 3, 1, 2)).unit
-    expected = (unit @ bundle.familiarity.T).sort(dim=1, descending=True).values[:, spec.k - 1]
+    expected = torch.stack([torch.stack([((u - m) @ precision @ (u - m)).sqrt() for m in means]).min() for u in unit])
     uploads = files(png_bytes(IMAGES[0]), png_bytes(IMAGES[1]))
     for answers in (client.post("/classify", files=uploads).json()["classifications"],
                     client.post("/embed", files=uploads).json()["embeddings"]):
-        assert [a["training_similarity"] for a in answers] == pytest.approx(expected.tolist(), abs=1e-4)
-        assert [a["unlike_training_data"] for a in answers] == [s < spec.threshold for s in expected.tolist()]
+        assert [a["training_distance"] for a in answers] == pytest.approx(expected.tolist(), abs=1e-3)
+        assert [a["unlike_training_data"] for a in answers] == [d > threshold for d in expected.tolist()]
     openai = client.post("/v1/embeddings", json={"model": bundle.name, "input": [
         base64.b64encode(png_bytes(IMAGES[0])).decode()]}).json()["data"][0]
-    assert openai["training_similarity"] == pytest.approx(expected[0].item(), abs=1e-4)
+    assert openai["training_distance"] == pytest.approx(expected[0].item(), abs=1e-3)
 
 
 def test_search_finds_the_indexed_image_first(client):

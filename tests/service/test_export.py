@@ -70,8 +70,10 @@ def test_manifest_describes_the_run(tmp_path, run_and_model):
     assert manifest["metrics"]["calibration"] == {**evaluation["calibration"], "test_nll_before": None,
                                                   "test_nll_after": None}
     assert manifest["familiarity"] == {"file": "familiarity.safetensors", **evaluation["familiarity"]}
-    bank = load_file(run / "eval" / "familiarity.safetensors")["bank"]
-    torch.testing.assert_close(load_bundle(tmp_path / "bundle").familiarity, bank)
+    statistics = load_file(run / "eval" / "familiarity.safetensors")
+    means, precision = load_bundle(tmp_path / "bundle").familiarity
+    torch.testing.assert_close(means, statistics["means"])
+    torch.testing.assert_close(precision, statistics["precision"])
 
 
 def test_model_card_says_what_the_manifest_says(tmp_path, run_and_model):
@@ -85,7 +87,7 @@ def test_model_card_says_what_the_manifest_says(tmp_path, run_and_model):
     assert f"| top-1 | linear, frozen encoder | {100 * manifest.metrics.top1:.2f}% |" in card
     assert "| kNN top-1 | k=10, votes exp(similarity / 0.1), 40 training images as the bank | 40.00% |" in card
     assert "softmax(logits / 1.500)" in card and "20.00% before, 5.00% after" in card
-    assert "(k = 2) of 12 training images" in card and "below 0.0000 the answer says `unlike_training_data`" in card
+    assert "estimated on 40 training images" in card and "beyond 3.50 the answer says `unlike_training_data`" in card
     assert "| uniform noise | 90.0% |" in card and "reliability.png" in card
     for row in manifest.metrics.per_class:
         assert f"| {row.name} | {row.count:,} | {100 * row.top1:.1f}% | {100 * row.top3:.1f}% |" in card

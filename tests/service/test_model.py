@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from factories import colour_images, make_run, wait_ready
 from fastapi.testclient import TestClient
 
-from contract.bundle import MAX_ACCURACY_LOSS, MIN_TOP1_AGREEMENT, MIN_TOP3_ORDER_AGREEMENT, BundleError, RuntimeCheck, load_bundle
+from contract.bundle import (
+    MAX_ACCURACY_LOSS, MIN_TOP1_AGREEMENT, MIN_TOP3_ORDER_AGREEMENT, BundleError, RuntimeCheck, load_bundle,
+)
 from service.app import create_app
 from service.model import Model, pick_runtime
 from service.settings import Settings
@@ -140,7 +142,8 @@ def check_of(runtime: str, accuracy_loss: float = 0.0, knn_loss: float | None = 
 
 @pytest.mark.parametrize("check, passed", [
     (check_of("onnx-int8"), True), (check_of("onnx-int8", knn_loss=0.0), True),
-    (check_of("onnx-int8", accuracy_loss=MAX_ACCURACY_LOSS), False), (check_of("onnx-int8", knn_loss=MAX_ACCURACY_LOSS), False),
+    (check_of("onnx-int8", accuracy_loss=MAX_ACCURACY_LOSS), False),
+    (check_of("onnx-int8", knn_loss=MAX_ACCURACY_LOSS), False),
     (check_of("onnx-int8", top1_agreement=MIN_TOP1_AGREEMENT - 0.01), False),
     (check_of("onnx-int8", order_agreement=MIN_TOP3_ORDER_AGREEMENT - 0.01), False),
     (check_of("onnx-int8", order_agreement=0.42), False),  # the graph that quantised its probabilities

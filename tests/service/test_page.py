@@ -17,6 +17,7 @@ from factories import DATA_NAME, MACHINE, colour_images, wait_ready
 from benchmarks.harness.images import png_bytes
 from contract.bundle import load_bundle
 from service.app import create_app
+from service.build_index import build
 from service.settings import Settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -27,14 +28,18 @@ KEY = "page-test-key"
 
 
 @pytest.fixture(scope="module", params=["open", "keyed", "unlike"])
-def base_url(request, bundle_dir, index_copy, tmp_path_factory):
+def base_url(request, bundle_dir, index_copy, image_folder, tmp_path_factory):
     """The app served by uvicorn in a thread of this process, on a free loopback port: without an API key, with
-    one, and with a bundle whose familiarity threshold no image reaches (every answer unlike the training data)."""
+    one, and with a bundle whose familiarity threshold every image exceeds (every answer unlike the training data);
+    that bundle's manifest differs, so it gets an index of its own."""
     if request.param == "unlike":
-        bundle_dir = shutil.copytree(bundle_dir, tmp_path_factory.mktemp("unlike") / "bundle")
+        root = tmp_path_factory.mktemp("unlike")
+        bundle_dir = shutil.copytree(bundle_dir, root / "bundle")
         manifest = json.loads((bundle_dir / "manifest.json").read_text())
-        manifest["familiarity"]["threshold"] = 2.0  # above any cosine similarity
+        manifest["familiarity"]["threshold"] = 1e-3  # below any distance
         (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+        index_copy = root / "index"
+        build(str(bundle_dir), [str(image_folder)], str(index_copy), ["train"], runtime="torch-fp32")
     settings = Settings(bundle=bundle_dir, index=index_copy, api_key=KEY if request.param == "keyed" else None)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -33,22 +33,42 @@ def test_it_fits_its_budget_and_says_how_it_was_measured():
     assert manifest.classes == CIFAR10 and manifest.architecture.backbone == "resnet18"
     protocol = manifest.metrics.protocol
     assert protocol.name == "linear" and protocol.encoder == "frozen" and protocol.test_images == 10_000
+    assert protocol.calibration_images == 5_000 and manifest.metrics.calibration.images == 5_000
+    assert {c.runtime: c.passed for c in manifest.runtime_checks} == {"onnx-int8": True, "torch-bf16": True}
 
 
-@pytest.mark.parametrize("runtime", ["torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"])
-def test_the_samples_are_classified_as_the_evaluation_said(expected, runtime):
+@pytest.mark.parametrize("runtime, tolerance", [("torch-fp32", 0.01), ("onnx-fp32", 0.01), ("torch-bf16", 0.05),
+                                                 ("onnx-int8", 0.05)])
+def test_every_runtime_gives_the_evaluations_top_3_in_its_order(expected, runtime, tolerance):
+    """The evaluation ran the float32 encoder; the bundle holds float16 weights (fp32 runtimes: probabilities
+    within 0.01), and bf16 and the int8 encoder round further (within 0.05). The samples' top 3 are apart by
+    pick_samples.py's margins, so no runtime may reorder them."""
     model = Model(load_bundle(REFERENCE_BUNDLE))
-    if runtime not in model.runtimes:
-        pytest.skip(f"the bundle offers {', '.join(model.runtimes)}")
+    assert runtime in model.runtimes
     model.use(runtime)
     assert len(expected) == len(CIFAR10) and "cat" in {e["label"] for e in expected.values()}
     images = torch.stack([torch.from_numpy(decode_image((SAMPLES / file).read_bytes(), model.size)).permute(2, 0, 1)
                           for file in expected])
-    probabilities = model.infer(images).probabilities
-    for (file, answer), p in zip(expected.items(), probabilities):
-        assert CIFAR10[p.argmax()] == answer["top3"][0], (file, runtime)
-        if runtime.endswith("fp32"):  # float16 weights against the evaluation's float32 ones
-            assert p.max().item() == pytest.approx(answer["p"][0], abs=0.02), (file, runtime)
+    top = model.infer(images).probabilities.topk(3, dim=1)
+    for (file, answer), p, ids in zip(expected.items(), top.values, top.indices):
+        assert [CIFAR10[i] for i in ids] == answer["top3"], (file, runtime)
+        assert p.tolist() == pytest.approx(answer["p"], abs=tolerance), (file, runtime)
+
+
+def test_images_unlike_cifar10_are_flagged_and_its_own_are_not():
+    """Familiarity on the committed bundle: the reference's CIFAR-10 test images pass; noise and flat colour,
+    fifty images of each drawn at random (another seed than the export measured), nearly all are flagged (the
+    measured rates are in docs/evaluation.md)."""
+    from trainer.synthetic import synthetic_sets
+
+    model = Model(load_bundle(REFERENCE_BUNDLE), "onnx-int8")
+    threshold = model.familiarity_threshold
+    samples = torch.stack([torch.from_numpy(decode_image((SAMPLES / f).read_bytes(), model.size)).permute(2, 0, 1)
+                           for f in sorted(SAMPLES.glob("*.png"))])
+    assert (model.infer(samples).distance <= threshold).sum() >= 8
+    unlike = synthetic_sets(50, model.size, seed=123)
+    for name in ("uniform noise", "flat colour"):
+        assert (model.infer(torch.from_numpy(unlike[name])).distance > threshold).float().mean() >= 0.9, name
 
 
 def test_served_by_default_a_cat_has_cat_in_its_top_3(tmp_path, expected):
