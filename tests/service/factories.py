@@ -52,8 +52,8 @@ def make_run(root: Path, *, backbone: str = "resnet18", width: int = 1, evaluate
 def write_eval(run_dir: Path, input_dim: int, hidden_dims: list[int], classes=CLASSES,
                checkpoint_name: str = "checkpoints/epoch_0001.pt") -> None:
     """RUN_DIR/eval as trainer.linear_eval writes it: classifier.safetensors, classifier.json (temperature
-    TEMPERATURE), familiarity.safetensors (random unit class means, precision 4 I: distances reach 4 only opposite a mean, so the
-    threshold 3.5 takes in almost any image) and metrics.json."""
+    TEMPERATURE), familiarity.safetensors (random unit class means, precision 4 I: distances reach 4 only opposite
+    a mean, so the threshold 3.5 takes in almost any image) and metrics.json."""
     out = run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     head = classifier_head(input_dim, len(classes), hidden_dims)

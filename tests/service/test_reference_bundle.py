@@ -38,11 +38,12 @@ def test_it_fits_its_budget_and_says_how_it_was_measured():
 
 
 @pytest.mark.parametrize("runtime, tolerance", [("torch-fp32", 0.01), ("onnx-fp32", 0.01), ("torch-bf16", 0.05),
-                                                 ("onnx-int8", 0.05)])
+                                                 ("onnx-int8", 0.1)])
 def test_every_runtime_gives_the_evaluations_top_3_in_its_order(expected, runtime, tolerance):
     """The evaluation ran the float32 encoder; the bundle holds float16 weights (fp32 runtimes: probabilities
-    within 0.01), and bf16 and the int8 encoder round further (within 0.05). The samples' top 3 are apart by
-    pick_samples.py's margins, so no runtime may reorder them."""
+    within 0.01), and bf16 and the int8 encoder round further (bf16 within 0.05; int8 within 0.1, its 99th
+    percentile over test images being 0.065 on an EPYC, and its kernels differ between CPUs). The samples' top 3 are
+    apart by pick_samples.py's margins, so no runtime may reorder them."""
     model = Model(load_bundle(REFERENCE_BUNDLE))
     assert runtime in model.runtimes
     model.use(runtime)
