@@ -2,15 +2,27 @@
 trained it and where it falls short, for the person who finds the bundle (models/reference in the repository).
 
 It is written from the manifest alone, so it never says more than the manifest does; the manifest stays the
-authority (the service never reads the card, and the card is not among the checksummed files).
+authority (the service never reads the card, and the card is not among the checksummed files). It opens with
+the YAML front matter Hugging Face's Hub reads (licence, tags, data set, and a model-index with each result and
+its protocol), so the folder can be pushed to the Hub as it is.
+
+    python -m trainer.model_card BUNDLE_DIR   # write the card again (after a change here), the bundle untouched
 """
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
 from contract.bundle import (MAX_ACCURACY_LOSS, MIN_TOP1_AGREEMENT, MIN_TOP3_ORDER_AGREEMENT, Manifest,
-                             bundle_name)
+                             BundleError, bundle_name, read_manifest)
+from contract.files import atomic_write
 
 RELIABILITY = "reliability.png"  # beside the card in the bundle's folder, from the evaluation
+LICENSE = "apache-2.0"  # the repository's (LICENSE); the README says what CIFAR-10's terms mean for the weights
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def model_card(manifest: Manifest, fingerprint: str) -> str:
@@ -18,7 +30,8 @@ def model_card(manifest: Manifest, fingerprint: str) -> str:
     arch, training = manifest.architecture, manifest.training
     size, route = manifest.input.size, "classify" if arch.classifier else "embed"
     head = "an MLP" if arch.classifier and arch.classifier.hidden_dims else "a linear"
-    lines = [f"# {bundle_name(manifest, fingerprint)}", "",
+    lines = ["---", *_yaml(card_metadata(manifest, fingerprint)), "---", "",
+             f"# {bundle_name(manifest, fingerprint)}", "",
              f"A {arch.backbone} encoder (width x{arch.width}, CIFAR stem: 3x3 first convolution, no max-pool) "
              f"trained with SimCLR, without labels, for {training.checkpoint_epoch} epochs"
              + (f", and {head} classifier on its frozen features." if arch.classifier else "."),
@@ -46,9 +59,69 @@ def model_card(manifest: Manifest, fingerprint: str) -> str:
                   "like the evaluation's, not on images unlike it." if calibrated else ", and are not calibrated."))
               if arch.classifier else "",
               "- The figures above are the evaluation's, on its test set; a different data set needs its own.", "",
-              "## Files", "", "| file | sha256 |", "| --- | --- |"]
+              *_licence(manifest), "## Files", "", "| file | sha256 |", "| --- | --- |"]
     lines += [f"| {name} | `{digest}` |" for name, digest in manifest.files.items()]
     return "\n".join(lines) + "\n"
+
+
+def card_metadata(manifest: Manifest, fingerprint: str) -> dict[str, Any]:
+    """The Hub's model card metadata: what it filters and shows, and the results with their protocols."""
+    arch, metrics = manifest.architecture, manifest.metrics
+    cifar10 = manifest.classes == CIFAR10
+    tags = ["simclr", "self-supervised-learning", "contrastive-learning", arch.backbone, "safetensors"]
+    tags += ["onnx"] if manifest.onnx else []
+    meta: dict[str, Any] = {"license": LICENSE, "library_name": "pytorch", "pipeline_tag": "image-feature-extraction",
+                            "tags": tags}
+    if cifar10:
+        meta["datasets"] = ["cifar10"]
+    if metrics is None:
+        return meta
+    p = metrics.protocol
+    dataset = {"name": p.data_name or "test set", "type": "cifar10" if cifar10 else "imagefolder", "split": "test"}
+
+    def result(task: str, scores: list[tuple[str, float]]) -> dict[str, Any]:
+        return {"task": {"type": "image-classification", "name": task}, "dataset": dataset,
+                "metrics": [{"type": "accuracy", "name": name, "value": round(value, 4)} for name, value in scores]}
+
+    head = f"{p.name} head on the {p.encoder} encoder, trained on {p.train_images:,} training images"
+    results = [result(f"{p.name} evaluation, {p.encoder} encoder",
+                      [(f"top-1 accuracy ({head})", metrics.top1), (f"top-3 accuracy ({head})", metrics.top3)])]
+    if metrics.knn_top1 is not None:
+        results.append(result(f"kNN evaluation, {p.encoder} encoder", [
+            (f"kNN top-1 accuracy (k={metrics.knn_k}, {p.train_images:,} training images as the bank)",
+             metrics.knn_top1)]))
+    meta["metrics"] = ["accuracy"]
+    meta["model-index"] = [{"name": bundle_name(manifest, fingerprint), "results": results}]
+    return meta
+
+
+def _yaml(value: Any, indent: int = 0) -> list[str]:
+    """Block-style YAML lines of nested dicts and lists; scalars as JSON, which YAML reads as they are."""
+    pad, lines = " " * indent, []
+    items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+    for key, item in items:
+        head = f"{pad}{key}:" if key is not None else f"{pad}-"
+        if not isinstance(item, dict | list):
+            lines.append(f"{head} {json.dumps(item)}")
+        elif key is None and isinstance(item, dict):  # "- first: x" then the other keys under it
+            inner = _yaml(item, indent + 2)
+            lines += [f"{head} {inner[0].lstrip()}", *inner[1:]]
+        else:
+            lines += [head, *_yaml(item, indent + 2)]
+    return lines
+
+
+def _licence(manifest: Manifest) -> list[str]:
+    p = manifest.metrics.protocol if manifest.metrics else None
+    data = (p.data_name if p and p.data_name else None) or manifest.training.data_dir
+    if manifest.classes == CIFAR10:
+        terms = ("CIFAR-10's images were gathered from the web by its authors (Krizhevsky, 2009, from the 80 Million "
+                 "Tiny Images) and carry no licence of their own; it is widely used for research, and whether "
+                 "another use fits the images' rights is for the user to judge.")
+    else:
+        terms = "Its terms apply to the weights as well as ours."
+    return ["## Licence", "", f"{LICENSE}, the licence of the code that trained and exported it. The weights were "
+            f"learnt from {data}: {terms}", ""]
 
 
 def _evaluation(manifest: Manifest) -> list[str]:
@@ -148,3 +221,22 @@ def _training(manifest: Manifest) -> list[str]:
             f"- Machines: {'; '.join(t.machines) if t.machines else 'not recorded'}.",
             f"- Code: {', '.join(t.commits) if t.commits else 'not recorded'}.",
             "- The whole recipe: `training.recipe` in manifest.json.", ""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m trainer.model_card BUNDLE_DIR", file=sys.stderr)
+        return 2
+    try:
+        manifest, fingerprint = read_manifest(args[0])
+    except BundleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    atomic_write(Path(args[0]) / "README.md", model_card(manifest, fingerprint))
+    print(f"{args[0]}/README.md written from its manifest")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -82,7 +82,7 @@ def test_model_card_says_what_the_manifest_says(tmp_path, run_and_model):
     card = (tmp_path / "bundle" / "README.md").read_text()
     bundle = load_bundle(tmp_path / "bundle")  # the card is no bundle file: the bundle verifies without it
     assert "README.md" not in manifest.files
-    assert card.startswith(f"# {bundle.name}\n")
+    assert card.startswith("---\n") and f"\n---\n\n# {bundle.name}\n" in card
     assert f"## Evaluation: {DATA_NAME}, test set (20 images)" in card
     assert f"| top-1 | linear, frozen encoder | {100 * manifest.metrics.top1:.2f}% |" in card
     assert "| kNN top-1 | k=10, votes exp(similarity / 0.1), 40 training images as the bank | 40.00% |" in card
@@ -101,6 +101,34 @@ def test_model_card_says_what_the_manifest_says(tmp_path, run_and_model):
     export(unevaluated, tmp_path / "plain", onnx=False)
     card = (tmp_path / "plain" / "README.md").read_text()
     assert "None: the run was not evaluated" in card and "/classify" not in card and "top-1" not in card
+
+
+def test_model_card_metadata_is_what_the_hub_reads(tmp_path, run_and_model):
+    """The front matter parsed by huggingface_hub as the Hub parses it: the licence, and a model-index whose results
+    are the manifest's, each named with its protocol; a model of other classes claims no CIFAR-10."""
+    from huggingface_hub import ModelCard
+
+    run, _ = run_and_model
+    manifest = export(run, tmp_path / "bundle")
+    card = ModelCard((tmp_path / "bundle" / "README.md").read_text())
+    assert card.data.license == "apache-2.0" and card.data.datasets is None
+    assert card.data.model_name == load_bundle(tmp_path / "bundle").name
+    results = {(r.task_name, r.metric_name): r for r in card.data.eval_results}
+    linear = "linear evaluation, frozen encoder"
+    assert {key: r.metric_value for key, r in results.items()} == {
+        (linear, "top-1 accuracy (linear head on the frozen encoder, trained on 40 training images)"):
+            round(manifest.metrics.top1, 4),
+        (linear, "top-3 accuracy (linear head on the frozen encoder, trained on 40 training images)"):
+            round(manifest.metrics.top3, 4),
+        ("kNN evaluation, frozen encoder", "kNN top-1 accuracy (k=10, 40 training images as the bank)"): 0.4}
+    assert {(r.dataset_name, r.dataset_type, r.dataset_split) for r in results.values()} == {
+        (DATA_NAME, "imagefolder", "test")}
+    assert "## Licence" in card.text and "Its terms apply to the weights" in card.text
+
+    unevaluated, _ = make_run(tmp_path / "unevaluated", evaluated=False)
+    export(unevaluated, tmp_path / "plain", onnx=False)
+    plain = ModelCard((tmp_path / "plain" / "README.md").read_text())
+    assert plain.data.license == "apache-2.0" and not plain.data.eval_results
 
 
 def test_half_weights_take_half_the_room_and_give_the_same_answers(tmp_path, run_and_model):

@@ -37,6 +37,25 @@ def test_it_fits_its_budget_and_says_how_it_was_measured():
     assert {c.runtime: c.passed for c in manifest.runtime_checks} == {"onnx-int8": True, "torch-bf16": True}
 
 
+def test_its_model_card_is_the_manifests_and_the_hub_reads_it():
+    """The committed card is what trainer.model_card writes from the manifest today (python -m trainer.model_card
+    models/reference after a change there), and its front matter claims CIFAR-10 with the manifest's results."""
+    from huggingface_hub import ModelCard
+
+    from contract.bundle import read_manifest
+    from trainer.model_card import model_card
+
+    manifest, fingerprint = read_manifest(REFERENCE_BUNDLE)
+    text = (REFERENCE_BUNDLE / "README.md").read_text()
+    assert text == model_card(manifest, fingerprint)
+    card = ModelCard(text)
+    assert card.data.license == "apache-2.0" and card.data.datasets == ["cifar10"]
+    values = sorted(r.metric_value for r in card.data.eval_results)
+    metrics = manifest.metrics
+    assert values == sorted(round(v, 4) for v in (metrics.top1, metrics.top3, metrics.knn_top1))
+    assert {r.dataset_name for r in card.data.eval_results} == {"CIFAR-10 (JPEG q75 copy)"}
+
+
 @pytest.mark.parametrize("runtime, tolerance", [("torch-fp32", 0.01), ("onnx-fp32", 0.01), ("torch-bf16", 0.05),
                                                  ("onnx-int8", 0.1)])
 def test_every_runtime_gives_the_evaluations_top_3_in_its_order(expected, runtime, tolerance):
