@@ -1,5 +1,5 @@
 """What the trainer writes and the service reads, written once: the networks, the model bundle's format,
 image listing and decoding, and atomic file writes.
 
-Both `trainer` and `service` import this package; it imports neither (tests/test_boundaries.py checks).
+Both `trainer` and `service` import this package; it imports neither (tests/contract/test_boundaries.py checks).
 """

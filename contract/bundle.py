@@ -337,7 +337,7 @@ def read_manifest(path: str | Path) -> tuple[Manifest, str]:
     path = Path(path)
     try:
         return _read_manifest(path)
-    except PermissionError as e:  # export writes 0600 files: another user (a container's) cannot read them
+    except PermissionError as e:  # files copied or unpacked with a tight umask: another user (a container's) cannot
         raise BundleError(f"the bundle {path} is not readable by this user (uid {os.getuid()}): {e}; make it "
                           f"readable with chmod -R a+rX {path}") from None
 

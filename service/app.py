@@ -12,11 +12,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
-from service import problems
+from service import openapi, problems
 from service.auth import ApiKey
 from service.limits import Admission, BodyLimit
 from service.metrics import Metrics, MetricsMiddleware
-from service.routes import classify, embed, index, openai, ops, page, search
+from service.routes import classify, embed, index, open_inference, openai, ops, page, search
 from service.routes.page import STATIC
 from service.settings import Settings
 from service.state import ServiceState
@@ -42,9 +42,11 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Embeddings, top-k classes and similar-image search from a SimCLR model bundle.")
     app.state.service = state
     problems.install(app)
-    for router in (embed.router, classify.router, search.router, index.router, openai.router, ops.router,
-                   page.router):
+    routers = (embed.router, classify.router, search.router, index.router, openai.router, open_inference.router,
+               ops.router, page.router)
+    for router in routers:
         app.include_router(router)
+    openapi.install(app, routers, api_key=settings.api_key is not None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(Admission, state=state)  # outside the body limit: refused before anything is read

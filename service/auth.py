@@ -10,11 +10,11 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.problems import problem_response
+from service.problems import scope_problem
 
 # Probes stay open: orchestrators and Prometheus scrape them without credentials, and they reveal no data. So
 # does the demo page (/ and its /static files): it asks for the key, and everything it fetches carries it.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/v2/health/live", "/v2/health/ready"})
 OPEN_PREFIXES = ("/static/",)
 
 
@@ -28,8 +28,8 @@ class ApiKey:
         path = scope.get("path", "")
         if scope["type"] != "http" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or self._presented(scope):
             return await self.app(scope, receive, send)
-        response = problem_response(401, "this service needs an API key: send it as the X-API-Key header or as "
-                                    "Authorization: Bearer KEY", scope["path"])
+        response = scope_problem(401, "this service needs an API key: send it as the X-API-Key header or as "
+                                 "Authorization: Bearer KEY", scope)
         response.headers["WWW-Authenticate"] = "Bearer"
         await response(scope, receive, send)
 

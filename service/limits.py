@@ -4,15 +4,19 @@ chunked upload declares no length), and admission while the model is overloaded.
 
 from __future__ import annotations
 
+import re
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.batching import Overloaded
-from service.problems import Problem, overloaded_response, problem_response
+from service.problems import Problem, overloaded_response, scope_problem
 from service.state import ServiceState
 
 # The routes whose requests go to the model (POST /search by embeddings in JSON does not: only its multipart
 # uploads are refused here; JSON image queries are refused by the route, after their body is read).
 MODEL_ROUTES = {"/embed", "/classify", "/index/images", "/v1/embeddings"}
+# The Open Inference Protocol's inference, whose path names the model (and perhaps its version).
+MODEL_ROUTE_PATTERN = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?/infer")
 
 
 class BodyLimit:
@@ -27,8 +31,8 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
-                return await problem_response(400, f"Content-Length {declared.decode(errors='replace')!r} is not "
-                                              f"a number", scope["path"])(scope, receive, send)
+                return await scope_problem(400, f"Content-Length {declared.decode(errors='replace')!r} is not "
+                                           f"a number", scope)(scope, receive, send)
             if int(declared) > self.max_bytes:
                 return await self._too_large(scope, int(declared))(scope, receive, send)
         seen = 0
@@ -47,7 +51,7 @@ class BodyLimit:
         return f"the request body ({size} bytes) is over the limit of {self.max_bytes} bytes"
 
     def _too_large(self, scope: Scope, size: int):
-        return problem_response(413, self._detail(str(size)), scope["path"])
+        return scope_problem(413, self._detail(str(size)), scope)
 
 
 class Admission:
@@ -63,9 +67,9 @@ class Admission:
         if scope["type"] == "http" and scope["method"] == "POST" and batcher is not None:
             path = scope["path"].removeprefix(scope.get("root_path", ""))
             upload = dict(scope["headers"]).get(b"content-type", b"").startswith(b"multipart/")
-            if path in MODEL_ROUTES or (path == "/search" and upload):
+            if path in MODEL_ROUTES or MODEL_ROUTE_PATTERN.fullmatch(path) or (path == "/search" and upload):
                 try:
                     batcher.check_capacity()
                 except Overloaded as e:
-                    return await overloaded_response(e, scope["path"])(scope, receive, send)
+                    return await overloaded_response(e, scope)(scope, receive, send)
         await self.app(scope, receive, send)

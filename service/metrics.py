@@ -4,10 +4,15 @@ simclr_, beside the standard process, platform and garbage-collector collectors.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Callable
 
 from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter,
-                               Gauge, Histogram)
+                               Gauge, Histogram, Info)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from service.index import SearchIndex
+    from service.model import Model
 
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -34,6 +39,25 @@ class Metrics:
                                 registry=self.registry)
         self.index_changes = Histogram("simclr_index_change_seconds", "time per durable index change (SQLite "
                                        "commit and FAISS update)", buckets=_LATENCY_BUCKETS, registry=self.registry)
+        # An info metric (constant 1, facts in its labels): dashboards join on it to tell which model answered.
+        self.model_info = Info("simclr_model", "the model served (bundle name and fingerprint, backbone, runtime, "
+                               "device) and its index's FAISS type (none until one is loaded)", registry=self.registry)
+        self.index_images = Gauge("simclr_index_images", "images in the similar-image index (0 until one is loaded)",
+                                  registry=self.registry)
+        self.index_dimension = Gauge("simclr_index_dimension", "numbers per indexed vector (0 until an index is "
+                                     "loaded)", registry=self.registry)
+
+    def describe(self, model: Model, index: SearchIndex | None) -> None:
+        """Set simclr_model_info: when the model loads, and again when its index does (it may be built later)."""
+        self.model_info.info({"model": model.bundle.name, "bundle_fingerprint": model.bundle.fingerprint,
+                              "backbone": model.bundle.manifest.architecture.backbone, "runtime": model.runtime,
+                              "device": str(model.device), "index_type": index.factory if index else "none"})
+
+    def watch_index(self, index: Callable[[], SearchIndex | None]) -> None:
+        """The index gauges read the served index (index() returns it) at each scrape rather than being set at
+        each change: they cannot miss one, however it came (the API, a reload, another process's additions)."""
+        self.index_images.set_function(lambda: i.count if (i := index()) is not None else 0)
+        self.index_dimension.set_function(lambda: i.dim if (i := index()) is not None else 0)
 
 
 class MetricsMiddleware:

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import Scope
 
 from service.batching import BatcherStopped, Overloaded
 
@@ -26,7 +27,8 @@ KINDS = {
     "bad-request": "the request is malformed at the HTTP level (Content-Length, multipart framing)",
     "unauthorized": "an API key is needed: send it as X-API-Key or Authorization: Bearer",
     "not-found": "no such route, or no indexed image with that id",
-    "model-not-found": "the OpenAI-compatible request names a model this service does not serve",
+    "model-not-found": "the request (OpenAI-compatible /v1, or the Open Inference Protocol's /v2) names a model or "
+                       "version this service does not serve",
     "method-not-allowed": "the route exists but not with this method (the Allow header lists those it takes)",
     "body-too-large": "the request body is larger than the service accepts (--max-request-bytes)",
     "too-many-images": "more images in one request than the service accepts (--max-images)",
@@ -67,18 +69,30 @@ class Problem(Exception):
 
 
 def problem_response(status: int, detail: str, instance: str | None = None, kind: str | None = None,
-                     **extensions: Any) -> JSONResponse:
+                     root_path: str = "", **extensions: Any) -> JSONResponse:
+    """The problem+json answer; instance is the request's path, root_path the prefix a proxy serves the API
+    under (--root-path), which the type URI carries too so that it resolves to GET /problems/<kind>."""
     kind = kind or _BY_STATUS.get(status)
-    body = {"type": f"/problems/{kind}" if kind else "about:blank", "title": HTTPStatus(status).phrase,
+    body = {"type": f"{root_path}/problems/{kind}" if kind else "about:blank", "title": HTTPStatus(status).phrase,
             "status": status, "detail": detail, **({"instance": instance} if instance else {}), **extensions}
-    if instance and instance.startswith("/v1/"):  # OpenAI's clients read their message from an "error" member
+    route = (instance or "").removeprefix(root_path)
+    if route.startswith("/v1/"):  # OpenAI's clients read their message from an "error" member
         body["error"] = {"message": detail, "type": "invalid_request_error" if status < 500 else "server_error",
                          "code": extensions.get("code")}
+    elif route == "/v2" or route.startswith("/v2/"):  # the Open Inference Protocol's member
+        body["error"] = detail
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE)
 
 
-def overloaded_response(exc: Overloaded, path: str) -> JSONResponse:
-    response = problem_response(503, f"{exc}: retry after {exc.retry_after_s:.0f} s", path, "overloaded")
+def scope_problem(status: int, detail: str, scope: Scope, kind: str | None = None, **extensions: Any) -> JSONResponse:
+    """problem_response for the request whose ASGI scope (or Starlette request.scope) this is."""
+    root = scope.get("root_path", "")
+    path = root + scope.get("path", "").removeprefix(root)  # uvicorn's path holds the root path, TestClient's not
+    return problem_response(status, detail, path, kind, root, **extensions)
+
+
+def overloaded_response(exc: Overloaded, scope: Scope) -> JSONResponse:
+    response = scope_problem(503, f"{exc}: retry after {exc.retry_after_s:.0f} s", scope, "overloaded")
     response.headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
     return response
 
@@ -88,31 +102,31 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
-        response = problem_response(exc.status, exc.detail, request.url.path, exc.kind, **exc.extensions)
+        response = scope_problem(exc.status, exc.detail, request.scope, exc.kind, **exc.extensions)
         response.headers.update(exc.headers)
         return response
 
     @app.exception_handler(BatcherStopped)
     async def _stopping(request: Request, exc: BatcherStopped) -> JSONResponse:
-        response = problem_response(503, f"{exc}: retry shortly", request.url.path, "shutting-down")
+        response = scope_problem(503, f"{exc}: retry shortly", request.scope, "shutting-down")
         response.headers["Retry-After"] = "1"
         return response
 
     @app.exception_handler(Overloaded)
     async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
-        return overloaded_response(exc, request.url.path)
+        return overloaded_response(exc, request.scope)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
-        return problem_response(422, f"invalid request: {detail}", request.url.path, errors=errors)
+        return scope_problem(422, f"invalid request: {detail}", request.scope, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail != HTTPStatus(exc.status_code).phrase \
             else f"{request.method} {request.url.path}: {HTTPStatus(exc.status_code).phrase.lower()}"
-        response = problem_response(exc.status_code, detail, request.url.path)
+        response = scope_problem(exc.status_code, detail, request.scope)
         response.headers.update(exc.headers or {})
         if exc.status_code == 405:
             response.headers["Allow"] = _allowed_methods(request)
@@ -121,7 +135,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return problem_response(500, "internal error: the server logged it", request.url.path)
+        return scope_problem(500, "internal error: the server logged it", request.scope)
 
 
 def _allowed_methods(request: Request) -> str:

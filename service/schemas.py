@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StringConstraints, \
     model_validator
@@ -26,12 +26,15 @@ def _finite(value: float) -> float:
 MetadataValue = Annotated[str, StringConstraints(max_length=1024)] | StrictInt | \
     Annotated[StrictFloat, AfterValidator(_finite)]
 Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_KEYS)]
+# A 2 x 2 red PNG: the request bodies' examples in /openapi.json, small enough to paste into /docs and send.
+EXAMPLE_IMAGE = ("iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR42mM8ISfHwMDAxMDAwMDAAAANBAEIf62CUQAAAABJRU5Er"
+                 "kJggg==")
 
 
 class ImagesJSON(BaseModel):
     """The JSON way to send images: each a base64 string (a data: URL prefix is accepted)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"images": [EXAMPLE_IMAGE]}]})
 
     images: list[str] = Field(min_length=1, description="base64-encoded image files (JPEG, PNG, ...)")
 
@@ -39,7 +42,8 @@ class ImagesJSON(BaseModel):
 class SearchJSON(BaseModel):
     """/search's JSON body: query images, or query embeddings as /embed returns them (exactly one of the two)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"images": [EXAMPLE_IMAGE], "k": 5, "filter": {"class": ["cat", "dog"]}}]})
 
     images: list[str] | None = Field(None, min_length=1, description="base64-encoded image files")
     embeddings: list[list[float]] | None = Field(None, min_length=1, description="representations, as /embed "
@@ -70,7 +74,8 @@ class IndexImage(BaseModel):
 class IndexImagesJSON(BaseModel):
     """POST /index/images's JSON body."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"images": [{"id": "photos/red.png", "image": EXAMPLE_IMAGE, "metadata": {"album": "tests", "year": 2026}}]}]})
 
     images: list[IndexImage] = Field(min_length=1)
 
@@ -182,7 +187,8 @@ class ProblemDetail(BaseModel):
 # -- OpenAI-compatible embeddings (/v1): the shapes the openai package sends and reads -----------------------
 
 class EmbeddingsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"input": f"data:image/png;base64,{EXAMPLE_IMAGE}", "model": "simclr-resnet18-epoch65-53c01b52b53b"}]})
 
     input: str | list[str] = Field(description="an image as a base64 string or a data: URL, or a list of them")
     model: str = Field(description="the served model's id, as GET /v1/models lists it")
@@ -314,3 +320,97 @@ class ProblemType(BaseModel):
     type: str
     kind: str
     description: str
+
+
+# -- The Open Inference Protocol (KServe v2 REST, /v2): the shapes tritonclient, KServe and Seldon send and read --
+
+# A request's or answer's parameters: names to booleans, numbers or strings (the protocol's $parameters).
+Parameters = dict[str, bool | int | float | str]
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str] = Field(description="the protocol's extensions served (binary_tensor_data)")
+
+
+class ServerLive(BaseModel):
+    live: bool
+
+
+class ServerReady(BaseModel):
+    ready: bool = Field(description="the model is loaded and answers inference requests")
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str = Field(description="UINT8, BYTES, FP32 or BOOL")
+    shape: list[int] = Field(description="-1: any size (the batch dimension)")
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str = Field(description="what runs the model: pytorch or onnxruntime (GET /version says which runtime)")
+    inputs: list[TensorMetadata] = Field(description="send exactly one of them")
+    outputs: list[TensorMetadata] = Field(description="all of them unless the request's outputs choose")
+    parameters: dict[str, str | int | list[str]] = Field(
+        description="this service's addition: the classes (in the order of probabilities' columns), input size, "
+                    "runtime and bundle fingerprint")
+
+
+class InferenceInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    shape: list[Annotated[int, Field(ge=0)]]
+    datatype: str
+    parameters: Parameters | None = Field(None, description="binary_data_size: the tensor's bytes follow the JSON "
+                                          "(the binary tensor extension)")
+    data: list[Any] | None = Field(None, description="the values in row-major order, flat or nested (absent when "
+                                   "the tensor is sent as binary data)")
+
+
+class InferenceRequestedOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    parameters: Parameters | None = Field(None, description="binary_data: true for the values as binary data")
+
+
+class InferenceRequest(BaseModel):
+    """POST /v2/models/{name}/infer's JSON body (with the binary tensor extension: the JSON first, its length in
+    the Inference-Header-Content-Length header, then the tensors' bytes)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"id": "example",
+         "inputs": [{"name": "image_files", "datatype": "BYTES", "shape": [1], "data": [EXAMPLE_IMAGE]}],
+         "outputs": [{"name": "embedding"}, {"name": "probabilities"}]}]})
+
+    id: str | None = Field(None, description="echoed in the answer")
+    parameters: Parameters | None = Field(None, description="binary_data_output: true for every output as binary "
+                                          "data; others are ignored")
+    inputs: list[InferenceInput] = Field(min_length=1)
+    outputs: list[InferenceRequestedOutput] | None = Field(None, description="the outputs to answer (default: all)")
+
+
+class InferenceOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Parameters | None = Field(None, description="binary_data_size: the values are binary data after "
+                                          "the JSON, in the order of the outputs")
+    data: list[Any] | None = Field(None, description="the values in row-major order, flat")
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: Parameters | None = None
+    outputs: list[InferenceOutput]

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     runtime: Literal["auto", "torch-fp32", "torch-bf16", "torch-fp16", "onnx-fp32", "onnx-int8"] = Field(
         "auto", description="what runs the model: torch in fp32 or bf16 (about 2x faster on CPUs with fast bf16, "
         "slower elsewhere), or ONNX Runtime on the bundle's fp32 or int8 graph; auto times those the bundle offers "
-        "at start (int8 only when asked for) and takes the fastest")
+        "at start and takes the fastest of those that passed the export's accuracy gate (runtime_checks)")
     # Inference gets every core: one batch runs at a time and torch parallelises inside it.
     torch_threads: int = Field(os.cpu_count() or 1, gt=0, description="torch intra-op threads")
     # One thread per search: a single query is too small to split, and more threads would fight torch for cores.

@@ -61,6 +61,7 @@ class ServiceState:
         self.batch_size = settings.max_batch_size or 64  # until the device is known (see _load)
         self._search: ThreadPoolExecutor | None = None
         self._inference: ThreadPoolExecutor | None = None
+        metrics.watch_index(lambda: self.index)
 
     @property
     def ready(self) -> bool:
@@ -85,6 +86,7 @@ class ServiceState:
             log.error("error: %s", e)
             return
         self.model, self.index = model, index
+        self.metrics.describe(model, index)
         batcher = Batcher(model.infer, self.batch_size, self.settings.max_wait_ms / 1000, self.metrics,
                           executor=self._inference, max_queue=self.settings.max_queue_images,
                           max_queue_wait_s=self.settings.max_queue_wait_ms / 1000)
@@ -140,6 +142,7 @@ class ServiceState:
             self._search_off(str(e))
             return
         self.search, self.search_detail = "ready", None
+        self.metrics.describe(model, self.index)
         log.info("search: ready, index %s of %d images", path, self.index.count)
         self._check_runtime(self.index, model)
 

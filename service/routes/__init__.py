@@ -2,8 +2,8 @@
 
 from service.schemas import ProblemDetail
 
-# Documented on every route that can refuse its input (400: a malformed multipart body or Content-Length).
-PROBLEMS = {status: {"model": ProblemDetail, "content": {"application/problem+json": {}}}
-            for status in (400, 413, 415, 422, 503)}
-# Documented on the routes that look an image up by id.
-NOT_FOUND = {404: {"model": ProblemDetail, "content": {"application/problem+json": {}}}}
+# Documented on the routes that read images (service.openapi adds what every route of a kind answers, and moves
+# every problem to application/problem+json).
+PROBLEMS = {status: {"model": ProblemDetail} for status in (400, 413, 415, 422, 503)}
+# Documented on the routes that look something up by name or id.
+NOT_FOUND = {404: {"model": ProblemDetail}}

@@ -64,7 +64,7 @@ async def add_images(request: Request, state: Ready, index: Index) -> IndexChang
     return IndexChange(added=added, replaced=replaced, ids=ids, count=index.count)
 
 
-@router.get("/index/images", response_model=IndexPage, responses=PROBLEMS)
+@router.get("/index/images", response_model=IndexPage)
 async def list_images(request: Request, state: Ready, index: Index,
                       after: Annotated[str | None, Query(pattern=r"^\d{1,18}$", description="a page's `next`")] = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> IndexPage:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -36,7 +36,8 @@ def readyz(state: State) -> JSONResponse:
 
 @router.get("/metrics", response_class=Response)
 def metrics(state: State) -> Response:
-    """Prometheus metrics: requests by route and status, latencies, batch sizes, queue depth, inference time."""
+    """Prometheus metrics: requests by route and status, latencies, batch sizes, queue depth, inference time, the
+    model served (simclr_model_info) and the index's size."""
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -65,8 +66,9 @@ async def version(state: Ready) -> Version:
 
 
 @router.get("/problems/{kind}", response_model=ProblemType, responses=NOT_FOUND)
-def problem_type(kind: str) -> ProblemType:
-    """What a problem's type URI (/problems/<kind>) means."""
+def problem_type(kind: str, request: Request) -> ProblemType:
+    """What a problem's type URI (/problems/<kind>, under the service's root path) means."""
     if kind not in KINDS:
         raise Problem(404, f"no problem type {kind!r}: the types are {', '.join(KINDS)}")
-    return ProblemType(type=f"/problems/{kind}", kind=kind, description=KINDS[kind])
+    return ProblemType(type=f"{request.scope.get('root_path', '')}/problems/{kind}", kind=kind,
+                       description=KINDS[kind])

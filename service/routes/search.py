@@ -113,7 +113,7 @@ async def search_images(request: Request, queries: Annotated[np.ndarray, Depends
     return await _search(state, index, queries, where=where, **params, root_path=request.scope.get("root_path", ""))
 
 
-@router.get("/search", response_model=SearchResponse, responses={**PROBLEMS, **NOT_FOUND})
+@router.get("/search", response_model=SearchResponse, responses=NOT_FOUND)
 async def search_by_id(request: Request, state: Ready, index: Index,
                        id: Annotated[str, Query(min_length=1, description="an indexed image's id")], k: K = 10,
                        class_name: ClassName = None, offset: Offset = 0, min_score: MinScore = None,

@@ -1,5 +1,5 @@
-// Send the chosen image to /classify and /search and draw the answers; "Add" puts it into the index (its file
-// name as its id). Where the service needs an API key, the page asks for it once (kept for this tab in
+// Send the chosen image to /classify and /search and draw the answers; "Add" puts it into the index, with the
+// id and metadata typed beside it (the file's name and none by default). Where the service needs an API key, the page asks for it once (kept for this tab in
 // sessionStorage) and sends it with every request, images included.
 const $ = (id) => document.getElementById(id);
 let lastFile = null;
@@ -15,9 +15,10 @@ async function request(route, options = {}) {
   return response;
 }
 
-async function post(route, file) {
+async function post(route, file, fields = {}) {
   const form = new FormData();
   form.append("images", file);
+  for (const [name, value] of Object.entries(fields)) form.append(name, value);
   const response = await request(route, { method: "POST", body: form });
   const body = await response.json();
   if (!response.ok) throw new Error(body.detail || response.statusText);
@@ -71,6 +72,7 @@ async function analyse(file) {
   lastFile = file;
   $("error").hidden = true;
   $("added").textContent = "";
+  $("add-error").hidden = true;
   $("preview").src = URL.createObjectURL(file);
   $("unlike").hidden = true;
   const jobs = [post("classify", file).then((r) => {
@@ -83,14 +85,42 @@ async function analyse(file) {
   $("indexing").hidden = false;
 }
 
-async function addToIndex() {
+// The metadata field as the API's JSON object: a JSON object is sent as typed (the service says what is wrong
+// with it), comma-separated key=value pairs become one of strings (search filters match "3" and 3 alike).
+function metadataJSON(text) {
+  text = text.trim();
+  if (!text || text.startsWith("{")) return text;
+  const metadata = {};
+  for (const pair of text.split(",").map((p) => p.trim()).filter(Boolean)) {
+    const equals = pair.indexOf("=");
+    if (equals < 1) throw new Error(`metadata: "${pair}" is not key=value (or give a JSON object)`);
+    metadata[pair.slice(0, equals).trim()] = pair.slice(equals + 1).trim();
+  }
+  return JSON.stringify(metadata);
+}
+
+// Its errors stay beside the form: the page's own error line may still hold the image's classification error.
+async function addToIndex(event) {
+  event.preventDefault();
+  $("added").textContent = "";
+  $("add-error").hidden = true;
+  $("add").disabled = true;  // one addition at a time: a double click would send the image twice
   try {
-    const change = await post("index/images", lastFile);
+    const fields = {};
+    const id = $("add-id").value.trim();
+    const metadata = metadataJSON($("add-metadata").value);
+    if (id) fields.ids = id;
+    if (metadata) fields.metadata = metadata;
+    const change = await post("index/images", lastFile, fields);
     $("added").textContent = `${change.replaced ? "replaced" : "added"} as ${change.ids[0]}; `
       + `${change.count} images indexed`;
+    $("add-id").value = "";  // so that the next image does not replace this one by accident
     await search(lastFile);
   } catch (error) {
-    showError(error);
+    $("add-error").textContent = error.message;
+    $("add-error").hidden = false;
+  } finally {
+    $("add").disabled = false;
   }
 }
 
@@ -108,7 +138,7 @@ function showModel() {
   }).catch(() => {});
 }
 
-$("add").addEventListener("click", addToIndex);
+$("indexing").addEventListener("submit", addToIndex);
 $("file").addEventListener("change", (e) => e.target.files[0] && analyse(e.target.files[0]));
 const drop = $("drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });

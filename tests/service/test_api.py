@@ -13,6 +13,7 @@ import torch
 from factories import CLASSES, MACHINE, colour_images, make_run, wait_ready
 from fastapi.testclient import TestClient
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.harness.images import png_bytes
 from contract.bundle import load_bundle
@@ -211,6 +212,10 @@ def test_urls_carry_the_path_prefix_of_a_reverse_proxy(bundle_dir, index_dir):
         page = client.get("/").text
         assert 'src="static/app.js"' in page and 'href="/' not in page  # relative: stays under the prefix
         assert client.get("/openapi.json").json()["servers"] == [{"url": "/simclr"}]
+        missing = client.get("/index/images/no-such-id").json()  # a problem's type resolves under the prefix too
+        assert missing["type"] == "/simclr/problems/not-found"
+        assert missing["instance"] == "/simclr/index/images/no-such-id"
+        assert client.get(missing["type"].removeprefix("/simclr")).json()["type"] == missing["type"]
 
 
 def test_search_filtered_by_class(client):
@@ -259,6 +264,32 @@ def test_metrics(client):
                  "simclr_inference_queue_depth", "simclr_inference_seconds_count", "simclr_search_seconds_count",
                  "process_resident_memory_bytes", "python_info", "python_gc_objects_collected_total"):
         assert name in text
+
+
+def scrape(client) -> dict[str, list]:
+    """GET /metrics parsed: {sample name: its samples (labels, value)}."""
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def test_metrics_describe_the_model_and_follow_the_index_size(client, bundle_dir):
+    version, summary = client.get("/version").json(), client.get("/index").json()
+    [info] = scrape(client)["simclr_model_info"]
+    assert info.value == 1 and info.labels == {
+        "model": version["model"], "bundle_fingerprint": load_bundle(bundle_dir).fingerprint,
+        "backbone": "resnet18", "runtime": "torch-fp32", "index_type": "Flat",
+        "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    assert summary["type"] == "Flat" and version["model"].startswith("simclr-resnet18")
+    [images], [dim] = scrape(client)["simclr_index_images"], scrape(client)["simclr_index_dimension"]
+    assert images.value == summary["count"] > 0 and dim.value == summary["dim"] == 512
+    added = client.post("/index/images", files=files(png_bytes(IMAGES[3])), data={"ids": ["metrics/one"]})
+    assert added.json()["added"] == 1, added.text
+    assert scrape(client)["simclr_index_images"][0].value == summary["count"] + 1
+    assert client.delete("/index/images/metrics/one").status_code == 200
+    assert scrape(client)["simclr_index_images"][0].value == summary["count"]
 
 
 # -- bad input: a 4xx problem, and the server keeps serving ---------------------------------------------------
@@ -424,10 +455,16 @@ def test_without_an_index_the_service_builds_one_and_serves_meanwhile(bundle_dir
         response = client.post("/search", files=files(png_bytes(IMAGES[0])))
         assert_problem(response, 503, "not ready yet", "retry later")
         assert response.headers["retry-after"] == "10"
+        metrics = scrape(client)  # the model is described at once, its index once it is there
+        assert metrics["simclr_model_info"][0].labels["index_type"] == "none"
+        assert metrics["simclr_index_images"][0].value == 0
         release.set()
         while client.get("/readyz").json()["search"] == "building":
             time.sleep(0.05)
         assert client.get("/readyz").json()["search"] == "ready"
+        metrics = scrape(client)
+        assert metrics["simclr_model_info"][0].labels["index_type"] == "Flat"
+        assert metrics["simclr_index_images"][0].value == len(IMAGES)
         hits = client.post("/search", params={"k": 1}, files=files(png_bytes(IMAGES[0]))).json()
         assert hits["results"][0]["neighbours"][0]["score"] == pytest.approx(1, abs=1e-4)  # it finds itself
     built = list((tmp_path / "indexes").iterdir())

@@ -1,5 +1,5 @@
 """The demo page in headless Chromium: upload an image, see the top-3 classes and the grid of similar images,
-add it to the index."""
+add it to the index (with an id and metadata typed, or a problem shown beside the form)."""
 
 from __future__ import annotations
 
@@ -124,3 +124,57 @@ def test_a_bad_file_shows_the_problem(page, base_url, tmp_path):
     error = page.locator("#error")
     error.wait_for(state="visible")
     assert "not an image in a supported format" in error.inner_text()
+
+
+def test_an_image_is_added_with_the_id_and_metadata_typed(page, base_url, tmp_path, request):
+    param = request.node.callspec.id
+    image = tmp_path / "picked.png"
+    image.write_bytes(png_bytes(colour_images(1, size=20, seed=8)[0][3]))
+    id = f"page/{param}/red"
+    page.goto(base_url + "/")
+    if "keyed" in param:
+        page.evaluate(f"sessionStorage.setItem('apiKey', '{KEY}')")
+    page.set_input_files("#file", str(image))
+    page.locator("#add").wait_for(state="visible")
+    page.fill("#add-id", id)
+    page.fill("#add-metadata", "source=page, shade = dark,year=2024")
+    page.click("#add")
+    page.wait_for_function("document.querySelector('#added').textContent !== ''")
+    with httpx2.Client(base_url=base_url, headers={"X-API-Key": KEY}) as client:
+        count = client.get("/index").json()["count"]
+        assert page.locator("#added").inner_text() == f"added as {id}; {count} images indexed"
+        indexed = client.get(f"/index/images/{id}").json()
+        assert indexed["metadata"] == {"source": "page", "shade": "dark", "year": "2024"}, indexed
+        assert client.get(f"/index/images/{image.name}").status_code == 404  # the id typed, not the file's name
+        assert page.input_value("#add-id") == ""  # cleared: the next image must not replace this one unasked
+        page.fill("#add-id", id)
+        page.fill("#add-metadata", '{"source": "page", "year": 2024}')  # JSON: numbers stay numbers
+        page.click("#add")
+        page.wait_for_function("document.querySelector('#added').textContent.startsWith('replaced as')")
+        assert page.locator("#added").inner_text() == f"replaced as {id}; {count} images indexed"
+        assert client.get(f"/index/images/{id}").json()["metadata"] == {"source": "page", "year": 2024}
+        assert client.get("/index").json()["count"] == count
+    assert page.locator("#add-error").is_hidden()
+
+
+def test_adding_shows_the_problem_beside_the_form(page, base_url, tmp_path, request):
+    junk = tmp_path / "junk-to-add.png"
+    junk.write_bytes(b"this is not an image")
+    page.goto(base_url + "/")
+    if "keyed" in request.node.callspec.id:
+        page.evaluate(f"sessionStorage.setItem('apiKey', '{KEY}')")
+    page.set_input_files("#file", str(junk))
+    page.locator("#add").wait_for(state="visible")
+    with httpx2.Client(base_url=base_url, headers={"X-API-Key": KEY}) as client:
+        count = client.get("/index").json()["count"]
+        error = page.locator("#add-error")
+        for metadata, shown in [
+                ("", "images[0] (junk-to-add.png): not an image in a supported format"),  # the service's 415
+                ('{"owner": {"name": "me"}}', "metadata[0] is not a JSON object of strings and numbers"),  # its 422
+                ("owner", 'metadata: "owner" is not key=value')]:  # the page's own check, nothing sent
+            page.fill("#add-metadata", metadata)
+            page.click("#add")
+            page.wait_for_function("t => document.querySelector('#add-error').textContent.includes(t)", arg=shown)
+            assert error.is_visible() and page.locator("#added").inner_text() == ""
+        assert client.get("/index").json()["count"] == count
+        assert client.get(f"/index/images/{junk.name}").status_code == 404
