@@ -49,7 +49,8 @@ def create_app(settings: Settings) -> FastAPI:
     openapi.install(app, routers, api_key=settings.api_key is not None)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    app.add_middleware(Admission, state=state)  # outside the body limit: refused before anything is read
+    # outside the body limit: refused before anything is read
+    app.add_middleware(Admission, state=state, routes=openapi.api_routes(routers))
     if settings.api_key is not None:  # outside the body limit: a request without the key is refused unread
         app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
     if settings.cors_origins:  # outside the key check: preflight requests carry no credentials

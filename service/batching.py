@@ -79,7 +79,10 @@ class Batcher(Generic[T]):
 
     @contextmanager
     def incoming(self) -> Iterator[None]:
-        """Around reading and decoding a request that will then submit: while one is, a batch may wait for it."""
+        """Around reading and decoding a request that will then submit. Refused at once (Overloaded) when one
+        more image would not fit, before the request is read and decoded rather than after; while one is read,
+        a batch may wait for it."""
+        self.check_capacity()
         self._incoming += 1
         try:
             yield

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.routing import APIRoute
 
 from service.index import SearchIndex
 from service.problems import Problem
@@ -43,3 +44,23 @@ async def get_index(state: Annotated[ServiceState, Depends(get_ready)]) -> Searc
 
 Ready = Annotated[ServiceState, Depends(get_ready)]
 Index = Annotated[SearchIndex, Depends(get_index)]
+
+
+class ToModel:
+    """Marks a route whose requests go to the model (`dependencies=[TO_MODEL]`): service.limits.Admission
+    refuses them while the model is overloaded, before they are read, and service.openapi documents that 503.
+    uploads_only: only its multipart requests (POST /search's JSON may carry vectors, which need no model)."""
+
+    def __init__(self, uploads_only: bool = False):
+        self.uploads_only = uploads_only
+
+    async def __call__(self) -> None:
+        return None
+
+
+TO_MODEL, UPLOADS_TO_MODEL = Depends(ToModel()), Depends(ToModel(uploads_only=True))
+
+
+def model_marker(route: APIRoute) -> ToModel | None:
+    """The route's ToModel marker, if it has one."""
+    return next((d.call for d in route.dependant.dependencies if isinstance(d.call, ToModel)), None)

@@ -4,19 +4,14 @@ chunked upload declares no length), and admission while the model is overloaded.
 
 from __future__ import annotations
 
-import re
-
+from fastapi.routing import APIRoute
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.batching import Overloaded
+from service.dependencies import model_marker
 from service.problems import Problem, overloaded_response, scope_problem
 from service.state import ServiceState
-
-# The routes whose requests go to the model (POST /search by embeddings in JSON does not: only its multipart
-# uploads are refused here; JSON image queries are refused by the route, after their body is read).
-MODEL_ROUTES = {"/embed", "/classify", "/index/images", "/v1/embeddings"}
-# The Open Inference Protocol's inference, whose path names the model (and perhaps its version).
-MODEL_ROUTE_PATTERN = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?/infer")
 
 
 class BodyLimit:
@@ -56,18 +51,20 @@ class BodyLimit:
 
 class Admission:
     """ASGI middleware: while the model's queue is full (or would take longer than a request may wait), a request
-    for the model gets its 503 before routing, dependencies or reading its body: the cheapest refusal there is,
-    so that on a busy core the event loop keeps up with several times what the model can answer."""
+    for the model (a route marked service.dependencies.TO_MODEL) gets its 503 before routing, dependencies or
+    reading its body: the cheapest refusal there is, so that on a busy core the event loop keeps up with several
+    times what the model can answer."""
 
-    def __init__(self, app: ASGIApp, state: ServiceState):
+    def __init__(self, app: ASGIApp, state: ServiceState, routes: list[APIRoute]):
         self.app, self.state = app, state
+        self.routes = [(route, marker) for route in routes if (marker := model_marker(route)) is not None]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         batcher = self.state.batcher
         if scope["type"] == "http" and scope["method"] == "POST" and batcher is not None:
-            path = scope["path"].removeprefix(scope.get("root_path", ""))
             upload = dict(scope["headers"]).get(b"content-type", b"").startswith(b"multipart/")
-            if path in MODEL_ROUTES or MODEL_ROUTE_PATTERN.fullmatch(path) or (path == "/search" and upload):
+            if any(route.matches(scope)[0] == Match.FULL and (upload or not marker.uploads_only)
+                   for route, marker in self.routes):
                 try:
                     batcher.check_capacity()
                 except Overloaded as e:

@@ -18,8 +18,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
 from service.auth import OPEN_PATHS
-from service.dependencies import get_index, get_ready
-from service.limits import MODEL_ROUTE_PATTERN, MODEL_ROUTES
+from service.dependencies import get_index, get_ready, model_marker
 from service.schemas import ProblemDetail
 from service.uploads import read_images
 
@@ -49,7 +48,7 @@ def install(app: FastAPI, routers: tuple[APIRouter, ...], api_key: bool) -> None
     """Make app.openapi() return the amended document (built once, on the first request for it). The routers are
     the ones the app includes, without a prefix: their routes are the app's (however FastAPI nests them)."""
     build = app.openapi
-    routes = [r for router in routers for r in router.routes if isinstance(r, APIRoute) and r.include_in_schema]
+    routes = [r for r in api_routes(routers) if r.include_in_schema]
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -57,6 +56,11 @@ def install(app: FastAPI, routers: tuple[APIRouter, ...], api_key: bool) -> None
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+def api_routes(routers: tuple[APIRouter, ...]) -> list[APIRoute]:
+    """The routers' API routes, as the app serves them (included without a prefix)."""
+    return [route for router in routers for route in router.routes if isinstance(route, APIRoute)]
 
 
 def amend(spec: dict[str, Any], routes: list[APIRoute], api_key: bool) -> None:
@@ -94,8 +98,7 @@ def _derived_statuses(route: APIRoute, method: str, api_key: bool) -> set[int]:
         statuses.add(501)
     if method in ("POST", "PUT", "PATCH"):  # the body limit and malformed bodies
         statuses |= {400, 413, 422}
-    if read_images in calls or (method == "POST" and (route.path_format in MODEL_ROUTES or route.path_format ==
-                                                       "/search" or MODEL_ROUTE_PATTERN.fullmatch(route.path_format))):
+    if read_images in calls or model_marker(route) is not None:
         statuses |= {413, 415, 503}  # images, and admission control
     if route.dependant.path_params or route.dependant.query_params:
         statuses.add(422)

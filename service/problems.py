@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope
@@ -54,6 +55,7 @@ _BY_STATUS = {400: "bad-request", 401: "unauthorized", 404: "not-found", 405: "m
               413: "body-too-large", 415: "unsupported-media-type", 422: "invalid-request", 500: "internal-error",
               503: "not-ready"}
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger("service")
 
 
@@ -66,6 +68,22 @@ class Problem(Exception):
         super().__init__(detail)
         self.status, self.detail, self.kind, self.headers, self.extensions = status, detail, kind, headers or {}, \
             extensions
+
+
+def first_error(error: ValidationError) -> tuple[str, str]:
+    """Where (dotted location, "body" for the whole) and what pydantic's first complaint is: a request's
+    problem names one thing to fix."""
+    first = error.errors()[0]
+    return ".".join(map(str, first["loc"])) or "body", first["msg"]
+
+
+def validated(model: type[M], body: bytes, expected: str, what: str = "JSON body") -> M:
+    """body parsed and validated as model, or a 422 problem saying where it is wrong and what is expected."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        where, message = first_error(e)
+        raise Problem(422, f"invalid {what} at {where}: {message} (expected {expected})") from None
 
 
 def problem_response(status: int, detail: str, instance: str | None = None, kind: str | None = None,

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -21,7 +20,7 @@ from torch import Tensor
 from contract.images import ImageError, fit, open_image
 from service.dependencies import Ready
 from service.index import make_thumbnail
-from service.problems import Problem
+from service.problems import Problem, validated
 from service.schemas import ImagesJSON
 from service.state import ServiceState
 
@@ -39,8 +38,7 @@ OPENAPI_BODY = {"requestBody": {"required": True, "content": {
 
 async def read_images(request: Request, state: Ready) -> Tensor:
     """uint8 (N, 3, S, S): the request's images, preprocessed as the evaluation did."""
-    state.batcher.check_capacity()  # refused before the body is read and decoded, not after
-    with state.batcher.incoming():  # a batch about to run may wait for these images
+    with state.batcher.incoming():
         return await _read_images(request, state)
 
 
@@ -131,13 +129,7 @@ async def read_multipart(request: Request, limit: int, text_fields: tuple[str, .
 
 
 def _json(body: bytes) -> list[tuple[str, bytes]]:
-    try:
-        payload = ImagesJSON.model_validate_json(body)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(map(str, first["loc"])) or "body"
-        raise Problem(422, f"invalid JSON body at {where}: {first['msg']} (expected {{\"images\": [base64, ...]}})")
-    return base64_files(payload.images, "images")
+    return base64_files(validated(ImagesJSON, body, '{"images": [base64, ...]}').images, "images")
 
 
 def base64_files(texts: list[str], field: str) -> list[tuple[str, bytes]]:

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service.dependencies import Ready
+from service.dependencies import TO_MODEL, Ready
 from service.problems import Problem
 from service.routes import PROBLEMS
 from service.schemas import MAX_CLASSIFY_K, Classification, ClassifyResponse, Prediction
@@ -13,7 +13,8 @@ from service.uploads import OPENAPI_BODY, Images
 router = APIRouter(tags=["model"])
 
 
-@router.post("/classify", response_model=ClassifyResponse, responses=PROBLEMS, openapi_extra=OPENAPI_BODY)
+@router.post("/classify", response_model=ClassifyResponse, responses=PROBLEMS, openapi_extra=OPENAPI_BODY,
+             dependencies=[TO_MODEL])
 async def classify(images: Images, state: Ready,
                    k: Annotated[int, Query(ge=1, le=MAX_CLASSIFY_K, description="classes per image")] = 3
                    ) -> ClassifyResponse:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.dependencies import Ready
+from service.dependencies import TO_MODEL, Ready
 from service.routes import PROBLEMS
 from service.schemas import Embedding, EmbedResponse
 from service.uploads import OPENAPI_BODY, Images
@@ -10,7 +10,8 @@ from service.uploads import OPENAPI_BODY, Images
 router = APIRouter(tags=["model"])
 
 
-@router.post("/embed", response_model=EmbedResponse, responses=PROBLEMS, openapi_extra=OPENAPI_BODY)
+@router.post("/embed", response_model=EmbedResponse, responses=PROBLEMS, openapi_extra=OPENAPI_BODY,
+             dependencies=[TO_MODEL])
 async def embed(images: Images, state: Ready, normalize: bool = True, projection: bool = False) -> EmbedResponse:
     """Per image the encoder's representation (L2-normalised unless normalize=false), with projection=true the
     projection head's output, and how like the training images it is (training_distance, unlike_training_data)."""

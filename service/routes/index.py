@@ -10,9 +10,9 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import TypeAdapter, ValidationError
 
 from service.catalog import Item, Record
-from service.dependencies import Index, Ready
+from service.dependencies import TO_MODEL, Index, Ready
 from service.index import SearchIndex
-from service.problems import Problem
+from service.problems import Problem, first_error, validated
 from service.routes import NOT_FOUND, PROBLEMS
 from service.routes.search import image_url
 from service.schemas import (ImageId, IndexChange, IndexedImage, IndexImagesJSON, IndexPage, IndexSummary,
@@ -47,13 +47,12 @@ def summary(index: SearchIndex) -> IndexSummary:
 
 
 @router.post("/index/images", response_model=IndexChange, responses={**PROBLEMS, 409: PROBLEMS[422]},
-             openapi_extra=ADD_BODY)
+             openapi_extra=ADD_BODY, dependencies=[TO_MODEL])
 async def add_images(request: Request, state: Ready, index: Index) -> IndexChange:
     """Add images to the index with their ids and metadata, replacing those whose ids are indexed already.
     Durable when answered: a crash after the answer loses none of them."""
     if index.read_only:
         raise _read_only()
-    state.batcher.check_capacity()
     with state.batcher.incoming():
         ids, files, metadata = await _read_additions(request, state.settings.max_images)
         images, thumbnails = await decode_for_index(files, state, index.info["thumbnail_size"])
@@ -115,12 +114,8 @@ async def thumbnail(id: IdPath, state: Ready, index: Index) -> Response:
 async def _read_additions(request: Request, limit: int) -> tuple[list[str], list[tuple[str, bytes]], list[dict]]:
     """(ids, (name, bytes) files, metadata) from a multipart or JSON body, checked."""
     if request_kind(request) == "json":
-        try:
-            body = IndexImagesJSON.model_validate_json(await request.body())
-        except ValidationError as e:
-            first = e.errors()[0]
-            raise Problem(422, f"invalid JSON body at {'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']} "
-                          f"(expected {{\"images\": [{{\"id\": ..., \"image\": base64, \"metadata\": {{...}}}}]}})")
+        body = validated(IndexImagesJSON, await request.body(),
+                         '{"images": [{"id": ..., "image": base64, "metadata": {...}}]}')
         ids, metadata = [i.id for i in body.images], [i.metadata for i in body.images]
         files = base64_files([i.image for i in body.images], "images")
     else:
@@ -138,7 +133,7 @@ async def _read_additions(request: Request, limit: int) -> tuple[list[str], list
             try:
                 _ID.validate_python(id)  # a file name may be missing (None): then ids must be given
             except ValidationError as e:
-                raise Problem(422, f"ids[{n}] {id!r}: {e.errors()[0]['msg']}") from None
+                raise Problem(422, f"ids[{n}] {id!r}: {first_error(e)[1]}") from None
     if len(set(ids)) != len(ids):
         raise Problem(422, "the same id is given twice in one request")
     return ids, files, metadata
@@ -148,7 +143,7 @@ def _metadata(text: str, n: int) -> dict:
     try:
         return _METADATA.validate_python(json.loads(text))
     except (json.JSONDecodeError, ValidationError) as e:
-        why = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
+        why = first_error(e)[1] if isinstance(e, ValidationError) else str(e)
         raise Problem(422, f"metadata[{n}] is not a JSON object of strings and numbers: {why}") from None
 
 

@@ -24,13 +24,12 @@ import numpy as np
 import torch
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
-from service.dependencies import Ready, get_state
+from service.dependencies import TO_MODEL, Ready, get_state
 from service.model import Outputs
-from service.problems import Problem
+from service.problems import Problem, validated
 from service.routes import NOT_FOUND, PROBLEMS
 from service.schemas import (InferenceOutput, InferenceRequest, InferenceResponse, ModelMetadata, ModelReady,
                              ServerLive, ServerMetadata, ServerReady, TensorMetadata)
@@ -105,14 +104,14 @@ async def model_version_ready(name: str, version: str, state: Ready) -> ModelRea
 
 
 @router.post("/models/{name}/infer", response_model=InferenceResponse, responses=INFER_PROBLEMS | INFER_ANSWERS,
-             openapi_extra=INFER_BODY)
+             openapi_extra=INFER_BODY, dependencies=[TO_MODEL])
 async def model_infer(name: str, request: Request, state: Ready) -> Response:
     """The outputs of one input tensor of images: all of them, or those the request's outputs name."""
     return await _infer(state, name, None, request)
 
 
 @router.post("/models/{name}/versions/{version}/infer", response_model=InferenceResponse,
-             responses=INFER_PROBLEMS | INFER_ANSWERS, openapi_extra=INFER_BODY)
+             responses=INFER_PROBLEMS | INFER_ANSWERS, openapi_extra=INFER_BODY, dependencies=[TO_MODEL])
 async def model_version_infer(name: str, version: str, request: Request, state: Ready) -> Response:
     """model_infer, of version 1 (the only one)."""
     return await _infer(state, name, version, request)
@@ -191,8 +190,7 @@ async def _infer(state: ServiceState, name: str, version: str | None, request: R
     if content_type not in ("", "application/json", "application/octet-stream"):
         raise Problem(415, f"unsupported content type {content_type!r}: send the inference request as "
                       f"application/json (with binary tensors after it: application/octet-stream)")
-    state.batcher.check_capacity()  # refused before the body is read and decoded, not after
-    with state.batcher.incoming():  # a batch about to run may wait for these images
+    with state.batcher.incoming():
         body = await request.body()
         header_length = request.headers.get(HEADER_LENGTH)
         payload, images = await run_in_threadpool(_parse, body, header_length, state)
@@ -214,13 +212,8 @@ def _parse(body: bytes, header_length: str | None,
             raise Problem(400, f"{HEADER_LENGTH} {header_length!r} is not the length of the JSON at the start of "
                           f"the body ({len(body)} bytes)")
         header, binary = body[:int(header_length)], body[int(header_length):]
-    try:
-        payload = InferenceRequest.model_validate_json(header)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(map(str, first["loc"])) or "body"
-        raise Problem(422, f"invalid inference request at {where}: {first['msg']} (expected the Open Inference "
-                      f"Protocol's JSON: {{\"inputs\": [{{\"name\", \"shape\", \"datatype\", \"data\"}}]}})") from None
+    payload = validated(InferenceRequest, header, 'the Open Inference Protocol\'s JSON: {"inputs": [{"name", '
+                        '"shape", "datatype", "data"}]}', what="inference request")
     names = [i.name for i in payload.inputs]
     if len(names) != 1 or names[0] not in (IMAGES, IMAGE_FILES):
         raise Problem(422, f"inputs {names}: send exactly one input, {IMAGES!r} (UINT8 [N, 3, S, S]) or "

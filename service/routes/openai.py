@@ -7,7 +7,7 @@ import base64
 
 from fastapi import APIRouter
 
-from service.dependencies import Ready
+from service.dependencies import TO_MODEL, Ready
 from service.problems import Problem
 from service.routes import PROBLEMS
 from service.schemas import EmbeddingObject, EmbeddingsRequest, EmbeddingsResponse, ModelCard, ModelList, Usage
@@ -23,7 +23,8 @@ async def list_models(state: Ready) -> ModelList:
     return ModelList(data=[_card(state)])
 
 
-@router.post("/embeddings", response_model=EmbeddingsResponse, responses=PROBLEMS | {404: PROBLEMS[422]})
+@router.post("/embeddings", response_model=EmbeddingsResponse, responses=PROBLEMS | {404: PROBLEMS[422]},
+             dependencies=[TO_MODEL])
 async def create_embeddings(body: EmbeddingsRequest, state: Ready) -> EmbeddingsResponse:
     """The L2-normalised representation of each input image, as OpenAI's embeddings endpoint answers."""
     card = _card(state)

@@ -6,14 +6,13 @@ from urllib.parse import quote
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import ValidationError
 
-from service.dependencies import Index, Ready
+from service.dependencies import UPLOADS_TO_MODEL, Index, Ready
 from service.index import Hit, SearchIndex
-from service.problems import Problem
+from service.problems import Problem, validated
 from service.routes import NOT_FOUND, PROBLEMS
 from service.schemas import MAX_SEARCH_K, Neighbour, SearchJSON, SearchResponse, SearchResult
-from service.uploads import OPENAPI_BODY, base64_files, decode_files, read_images
+from service.uploads import OPENAPI_BODY, base64_files, decode_files, read_images, request_kind
 
 router = APIRouter(tags=["search"])
 K = Annotated[int, Query(ge=1, le=MAX_SEARCH_K, description="neighbours per query")]
@@ -28,14 +27,10 @@ SEARCH_BODY = {"requestBody": {"required": True, "content": {
 
 async def read_body(request: Request) -> SearchJSON | None:
     """The JSON body of POST /search, or None for multipart."""
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+    if request_kind(request) != "json":
         return None
-    try:
-        return SearchJSON.model_validate_json(await request.body())
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise Problem(422, f"invalid JSON body at {'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']} "
-                      f"(expected {{\"images\": [base64, ...]}} or {{\"embeddings\": [[float, ...], ...]}})")
+    return validated(SearchJSON, await request.body(),
+                     '{"images": [base64, ...]} or {"embeddings": [[float, ...], ...]}')
 
 
 async def read_queries(request: Request, state: Ready, index: Index,
@@ -44,7 +39,6 @@ async def read_queries(request: Request, state: Ready, index: Index,
     if body is not None and body.embeddings is not None:
         return _unit_vectors(body.embeddings, index.dim)
     if body is not None:  # the body is read already, with the parameters beside the images
-        state.batcher.check_capacity()
         with state.batcher.incoming():
             images = await decode_files(base64_files(body.images, "images"), state)
     else:
@@ -97,7 +91,8 @@ def _number(text: str) -> list[float]:
     return [value] if math.isfinite(value) else []
 
 
-@router.post("/search", response_model=SearchResponse, responses=PROBLEMS, openapi_extra=SEARCH_BODY)
+@router.post("/search", response_model=SearchResponse, responses=PROBLEMS, openapi_extra=SEARCH_BODY,
+             dependencies=[UPLOADS_TO_MODEL])
 async def search_images(request: Request, queries: Annotated[np.ndarray, Depends(read_queries)],
                         body: Annotated[SearchJSON | None, Depends(read_body)], state: Ready, index: Index,
                         k: K = 10, class_name: ClassName = None, offset: Offset = 0,

@@ -422,6 +422,7 @@ def test_overload_is_a_fast_503_with_retry_after(client, monkeypatch):
     broken = client.post("/classify", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"})
     assert_problem(broken, 503, "overloaded")
     assert_problem(client.post("/index/images", files=files(png_bytes(IMAGES[0]))), 503, "overloaded")
+    assert_problem(client.post("/search", files=files(png_bytes(IMAGES[0]))), 503, "overloaded")
     # What needs no model is still served: a search by embedding.
     searched = client.post("/search", json={"embeddings": [[1.0] * 512], "k": 1})
     assert searched.status_code == 200 and len(searched.json()["results"][0]["neighbours"]) == 1
