@@ -37,7 +37,7 @@ def tiny_bundle(root: Path) -> tuple[Path, Path]:
     run, _ = make_run(root / "run")
     export(run, root / "bundle")
     write_folder(root / "images", "train", *colour_images(6))
-    build(str(root / "bundle"), [str(root / "images")], str(root / "index"), ["train"])
+    build(str(root / "bundle"), [str(root / "images")], str(root / "index"))
     return root / "bundle", root / "index"
 
 

@@ -24,7 +24,7 @@ from contract.bundle import (ENCODER, ONNX_FP32, ONNX_INT8, PROJECTOR, Architect
                              Projection, Training, load_bundle, write_bundle)
 from contract.images import RESIZE, decode_image
 from contract.networks import projector, resnet_encoder
-from service.build_index import build, find_images
+from service.build_index import BuildOptions, build, find_images
 from service.model import RUNTIMES
 from trainer.onnx_export import OPSET, InferenceGraph, export_graph, quantize_int8
 
@@ -83,7 +83,7 @@ def main() -> None:
         rows = [("before: serial decode, fp32 NCHW", n / rate, rate)]
         for runtime in args.runtime:
             started = time.perf_counter()
-            build(bundle, [str(data)], Path(tmp) / f"index-{runtime}", ["train"], runtime=runtime)
+            build(bundle, [str(data)], Path(tmp) / f"index-{runtime}", BuildOptions(runtime=runtime))
             seconds = time.perf_counter() - started
             rows.append((f"now: build(), {runtime}", seconds, n / seconds))
     print(f"\n{n} images, {torch.get_num_threads()} torch threads")

@@ -36,7 +36,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from contract.networks import BACKBONES
-from trainer.augment import CIFAR_MEAN, CIFAR_STD, two_views
+from contract.preprocess import CIFAR_MEAN, CIFAR_STD
+from trainer.augment import two_views
 from trainer.data import DeviceLoader, balanced_subset, load_split
 from trainer.errors import UserError
 from trainer.loss import nt_xent

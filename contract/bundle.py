@@ -40,6 +40,8 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 MAX_ACCURACY_LOSS = 0.005
 MIN_TOP1_AGREEMENT = 0.97
 MIN_TOP3_ORDER_AGREEMENT = 0.80
+# How the manifest's data paths are written (contract.files.recorded_path): no home directory in them.
+RECORDED_PATH = "a path under the trainer's home directory written ~/... (bundles from before it: absolute)"
 
 
 class BundleError(Exception):
@@ -94,7 +96,7 @@ class Protocol(BaseModel):
 
     name: str  # linear, mlp or finetune
     encoder: Literal["frozen", "fine-tuned"]
-    data_dir: str
+    data_dir: str = Field(description=f"the evaluation data's folder: {RECORDED_PATH}")
     data_name: str | None = Field(None, description="what the evaluation data is called beside its numbers "
                                   "(evaluations from before it was recorded have none)")
     train_images: int
@@ -149,7 +151,7 @@ class Training(BaseModel):
     lr: float
     weight_decay: float
     temperature: float
-    data_dir: str
+    data_dir: str = Field(description=f"the training data's folder: {RECORDED_PATH}")
     hours: float | None = Field(None, description="wall-clock hours of the epochs up to the checkpoint, summed over "
                                 "every start, training steps only, as run (slowed by whatever shared the machine)")
     median_pace_hours: float | None = Field(None, description="the same epochs at the run's median epoch time "
@@ -165,7 +167,7 @@ class RuntimeCheck(BaseModel):
     embedded by its own runtime) are measured for the int8 graph only."""
 
     runtime: str
-    data_dir: str
+    data_dir: str = Field(description=f"the evaluation data's folder: {RECORDED_PATH}")
     test_images: int = Field(gt=0)
     fp32_top1: Fraction
     top1: Fraction
@@ -416,9 +418,11 @@ def load_weights(net: nn.Module, file: Path, error: type[Exception]) -> nn.Modul
 
 
 def describe(error: ValidationError) -> str:
-    """The first problem pydantic found, as one line: where, and what."""
+    """The first problem pydantic found, as one line: where ("images.0.id: "; nothing for a lone value), and what.
+    One problem to fix at a time, worded the same in the trainer's errors and the service's answers."""
     first = error.errors()[0]
-    return f"{'.'.join(map(str, first['loc'])) or 'top level'}: {first['msg']}"
+    where = ".".join(map(str, first["loc"]))
+    return f"{where}: {first['msg']}" if where else first["msg"]
 
 
 def _check_files_listed(manifest: Manifest, file: Path) -> None:

@@ -1,5 +1,5 @@
 """Files written atomically: a reader, or a process resumed after a crash, sees the old file or the new one,
-never half of one."""
+never half of one; and paths as those files record them."""
 
 from __future__ import annotations
 
@@ -37,3 +37,21 @@ def atomic_write(path: str | Path, content: bytes | str | Callable[[BinaryIO], o
         Path(tmp).unlink(missing_ok=True)
         raise
 
+
+def recorded_path(path: str | Path) -> str:
+    """path as the run's files and the bundle's manifest record it: under the user's home directory, written
+    "~/..."; any other path (relative, /data/..., a container's /opt/...) as given.
+
+    A published manifest should not reveal a home directory (a user name, how a machine is laid out), yet the
+    trainer reads these paths again on the machine that wrote them: a resumed run its data, the evaluation a run's
+    data, the export the evaluation's data for its runtime checks. "~" keeps both: the data loaders' expanduser()
+    gives the path back there. Paths relative to the run directory would not (the data is rarely inside it, and
+    every reader would have to resolve against it), nor would the folder's name alone. Idempotent; files written
+    before it hold absolute paths, which still read."""
+    home, text = os.path.expanduser("~"), str(path)
+    if home in ("~", os.sep) or not os.path.isabs(text):  # no home known, or "/": everything would be "~/..."
+        return text
+    try:
+        return str(Path("~", Path(text).relative_to(home)))
+    except ValueError:
+        return text

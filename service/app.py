@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from service import openapi, problems
 from service.auth import ApiKey
 from service.limits import Admission, BodyLimit
-from service.metrics import Metrics, MetricsMiddleware
+from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.routes import classify, embed, index, open_inference, openai, ops, page, search
 from service.routes.page import STATIC
 from service.settings import Settings
@@ -23,7 +23,7 @@ from service.state import ServiceState
 
 
 def create_app(settings: Settings) -> FastAPI:
-    metrics = Metrics()
+    metrics = ServiceMetrics()
     state = ServiceState(settings, metrics)
 
     @asynccontextmanager

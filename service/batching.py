@@ -22,7 +22,7 @@ from typing import Callable, Generic, Iterable, Iterator, Protocol, TypeVar
 import torch
 from torch import Tensor
 
-from service.metrics import Metrics
+from service.metrics import ServiceMetrics
 
 
 class Sliceable(Protocol):
@@ -48,7 +48,7 @@ class Batcher(Generic[T]):
     """submit(images) -> fn(images) rows, with fn called on batches of many submissions in one thread."""
 
     def __init__(self, fn: Callable[[Tensor], T], max_batch_size: int, max_wait_s: float,
-                 metrics: Metrics | None = None, executor: ThreadPoolExecutor | None = None,
+                 metrics: ServiceMetrics | None = None, executor: ThreadPoolExecutor | None = None,
                  max_queue: int | None = None, max_queue_wait_s: float | None = None):
         """fn runs in executor's one thread (default: a thread of the batcher's own); stop() shuts it down.
         max_queue (images) and max_queue_wait_s bound the queue (None: unbounded)."""

@@ -41,9 +41,10 @@ from tqdm import tqdm
 
 from contract.bundle import BundleError, load_bundle
 from contract.cifar10 import DataError, is_cifar10_root, load_cifar10
+from contract.files import recorded_path
 from contract.images import ImageError, fit, list_images, open_image
-from service.catalog import Item, Metadata
-from service.index import SearchIndex, SearchIndexError, make_thumbnail, vector_index
+from service.catalog import Item, MetadataValues
+from service.index import SearchIndex, SearchIndexError, make_thumbnail, read_info, vector_index
 from service.model import RUNTIMES, Model, Outputs, pick_runtime
 
 
@@ -57,7 +58,7 @@ class Entry:
 
     pixels: np.ndarray | Path
     id: str
-    metadata: Metadata = field(default_factory=dict)
+    metadata: MetadataValues = field(default_factory=dict)
 
     @property
     def class_name(self) -> str | None:
@@ -89,7 +90,7 @@ def find_images(root: Path, splits: list[str], download: bool = True) -> list[En
     return [Entry(f, str(f.relative_to(root))) for f in list_images(root)]
 
 
-def read_metadata(path: Path) -> dict[str, Metadata]:
+def read_metadata(path: Path) -> dict[str, MetadataValues]:
     """Per-id metadata from a CSV file with an "id" column (values stay strings) or a JSON Lines file of
     objects with an "id" (strings and numbers)."""
     try:
@@ -148,20 +149,34 @@ def recall_at(index: SearchIndex, ids: list[str], vectors: np.ndarray, k: int = 
                           for row, hits in zip(truth, found)]))
 
 
-def build(bundle_dir: str | Path, data_dirs: list[str], out: str | Path, splits: list[str],
-          factory: str = "Flat", batch_size: int = 256, max_pixels: int = 40_000_000, download: bool = True,
+@dataclass(frozen=True)
+class BuildOptions:
+    """How an index is built: what the command's flags (or the service's settings) choose."""
+
+    splits: tuple[str, ...] = ("train",)  # of labelled folders
+    factory: str = "Flat"  # FAISS factory string (a new index only)
+    batch_size: int = 256  # images per inference batch
+    max_pixels: int = 40_000_000  # larger images are refused, not decoded
+    download: bool = True  # CIFAR-10 into an empty or missing data folder
+    runtime: str = "auto"  # what runs the model, when build() loads it itself
+    metadata: Path | None = None  # per-id metadata: CSV with an id column, or JSON Lines
+    thumbnail_size: int = 128  # longest side (a new index only: an existing one keeps its own)
+
+
+def build(bundle_dir: str | Path, data_dirs: list[str], out: str | Path, options: BuildOptions = BuildOptions(),
           model: Model | None = None, infer: Callable[[Tensor], Outputs] | None = None,
-          progress: Callable[[int, int], None] | None = None, runtime: str = "auto",
-          metadata: Path | None = None, thumbnail_size: int = 128) -> dict:
+          progress: Callable[[int, int], None] | None = None) -> dict:
     """Embed the images into a new index at out, or add them to the index there; returns the index's info
     (index.json) with its count. The service passes its own model, an infer that runs each batch in its
     inference thread, and progress(done, total), called after each batch instead of drawing progress bars."""
+    splits, factory, metadata, thumbnail_size = options.splits, options.factory, options.metadata, \
+        options.thumbnail_size
     if model is None:
         model = Model(load_bundle(bundle_dir))
-        print(f"inference: {pick_runtime(model, runtime)[0]}")
+        print(f"inference: {pick_runtime(model, options.runtime)[0]}")
     infer = infer or model.infer
     bundle, out = model.bundle, Path(out)
-    entries = [entry for root in data_dirs for entry in find_images(Path(root), splits, download)]
+    entries = [entry for root in data_dirs for entry in find_images(Path(root), splits, options.download)]
     if not entries:
         raise BuildError(f"no images found in {', '.join(data_dirs)} (splits {', '.join(splits)})")
     if len({e.id for e in entries}) != len(entries):
@@ -174,19 +189,19 @@ def build(bundle_dir: str | Path, data_dirs: list[str], out: str | Path, splits:
         print(f"metadata for {len(extra.keys() & {e.id for e in entries})} of {len(entries)} images from {metadata}")
 
     existing = out / "index.json"
-    if not existing.is_file():
-        try:  # a bad --index-type is said before minutes of embedding, not after
+    try:  # a bad --index-type or index is said before minutes of embedding, not after
+        if existing.is_file():  # the thumbnails are made at the index's own size
+            thumbnail_size = read_info(out, bundle.fingerprint).thumbnail_size
+        else:
             vector_index(bundle.manifest.architecture.representation_dim, factory)
-        except SearchIndexError as e:
-            raise BuildError(str(e)) from None
+    except SearchIndexError as e:
+        raise BuildError(str(e)) from None
     started = time.perf_counter()
-    if existing.is_file():  # the thumbnails are made at the index's own size
-        thumbnail_size = json.loads(existing.read_text()).get("thumbnail_size", thumbnail_size)
-    images, thumbnails = decode_all(entries, model.size, max_pixels, thumbnail_size, bar=progress is None)
+    images, thumbnails = decode_all(entries, model.size, options.max_pixels, thumbnail_size, bar=progress is None)
     vectors = np.empty((len(entries), bundle.manifest.architecture.representation_dim), dtype=np.float32)
     with tqdm(total=len(entries), desc="embedding", unit="img", mininterval=1, disable=progress is not None) as bar:
-        for start in range(0, len(entries), batch_size):
-            batch = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)
+        for start in range(0, len(entries), options.batch_size):
+            batch = torch.from_numpy(images[start:start + options.batch_size]).permute(0, 3, 1, 2)
             vectors[start:start + len(batch)] = infer(batch).unit.numpy()
             bar.update(len(batch))
             if progress:
@@ -205,15 +220,15 @@ def build(bundle_dir: str | Path, data_dirs: list[str], out: str | Path, splits:
             sample = vectors[np.random.default_rng(0).permutation(len(vectors))[:100_000]]
             index = SearchIndex.create(building, dim=vectors.shape[1], bundle=bundle.fingerprint,
                                        bundle_name=bundle.name, runtime=model.runtime, factory=factory,
-                                       thumbnail_size=thumbnail_size, sample=sample,
-                                       sources=[str(Path(d).resolve()) for d in data_dirs], splits=splits)
+                                       thumbnail_size=thumbnail_size, sample=sample, splits=list(splits),
+                                       sources=[recorded_path(Path(d).resolve()) for d in data_dirs])
             for start in range(0, len(items), 10_000):
                 index.add(items[start:start + 10_000])
     except SearchIndexError as e:
         raise BuildError(str(e)) from None
     print(f"{len(items)} images decoded and embedded in {embedded - started:.1f} s "
           f"({len(items) / (embedded - started):.0f} images/s); indexed in {time.perf_counter() - embedded:.1f} s")
-    info = {**index.info, "count": index.count}
+    info = {**index.info.model_dump(), "count": index.count}
     if index.factory != "Flat":
         info["recall_at_10"] = recall_at(index, [e.id for e in entries], vectors)
         print(f"recall@10 against exact search: {info['recall_at_10']:.4f} ({min(1000, len(vectors))} of the "
@@ -245,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="download CIFAR-10 into an empty or missing --data-dir (default: on)")
     args = parser.parse_args(argv)
     try:
-        info = build(args.bundle, args.data_dir, args.out, args.splits, args.index_type, args.batch_size,
-                     download=args.download, runtime=args.runtime, metadata=args.metadata,
-                     thumbnail_size=args.thumbnail_size)
+        info = build(args.bundle, args.data_dir, args.out, BuildOptions(
+            tuple(args.splits), args.index_type, args.batch_size, download=args.download, runtime=args.runtime,
+            metadata=args.metadata, thumbnail_size=args.thumbnail_size))
     except (BuildError, BundleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

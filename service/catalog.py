@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS tags (
 CREATE INDEX IF NOT EXISTS tags_by_vid ON tags (vid);
 """
 
-Metadata = dict[str, str | int | float]
+MetadataValues = dict[str, str | int | float]  # as stored; the API validates them as service.schemas.Metadata
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Record:
 
     id: str
     vid: int
-    metadata: Metadata
+    metadata: MetadataValues
     added: float
 
 
@@ -58,7 +58,7 @@ class Item:
 
     id: str
     vector: np.ndarray
-    metadata: Metadata
+    metadata: MetadataValues
     thumbnail: bytes | None = None
 
 
@@ -146,7 +146,7 @@ class Catalog:
                 yield (np.array([r[0] for r in rows], dtype="int64"),
                        np.stack([np.frombuffer(r[1], dtype="<f4") for r in rows]).astype("float32"))
 
-    def items(self, chunk: int = 10_000) -> Iterator[list[tuple[str, Metadata, np.ndarray]]]:
+    def items(self, chunk: int = 10_000) -> Iterator[list[tuple[str, MetadataValues, np.ndarray]]]:
         """(id, metadata, vector) of every record, in chunks: what an export writes."""
         after = 0
         while rows := self.db.execute("SELECT vid, id, metadata, vector FROM images WHERE vid > ? ORDER BY vid "

@@ -30,7 +30,7 @@ def export(index_dir: str | Path, out: str | Path) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    dim = read_info(Path(index_dir))["dim"]
+    dim = read_info(Path(index_dir)).dim
     catalog = Catalog(Path(index_dir) / "catalog.sqlite")
     schema = pa.schema([("id", pa.string()), ("vector", pa.list_(pa.float32(), dim)), ("metadata", pa.string())])
     written = 0

@@ -22,17 +22,37 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import faiss
 import numpy as np
 from PIL import Image
+from pydantic import BaseModel, Field, ValidationError
 
+from contract.bundle import describe
 from contract.files import atomic_write
-from service.catalog import Catalog, Item, Metadata, Record
+from service.catalog import Catalog, Item, MetadataValues, Record
 
 FORMAT, FORMAT_VERSION = "simclr-index", 2
 DEFAULT_EF_SEARCH, DEFAULT_NPROBE = 128, 32
+
+
+class IndexInfo(BaseModel):
+    """index.json: what the index is. Written when it is made, read (and validated) whenever it is opened."""
+
+    format: Literal["simclr-index"] = FORMAT
+    format_version: Literal[2] = FORMAT_VERSION
+    bundle: str = Field(description="sha256 of the manifest of the bundle that embeds for it")
+    bundle_name: str
+    factory: str = Field(description="FAISS factory string")
+    dim: int
+    runtime: str = Field(description="what embedded its images; queries score best embedded the same way")
+    thumbnail_size: int = 128
+    created: float = Field(description="Unix time")
+    sources: list[str] = Field([], description="the image folders it was built from")
+    splits: list[str] = []
+    ef_search: int = Field(DEFAULT_EF_SEARCH, description="HNSW's efSearch, editable in the file")
+    nprobe: int = Field(DEFAULT_NPROBE, description="IVF's nprobe, editable in the file")
 RERANK = 4
 COMPACT_AT = 0.1  # an index opened with more than this fraction of removed vectors still in FAISS is rebuilt
 
@@ -54,7 +74,7 @@ class SearchIndexError(Exception):
 class Hit:
     id: str
     score: float
-    metadata: Metadata
+    metadata: MetadataValues
 
 
 class SearchIndex:
@@ -85,7 +105,7 @@ class SearchIndex:
     @classmethod
     def create(cls, path: str | Path, *, dim: int, bundle: str, bundle_name: str, runtime: str,
                factory: str = "Flat", thumbnail_size: int = 128, sample: np.ndarray | None = None,
-               **info: Any) -> SearchIndex:
+               sources: list[str] | None = None, splits: list[str] | None = None) -> SearchIndex:
         """A new empty index at path (a folder that must not hold an index). Index types that learn from data
         (IVF, PQ) are trained on sample, unit vectors like those to be indexed."""
         index = vector_index(dim, factory)
@@ -100,10 +120,10 @@ class SearchIndex:
         path.mkdir(parents=True, exist_ok=True)
         atomic_write(path / "trained.faiss", lambda f: faiss.write_index(index, faiss.PyCallbackIOWriter(f.write)))
         Catalog(path / "catalog.sqlite").close()
-        info = {"format": FORMAT, "format_version": FORMAT_VERSION, "bundle": bundle, "bundle_name": bundle_name,
-                "factory": factory, "dim": dim, "runtime": runtime, "thumbnail_size": thumbnail_size,
-                "created": time.time(), **info}
-        atomic_write(path / "index.json", json.dumps(info, indent=2) + "\n")  # last: it makes the folder an index
+        info = IndexInfo(bundle=bundle, bundle_name=bundle_name, factory=factory, dim=dim, runtime=runtime,
+                         thumbnail_size=thumbnail_size, created=time.time(), sources=sources or [],
+                         splits=splits or [])
+        atomic_write(path / "index.json", info.model_dump_json(indent=2) + "\n")  # last: it makes the folder an index
         return cls(path)
 
     # -- what it holds ------------------------------------------------------------------------------------
@@ -118,7 +138,7 @@ class SearchIndex:
 
     @property
     def factory(self) -> str:
-        return self.info["factory"]
+        return self.info.factory
 
     @property
     def classes(self) -> list[str]:
@@ -246,9 +266,9 @@ class SearchIndex:
 
     def _parameters(self) -> str:
         if isinstance(self._inner, faiss.IndexHNSW):
-            return f"efSearch={self.info.get('ef_search', DEFAULT_EF_SEARCH)}"
+            return f"efSearch={self.info.ef_search}"
         if isinstance(self._inner, faiss.IndexIVF):
-            return f"nprobe={self.info.get('nprobe', DEFAULT_NPROBE)}"
+            return f"nprobe={self.info.nprobe}"
         return ""
 
     def _search_parameters(self, selector: faiss.IDSelector | None) -> faiss.SearchParameters | None:
@@ -339,7 +359,7 @@ def vector_index(dim: int, factory: str) -> faiss.Index:
     return index
 
 
-def read_info(path: Path, bundle_fingerprint: str | None = None) -> dict[str, Any]:
+def read_info(path: Path, bundle_fingerprint: str | None = None) -> IndexInfo:
     """index.json, checked for format, version and (when given) the bundle it must have been built with."""
     file = path / "index.json"
     if not file.is_file():
@@ -352,8 +372,13 @@ def read_info(path: Path, bundle_fingerprint: str | None = None) -> dict[str, An
     if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("format_version") != FORMAT_VERSION:
         raise SearchIndexError(f"{file} is not a {FORMAT} version {FORMAT_VERSION} index (an index of an older "
                                f"version is rebuilt with python -m service.build_index)")
-    if bundle_fingerprint is not None and info.get("bundle") != bundle_fingerprint:
-        raise SearchIndexError(f"index {path} was built with another bundle ({info.get('bundle_name')}, manifest "
-                               f"sha256 {str(info.get('bundle'))[:12]}...) than the one served "
+    try:
+        info = IndexInfo.model_validate(info)
+    except ValidationError as e:
+        raise SearchIndexError(f"{file} is malformed: {describe(e)} (rebuild it with python -m "
+                               f"service.build_index)") from None
+    if bundle_fingerprint is not None and info.bundle != bundle_fingerprint:
+        raise SearchIndexError(f"index {path} was built with another bundle ({info.bundle_name}, manifest "
+                               f"sha256 {info.bundle[:12]}...) than the one served "
                                f"({bundle_fingerprint[:12]}...): rebuild it with python -m service.build_index")
     return info

@@ -2,14 +2,15 @@
 class probabilities, distance from the training images.
 
 Preprocessing is the one the linear evaluation used: contract.images decodes and resizes to the manifest's
-input size, then the pixels are scaled to [0, 1] and normalised with the manifest's mean and std.
+input size, then contract.preprocess scales the pixels to [0, 1] and normalises them with the manifest's mean and
+std, as the trainer and the bundle's ONNX graphs do.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -19,6 +20,8 @@ from torch import Tensor
 from contract.bundle import Bundle, BundleError
 from contract.familiarity import distance
 from contract.images import decode_image
+from contract.preprocess import Preprocess
+from contract.timing import MIN_GAIN, pick_fastest, timed
 
 @dataclass
 class Outputs:
@@ -60,10 +63,8 @@ class Model:
 
     def __init__(self, bundle: Bundle, runtime: str = "torch-fp32", device: str | torch.device = "cpu"):
         self.bundle, self.device = bundle, torch.device(device)
-        spec = bundle.manifest.input
-        self.size = spec.size
-        self.mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
+        self.size = bundle.manifest.input.size
+        self.to_input = Preprocess.of(bundle.manifest.input).to(self.device)
         for net in (bundle.encoder, bundle.projector, bundle.classifier):
             if net is not None:
                 net.to(self.device)
@@ -109,7 +110,7 @@ class Model:
         if self.runtime.startswith("onnx"):
             return self._infer_onnx(images)
         x = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        x = (x.float() / 255 - self.mean) / self.std
+        x = self.to_input(x)
         dtype = {"torch-bf16": torch.bfloat16, "torch-fp16": torch.float16}.get(self.runtime)
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             h = self.bundle.encoder(x)
@@ -158,26 +159,25 @@ class Model:
         return self._sessions[self.runtime]
 
 
-def pick_runtime(model: Model, asked: str, batch: int = 32, min_gain: float = 1.15) -> tuple[str, str]:
+def pick_runtime(model: Model, asked: str, batch: int = 32, min_gain: float = MIN_GAIN, rounds: int = 5
+                 ) -> tuple[str, str]:
     """The runtime to serve with, and why: as asked, or for "auto" the fastest of those the bundle offers, timed
-    on a few batches in turns, where it is at least min_gain times torch-fp32's speed (bf16 is that on CPUs with
-    fast bf16, and slower on others). Besides the fp32 ones, a runtime competes only where the export measured it
-    against fp32 and it passed the gate (contract.bundle.RuntimeCheck: accuracy, and the same top-1 and top 3);
-    otherwise it runs when asked for."""
+    on batches in turns (contract.timing.pick_fastest: medians of `rounds`), where it is at least min_gain times
+    torch-fp32's speed (bf16 is that on CPUs with fast bf16, and slower on others). Besides the fp32 ones, a
+    runtime competes only where the export measured it against fp32 and it passed the gate
+    (contract.bundle.RuntimeCheck: accuracy, and the same top-1 and top 3); otherwise it runs when asked for."""
     if asked != "auto":
         model.use(asked)
         return asked, "as asked"
     images = torch.randint(0, 256, (batch, 3, model.size, model.size), dtype=torch.uint8)
     passed = {check.runtime for check in model.bundle.manifest.runtime_checks if check.passed}
     candidates = [r for r in model.runtimes if r in ("torch-fp32", "onnx-fp32") or r in passed]
-    seconds: dict[str, float] = {}
-    for runtime in candidates * 2:  # in turns, so that a busy moment hits all of them
+
+    def batch_seconds(runtime: str) -> float:
         model.use(runtime)
-        model.infer(images)  # warm-up: the first call of a runtime allocates
-        started = time.perf_counter()
-        model.infer(images)
-        seconds[runtime] = min(seconds.get(runtime, float("inf")), time.perf_counter() - started)
-    gains = {r: seconds["torch-fp32"] / s for r, s in seconds.items()}
-    best = max(gains, key=gains.get)
-    model.use(best if gains[best] >= min_gain else "torch-fp32")
+        model.infer(images)  # untimed: the first call after a switch pays for it (a runtime's very first allocates)
+        return timed(lambda: model.infer(images))
+
+    choice, gains = pick_fastest({r: partial(batch_seconds, r) for r in candidates}, "torch-fp32", min_gain, rounds)
+    model.use(choice)
     return model.runtime, "auto: " + ", ".join(f"{r} {g:.2f}x" for r, g in gains.items())

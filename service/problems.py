@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope
 
+from contract.bundle import describe
 from service.batching import BatcherStopped, Overloaded
 
 MEDIA_TYPE = "application/problem+json"
@@ -70,20 +71,12 @@ class Problem(Exception):
             extensions
 
 
-def first_error(error: ValidationError) -> tuple[str, str]:
-    """Where (dotted location, "body" for the whole) and what pydantic's first complaint is: a request's
-    problem names one thing to fix."""
-    first = error.errors()[0]
-    return ".".join(map(str, first["loc"])) or "body", first["msg"]
-
-
 def validated(model: type[M], body: bytes, expected: str, what: str = "JSON body") -> M:
     """body parsed and validated as model, or a 422 problem saying where it is wrong and what is expected."""
     try:
         return model.model_validate_json(body)
     except ValidationError as e:
-        where, message = first_error(e)
-        raise Problem(422, f"invalid {what} at {where}: {message} (expected {expected})") from None
+        raise Problem(422, f"invalid {what}: {describe(e)} (expected {expected})") from None
 
 
 def problem_response(status: int, detail: str, instance: str | None = None, kind: str | None = None,

@@ -22,10 +22,11 @@ import faiss
 import torch
 
 from contract.bundle import BundleError, load_bundle
+from contract.device import pick_device
 from service.batching import Batcher
-from service.build_index import BuildError, build
+from service.build_index import BuildError, BuildOptions, build
 from service.index import SearchIndex, SearchIndexError
-from service.metrics import Metrics
+from service.metrics import ServiceMetrics
 from service.model import Model, Outputs, pick_runtime
 from service.settings import Settings
 
@@ -50,7 +51,7 @@ class Progress:
 
 
 class ServiceState:
-    def __init__(self, settings: Settings, metrics: Metrics):
+    def __init__(self, settings: Settings, metrics: ServiceMetrics):
         self.settings, self.metrics = settings, metrics
         self.model: Model | None = None
         self.index: SearchIndex | None = None
@@ -101,12 +102,9 @@ class ServiceState:
 
     def _load(self) -> tuple[Model, SearchIndex | None]:
         torch.set_num_threads(self.settings.torch_threads)
-        device = self.settings.device
-        if device == "cuda" and not torch.cuda.is_available():
-            raise BundleError("--device cuda was asked for but torch sees no CUDA GPU")
-        device = "cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu")
+        device = pick_device(self.settings.device, BundleError)
         # A GPU takes larger batches at little cost in latency; a CPU's time grows with every image.
-        self.batch_size = self.settings.max_batch_size or (256 if device == "cuda" else 64)
+        self.batch_size = self.settings.max_batch_size or (256 if device.type == "cuda" else 64)
         bundle = load_bundle(self.settings.bundle)
         model = Model(bundle, device=device)
         model.infer(torch.zeros(1, 3, model.size, model.size, dtype=torch.uint8))  # warm-up: first calls allocate
@@ -153,10 +151,11 @@ class ServiceState:
             return self._inference.submit(model.infer, batch).result()
 
         try:
+            options = BuildOptions(download=settings.download, batch_size=self.batch_size,
+                                   max_pixels=settings.max_image_pixels, thumbnail_size=settings.thumbnail_size)
             await asyncio.get_running_loop().run_in_executor(None, lambda: build(
-                model.bundle.path, [str(settings.data_dir)], path, ["train"], download=settings.download,
-                batch_size=self.batch_size, max_pixels=settings.max_image_pixels, model=model, infer=infer,
-                progress=Progress(self), thumbnail_size=settings.thumbnail_size))
+                model.bundle.path, [str(settings.data_dir)], path, options, model=model, infer=infer,
+                progress=Progress(self)))
         except (BuildError, OSError) as e:
             self._search_off(f"the index could not be built: {e}")
             return False
@@ -168,7 +167,7 @@ class ServiceState:
 
     @staticmethod
     def _check_runtime(index: SearchIndex, model: Model) -> None:
-        built = index.info["runtime"]
+        built = index.info.runtime
         if built.split("-")[1] != model.runtime.split("-")[1]:  # its own indexed copy then scores ~0.999, not 1
             log.warning("the index was embedded with %s but queries run on %s: give --runtime %s to match",
                         built, model.runtime, built)

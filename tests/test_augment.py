@@ -2,6 +2,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from contract.preprocess import to_float
 from trainer import augment
 
 
@@ -46,7 +47,7 @@ def test_flip_rate_and_flip_is_a_mirror():
     g = gen(1)
     n = 4000
     boxes = augment.crop_boxes(n, 32, 32, g, torch.device("cpu"))
-    flipped = augment.resized_crop_flip(augment.to_float(ramp), boxes, torch.rand(n, generator=g) < 0.5, 32)
+    flipped = augment.resized_crop_flip(to_float(ramp), boxes, torch.rand(n, generator=g) < 0.5, 32)
     rate = (flipped[:, 0, 16, -1] < flipped[:, 0, 16, 0]).float().mean().item()
     assert rate == pytest.approx(0.5, abs=0.04)
 
@@ -107,11 +108,6 @@ def test_same_seed_same_views():
     a = augment.two_views(images, gen(7), 32, blur=True)
     b = augment.two_views(images, gen(7), 32, blur=True)
     assert all(torch.equal(p, q) for p, q in zip(a, b))
-
-
-def test_normalize_uses_cifar_statistics():
-    x = torch.tensor(augment.CIFAR_MEAN).view(1, 3, 1, 1).expand(2, 3, 4, 4)
-    assert augment.normalize(x).abs().max() < 1e-6
 
 
 def test_crop_matches_torchvision_resized_crop_when_upsampling():

@@ -74,3 +74,14 @@ def test_recipe_files_load_and_the_gpu_recipe_is_the_default():
     cpu = make_config(load_toml(recipes / "cpu-reference.toml"))
     assert cpu.resolution_schedule is None or cpu.resolution_schedule.endswith(",32")
     assert cpu.checkpoint_every == 1 and cpu.epochs > 0
+
+
+def test_config_json_records_its_paths_without_the_home_directory(tmp_path, monkeypatch):
+    from trainer.run_dir import RunDir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    run = RunDir(tmp_path / "runs" / "a")
+    run.write_config(make_config({"data_dir": str(tmp_path / "data"), "eval_data_dir": "/srv/eval", "out": str(run)}))
+    saved = run.read_config()  # resume, evaluation and export expand ~ where they read the data
+    assert (saved.data_dir, saved.eval_data_dir, saved.out) == ("~/data", "/srv/eval", "~/runs/a")
+    assert RunDir(saved.out).path == run.path  # a resume that takes its --out from config.json finds the run

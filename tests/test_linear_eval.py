@@ -136,6 +136,7 @@ def test_end_to_end_on_a_tiny_run(tiny_run, capsys):
     assert "Top 3 accuracy of the network" in printed
     out = tiny_run / "eval"
     metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["format"], metrics["format_version"]) == ("simclr-eval-metrics", 1)  # contract.evaluation
     assert metrics["units"] == "fraction" and metrics["count"] == 32
     assert metrics["checkpoint"] == "checkpoints/epoch_0001.pt"
     assert 0 <= metrics["top1"] <= metrics["top3"] <= metrics["top5"] <= 1 and 0 <= metrics["knn_top1"] <= 1
@@ -190,8 +191,9 @@ def test_the_encoder_is_frozen(tiny_run, monkeypatch):
         return source
 
     monkeypatch.setattr(linear_eval, "_source", spy)
+    monkeypatch.setenv("HOME", str(tiny_run.parent))  # the data is under the home directory
     assert main(eval_args(tiny_run, "--val-fraction", "0.25", "--weight-decay", "0", "1e-3",
-                          "--data-name", "Patterns (PNG copy)")) == 0
+                          "--data-name", "Patterns (PNG copy)", "--data-dir", str(tiny_run.parent / "patterns"))) == 0
     after = seen["encoder"].state_dict()
     assert any("running_mean" in name for name in after)  # BatchNorm statistics are compared too
     for name, value in seen["before"].items():
@@ -201,8 +203,9 @@ def test_the_encoder_is_frozen(tiny_run, monkeypatch):
     assert metrics["protocol"]["val_images"] == 16 and len(metrics["validation"]) == 2
     assert metrics["protocol"]["weight_decay"] in (0.0, 1e-3)
     assert metrics["protocol"]["data_name"] == "Patterns (PNG copy)"
+    assert metrics["protocol"]["data_dir"] == "~/patterns"  # recorded without the home directory
     assert (tiny_run / "eval" / "report.txt").read_text().startswith("linear evaluation of checkpoints/epoch_0001.pt "
-                                                                     "on Patterns (PNG copy) (")
+                                                                     "on Patterns (PNG copy) (~/patterns)")
 
 
 def test_random_init_label_fraction_and_finetune_write_their_own_folders(tiny_run):

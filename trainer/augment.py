@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
+from contract.preprocess import normalize, to_float
+
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as torchvision's rgb_to_grayscale
 
 
@@ -161,17 +161,6 @@ def gaussian_blur(x: Tensor, g: torch.Generator, p: float = 0.5, sigma: tuple[fl
     y = F.conv2d(y, kernel.view(n * ch, 1, 1, k), groups=n * ch)
     y = F.conv2d(y, kernel.view(n * ch, 1, k, 1), groups=n * ch)
     return y.view(n, ch, height, width)
-
-
-def normalize(x: Tensor, mean: tuple[float, ...] = CIFAR_MEAN, std: tuple[float, ...] = CIFAR_STD) -> Tensor:
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - m) / s
-
-
-def to_float(images: Tensor) -> Tensor:
-    """uint8 (N, 3, H, W) -> float32 in [0, 1]."""
-    return images.float().div_(255)
 
 
 def random_crop_flip(images: Tensor, g: torch.Generator, size: int,

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from contract.networks import classifier_head
-from trainer.augment import normalize, random_crop_flip
+from contract.preprocess import normalize
+from trainer.augment import random_crop_flip
 from trainer.data import ImageSet
 from trainer.features import extract_features
 

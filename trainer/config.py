@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract.files import recorded_path
 from trainer.budget import parse_duration
 from trainer.cli import OneLineErrorParser, field_types, option
 from trainer.cli import build_parser as build_dataclass_parser
@@ -124,6 +125,15 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+PATHS = ("data_dir", "eval_data_dir", "cache_dir", "out")
+
+
+def recorded_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """A configuration's dict (to_dict(); a recipe in a manifest, of any age) with its paths as config.json and
+    the manifest record them: no home directory (contract.files.recorded_path)."""
+    return config | {key: recorded_path(config[key]) for key in PATHS if config.get(key) is not None}
 
 
 def build_parser(description: str | None = None) -> OneLineErrorParser:

@@ -19,25 +19,27 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from torch import Tensor, nn
 
 from contract.bundle import (CLASSIFIER, ENCODER, FAMILIARITY, ONNX_FP32, ONNX_INT8, PROJECTOR, Architecture,
-                             BundleError, ClassifierSpec, Familiarity, InputSpec, Manifest, Metrics, OnnxGraphs,
-                             Projection, RuntimeCheck, Training, describe, load_bundle, load_weights, read_manifest,
-                             write_bundle)
-from contract.files import atomic_write
+                             BundleError, Familiarity, InputSpec, Manifest, Metrics, OnnxGraphs, Projection,
+                             RuntimeCheck, Training, load_bundle, load_weights, read_manifest, write_bundle)
+from contract.evaluation import (HEAD_FILE, METRICS_FILE, EvaluationError, EvaluationFile, EvaluationHead,
+                                 EvaluationMetrics)
+from contract.files import atomic_write, recorded_path
 from contract.images import RESIZE
 from contract.networks import classifier_head
+from contract.preprocess import CIFAR_MEAN, CIFAR_STD
 from trainer import provenance
-from trainer.augment import CIFAR_MEAN, CIFAR_STD
 from trainer.cli import OneLineErrorParser
+from trainer.config import recorded_paths
 from trainer.data import ImageSet, balanced_subset, load_split
 from trainer.errors import UserError
 from trainer.knn import knn_predict, topk_accuracy
@@ -71,12 +73,12 @@ def export(run_dir: str | Path, out: str | Path, checkpoint_file: str | Path | N
     run = RunDir(run_dir)
     config = run.read_config()
     evaluation = run.eval_dir()
-    head_spec = run.read_json(evaluation / "classifier.json") if (evaluation / "classifier.json").is_file() else None
+    evaluated = _read(EvaluationHead, evaluation / HEAD_FILE) if (evaluation / HEAD_FILE).is_file() else None
     if checkpoint_file is None:
-        checkpoint_file = run.path / head_spec["checkpoint"] if head_spec else run.latest_checkpoint()
+        checkpoint_file = run.path / evaluated.checkpoint if evaluated else run.latest_checkpoint()
     checkpoint_file = Path(checkpoint_file)
-    if head_spec and (run.path / head_spec["checkpoint"]).resolve() != checkpoint_file.resolve():
-        raise UserError(f"{evaluation} evaluated {head_spec['checkpoint']}, not {checkpoint_file}: evaluate "
+    if evaluated and (run.path / evaluated.checkpoint).resolve() != checkpoint_file.resolve():
+        raise UserError(f"{evaluation} evaluated {evaluated.checkpoint}, not {checkpoint_file}: evaluate "
                         f"that checkpoint first (python -m trainer.linear_eval --checkpoint ...) or export the "
                         f"evaluated one")
     model, state = run.load_model(config, checkpoint_file)
@@ -90,17 +92,19 @@ def export(run_dir: str | Path, out: str | Path, checkpoint_file: str | Path | N
         list(state.get("classes") or []),
         Training(epochs=config.epochs, checkpoint_epoch=state["epoch"], checkpoint=run.relative(checkpoint_file),
                  batch_size=config.batch_size, optimizer=config.optimizer, lr=config.peak_lr, weight_decay=config.wd,
-                 temperature=config.temperature, data_dir=config.data_dir, recipe=config.to_dict(),
+                 temperature=config.temperature, data_dir=recorded_path(config.data_dir),  # older runs': absolute
+                 recipe=recorded_paths(config.to_dict()),
                  **provenance.summary(run, state["epoch"])),
         run.relative(checkpoint_file), config.cache_dir, config.data_dir)
-    return _write(source, evaluation if head_spec else None, Path(out), onnx, int8_calibration, half)
+    return _write(source, evaluation if evaluated else None, Path(out), onnx, int8_calibration, half)
 
 
 def export_bundle(bundle_dir: str | Path, out: str | Path, evaluation: str | Path | None = None,
                   data_dir: str | None = None, onnx: bool = True, int8_calibration: int = 0) -> Manifest:
-    """Write bundle_dir's networks as a bundle again into out (its own folder too): its training record as it was,
-    the head and metrics of `evaluation` (python -m trainer.linear_eval --bundle's output) where given, else its
-    own, and the ONNX graphs and runtime checks made anew (int8 calibrated on data_dir's training split)."""
+    """Write bundle_dir's networks as a bundle again into out (its own folder too): its training record as it was
+    (its paths as recorded today: no home directory), the head and metrics of `evaluation` (python -m
+    trainer.linear_eval --bundle's output) where given, else its own, and the ONNX graphs and runtime checks made
+    anew (int8 calibrated on data_dir's training split)."""
     try:
         bundle = load_bundle(bundle_dir)
     except BundleError as e:
@@ -109,8 +113,11 @@ def export_bundle(bundle_dir: str | Path, out: str | Path, evaluation: str | Pat
     if evaluation is None and manifest.metrics and bundle.classifier is not None:
         raise UserError(f"{bundle_dir}'s own head has no evaluation folder to re-read: give --evaluation, the output "
                         f"of python -m trainer.linear_eval --bundle {bundle_dir}")
+    trained = manifest.training
+    training = trained.model_copy(update={"data_dir": recorded_path(trained.data_dir),
+                                          "recipe": trained.recipe and recorded_paths(trained.recipe)})
     source = Source(bundle.encoder, bundle.projector, manifest.architecture.model_copy(update={"classifier": None}),
-                    manifest.input, manifest.classes, manifest.training, bundle.name, None, data_dir)
+                    manifest.input, manifest.classes, training, bundle.name, None, data_dir)
     if int8_calibration and not data_dir:
         raise UserError("--int8-calibration with --bundle needs --data-dir: its training images calibrate the graph")
     return _write(source, Path(evaluation) if evaluation else None, Path(out), onnx, int8_calibration,
@@ -123,21 +130,18 @@ def _write(source: Source, evaluation: Path | None, out: Path, onnx: bool, int8_
     classes, metrics, head, familiarity = source.classes, None, None, None
     architecture = source.architecture
     if evaluation is not None:
-        spec = _read(evaluation / "classifier.json")
-        if spec.get("checkpoint") != source.name:
-            raise UserError(f"{evaluation} evaluated {spec.get('checkpoint')}, not {source.name}: evaluate these "
+        evaluated = _read(EvaluationHead, evaluation / HEAD_FILE)
+        if evaluated.checkpoint != source.name:
+            raise UserError(f"{evaluation} evaluated {evaluated.checkpoint}, not {source.name}: evaluate these "
                             f"weights first (python -m trainer.linear_eval)")
-        try:
-            classes = [str(c) for c in spec["classes"]]
-            classifier = ClassifierSpec(hidden_dims=spec["hidden_dims"], num_classes=len(classes),
-                                        temperature=spec.get("temperature", 1.0))
-        except (KeyError, TypeError, ValidationError) as e:
-            raise UserError(f"{evaluation}/classifier.json is malformed ({e})") from None
+        classes, classifier = evaluated.classes, evaluated.spec
         architecture = architecture.model_copy(update={"classifier": classifier})
         head = classifier_head(architecture.representation_dim, len(classes), classifier.hidden_dims)
         weights[CLASSIFIER] = load_weights(head, evaluation / CLASSIFIER, UserError).state_dict()
-        metrics = _metrics(evaluation / "metrics.json")
-        familiarity = _familiarity(evaluation, weights)
+        figures = _read(EvaluationMetrics, evaluation / METRICS_FILE)
+        metrics = figures.bundled()
+        metrics.protocol.data_dir = recorded_path(metrics.protocol.data_dir)  # older evaluations': absolute
+        familiarity = _familiarity(evaluation, figures.familiarity, weights)
     manifest = Manifest(architecture=architecture, input=source.input, classes=classes, metrics=metrics,
                         training=source.training, familiarity=familiarity,
                         weights_dtype="float16" if half else "float32")
@@ -163,24 +167,29 @@ def _write(source: Source, evaluation: Path | None, out: Path, onnx: bool, int8_
     return manifest
 
 
-def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path} is missing: evaluate again (python -m trainer.linear_eval)")
-    return RunDir.read_json(path)
+File = TypeVar("File", bound=EvaluationFile)
 
 
-def _familiarity(evaluation: Path, weights: dict[str, dict[str, Tensor]]) -> Familiarity | None:
-    """The evaluation's familiarity statistics and threshold, for the bundle (evaluations from before it have
-    none)."""
-    recorded = _read(evaluation / "metrics.json").get("familiarity")
-    if not recorded or not (evaluation / FAMILIARITY).is_file():
+def _read(kind: type[File], path: Path) -> File:
+    """An evaluation file, validated; a missing, newer or malformed one is a one-line UserError naming it."""
+    try:
+        return kind.read(path)
+    except EvaluationError as e:
+        raise UserError(str(e)) from None
+
+
+def _familiarity(evaluation: Path, recorded: Familiarity | None,
+                 weights: dict[str, dict[str, Tensor]]) -> Familiarity | None:
+    """The evaluation's familiarity figures (recorded in its metrics), with its statistics added to the bundle's
+    weights (evaluations from before it have neither)."""
+    if recorded is None or not (evaluation / FAMILIARITY).is_file():
         return None
     try:
         tensors = load_safetensors((evaluation / FAMILIARITY).read_bytes())
         weights[FAMILIARITY] = {k: tensors[k] for k in ("means", "precision")}
-        return Familiarity(**recorded)
-    except (OSError, SafetensorError, KeyError, TypeError, ValidationError) as e:
-        raise UserError(f"{evaluation}: the familiarity statistics or their figures are unreadable ({e})") from None
+    except (OSError, SafetensorError, KeyError) as e:
+        raise UserError(f"{evaluation}: the familiarity statistics are unreadable ({e})") from None
+    return recorded
 
 
 def _calibration_images(source: Source, n: int) -> np.ndarray:
@@ -195,7 +204,7 @@ def _runtime_checks(graphs: dict[str, bytes], inference: InferenceGraph, metrics
                     size: int, cache_dir: str | None) -> list[RuntimeCheck]:
     """Each fast runtime (the int8 graph, torch bf16) beside the fp32 graph on the data the encoder was evaluated
     on: linear top-1 and agreement on the test set, and for int8 the kNN top-1 with the training set as bank."""
-    data_dir = metrics.protocol.data_dir
+    data_dir = metrics.protocol.data_dir  # ~/... as recorded: load_split expands it
     try:
         train, test = (load_split(data_dir, split, size, download=False, cache_dir=cache_dir)
                        for split in ("train", "test"))
@@ -235,7 +244,7 @@ def _torch_bf16_logits(inference: InferenceGraph, images: Tensor, batch: int = 2
     inference.eval()
     chunks = []
     for start in range(0, len(images), batch):
-        x = (images[start:start + batch].float() - inference.mean) / inference.std
+        x = inference.preprocess(images[start:start + batch])
         with torch.autocast("cpu", dtype=torch.bfloat16):
             h = inference.encoder(x.contiguous(memory_format=torch.channels_last))
         chunks.append(inference.classifier(h.float()))
@@ -258,13 +267,6 @@ def _check(runtime: str, fp32: dict[str, Tensor], fast: dict[str, Tensor], train
             figures[key] = topk_accuracy(votes, test.labels, (1,))[1]
         figures["train_images"] = len(train)
     return RuntimeCheck(runtime=runtime, data_dir=data_dir, test_images=len(test), **figures)
-
-
-def _metrics(path: Path) -> Metrics:
-    try:
-        return Metrics.model_validate(_read(path))
-    except ValidationError as e:
-        raise UserError(f"{path} does not hold what trainer.linear_eval writes ({describe(e)})") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from contract.files import atomic_write
-from trainer.augment import normalize, to_float
+from contract.preprocess import preprocess
 
 
 @torch.no_grad()
@@ -31,7 +31,7 @@ def extract_features(encoder: nn.Module, images: Tensor, batch_size: int = 512,
     encoder.eval()
     chunks = []
     for start in range(0, len(images), batch_size):
-        x = normalize(to_float(images[start:start + batch_size].to(device, non_blocking=True)))
+        x = preprocess(images[start:start + batch_size].to(device, non_blocking=True))
         h = encoder(x.contiguous(memory_format=torch.channels_last)).float()  # fp32, as the service runs it
         chunks.append(F.normalize(h, dim=1) if l2_normalize else h)
     encoder.train(was_training)

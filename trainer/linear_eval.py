@@ -23,7 +23,8 @@ image's label and top-3 classes with their calibrated probabilities), confusion.
 retrieval.png (the first test image of each class beside its nearest training images by the frozen features:
 the kNN's neighbours) and, for frozen protocols, classifier.safetensors + classifier.json (the head, with its
 temperature), reliability.png (confidence against accuracy on the test set, before and after the temperature)
-and familiarity.safetensors: what the export step bundles.
+and familiarity.safetensors: what the export step bundles. metrics.json and classifier.json are versioned files
+of contract.evaluation; the data's path is recorded without the home directory (~/...).
 """
 
 from __future__ import annotations
@@ -31,24 +32,23 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contract.cifar10 import is_cifar10_root
+from contract.device import pick_device
 from contract.familiarity import distance, gaussian
-from contract.files import atomic_write
+from contract.files import atomic_write, recorded_path
 from trainer.calibration import acceptance_threshold, expected_calibration_error, fit_temperature, reliability
 from trainer.classifier import finetune, train_head
 from trainer.cli import build_parser, option
 from trainer.data import ImageSet, balanced_indices, load_split
-from trainer.device import pick_device
 from trainer.errors import UserError
 from trainer.features import cached_features, extract_features
 from trainer.knn import knn_predict, topk_accuracy
@@ -57,6 +57,9 @@ from trainer.plots import save_confusion, save_head_curves, save_reliability, sa
 from trainer.report import classification_metrics, format_report
 from trainer.run_dir import RunDir
 from trainer.synthetic import synthetic_sets
+
+if TYPE_CHECKING:
+    from contract.evaluation import EvaluationMetrics
 
 # Per protocol: epochs, peak learning rate, weight decay (linear: common practice; mlp: masterzero-hw/ssl-simclr;
 # finetune: RDR2Blackwater/SimCLR-v1).
@@ -156,11 +159,11 @@ class EvalOptions:
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser(EvalOptions, "python -m trainer.linear_eval", __doc__).parse_args(argv))
     try:
-        metrics = evaluate(EvalOptions(**args))
+        _, report = evaluate(EvalOptions(**args))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(metrics["report"], end="")
+    print(report, end="")
     return 0
 
 
@@ -176,9 +179,14 @@ class Source:
     features: Path
 
 
-def evaluate(opts: EvalOptions) -> dict[str, Any]:
-    """Run the protocol opts asks for, write OUT, and return the metrics (with the text report)."""
-    device = pick_device(opts.device)
+def evaluate(opts: EvalOptions) -> tuple[EvaluationMetrics, str]:
+    """Run the protocol opts asks for, write OUT, and return the metrics and the text report."""
+    # pydantic's models here, not with the module: importing trainer.linear_eval needs no pydantic
+    # (tests/contract/test_boundaries.py); the GPU run installs it to write these files (gpu_prepare.sh)
+    from contract.bundle import Protocol
+    from contract.evaluation import EvaluationMetrics
+
+    device = pick_device(opts.device, UserError)
     source = _source(opts)
     encoder = source.encoder.to(device)
     data_dir = opts.data_dir or source.data_dir
@@ -227,31 +235,27 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
                           for name, images in synthetic_sets(500, source.image_size, opts.seed).items()}
                 familiar = _familiarity(train_x, train_y, train_idx, cal_idx, test_x, unlike, len(train.classes))
     temperature = calibration["temperature"] if calibration else 1.0
-    metrics = classification_metrics(scores, test_y, train.classes)
-    metrics.update(knn_top1=knn[1], knn_top5=knn[5], knn_k=opts.knn_k, knn_temperature=opts.knn_temperature)
-    metrics["checkpoint"] = source.name
-    metrics["protocol"] = {
-        "name": opts.protocol, "encoder": "fine-tuned" if opts.finetune else "frozen",
-        "data_dir": data_dir, "data_name": data_name,
-        "train_images": len(train_idx), "val_images": len(val_idx), "calibration_images": len(cal_idx),
-        "test_images": len(test),
-        "label_fraction": opts.label_fraction, "val_fraction": opts.val_fraction, "epochs": epochs,
-        "stopping_epoch": chosen["epoch"], "batch_size": opts.batch_size, "lr": lr,
-        "weight_decay": chosen["weight_decay"], "weight_decay_candidates": decays,
-        "optimizer": "nadam" if opts.finetune else "sgd momentum 0.9", "schedule": f"cosine, per {opts.schedule_step}",
-        "flip_average": opts.flip_average, "seed": opts.seed,
-        **({"hidden_dim": opts.hidden_dim, "dropout": opts.dropout} if opts.head == "mlp" else {}),
-    }
-    metrics["validation"] = [{k: s[k] for k in ("weight_decay", "epoch", "val_top1")} for s in search] \
-        if len(val_idx) else None
-    metrics["calibration"] = {k: v for k, v in calibration.items() if k != "reliability"} if calibration else None
-    metrics["familiarity"] = {k: v for k, v in familiar.items() if k not in ("means", "precision")} \
-        if familiar else None
-    metrics["history"] = chosen["history"]
-    metrics["report"] = (f"{opts.protocol} evaluation of {source.name} on {data_name} ({data_dir})\n\n"
-                         + format_report(metrics) + _held_out_report(calibration, familiar))
+    data_dir = recorded_path(data_dir)  # as the files record it: no home directory
+    protocol = Protocol(
+        name=opts.protocol, encoder="fine-tuned" if opts.finetune else "frozen", data_dir=data_dir,
+        data_name=data_name, train_images=len(train_idx), val_images=len(val_idx), calibration_images=len(cal_idx),
+        test_images=len(test), label_fraction=opts.label_fraction, val_fraction=opts.val_fraction, epochs=epochs,
+        stopping_epoch=chosen["epoch"], batch_size=opts.batch_size, lr=lr, weight_decay=chosen["weight_decay"],
+        weight_decay_candidates=decays, optimizer="nadam" if opts.finetune else "sgd momentum 0.9",
+        schedule=f"cosine, per {opts.schedule_step}", flip_average=opts.flip_average, seed=opts.seed,
+        **({"hidden_dim": opts.hidden_dim, "dropout": opts.dropout} if opts.head == "mlp" else {}))
+    metrics = EvaluationMetrics(
+        **classification_metrics(scores, test_y, train.classes), knn_top1=knn[1], knn_top5=knn[5], knn_k=opts.knn_k,
+        knn_temperature=opts.knn_temperature, checkpoint=source.name, protocol=protocol,
+        validation=[{k: s[k] for k in ("weight_decay", "epoch", "val_top1")} for s in search] if len(val_idx)
+        else None,
+        calibration={k: v for k, v in calibration.items() if k != "reliability"} if calibration else None,
+        familiarity={k: v for k, v in familiar.items() if k not in ("means", "precision")} if familiar else None,
+        history=chosen["history"])
+    report = (f"{opts.protocol} evaluation of {source.name} on {data_name} ({data_dir})\n\n"
+              + format_report(metrics.model_dump(by_alias=True)) + _held_out_report(calibration, familiar))
     out = opts.out_dir()
-    _write_outputs(out, metrics, chosen, train.classes, None if opts.finetune else train_x.shape[1], opts,
+    _write_outputs(out, metrics, report, chosen, train.classes, None if opts.finetune else train_x.shape[1], opts,
                    temperature)
     if calibration:
         save_reliability(calibration["reliability"], out / "reliability.png",
@@ -267,7 +271,7 @@ def evaluate(opts: EvalOptions) -> dict[str, Any]:
     save_retrieval_grid(test.subset(queries.cpu()), train.subset(bank.flatten()), similarities.cpu(),
                         out / "retrieval.png", title=f"nearest training images by the frozen features "
                         f"of {source.name} (kNN top-1 {100 * knn[1]:.2f}%)")
-    return metrics
+    return metrics, report
 
 
 def _held_out_report(calibration: dict[str, Any] | None, familiar: dict[str, Any] | None) -> str:
@@ -401,8 +405,10 @@ def _load_data(root: str, opts: EvalOptions, image_size: int) -> tuple[ImageSet,
     return train, test
 
 
-def _write_outputs(out: Path, metrics: dict[str, Any], chosen: dict[str, Any], classes: list[str],
+def _write_outputs(out: Path, metrics: EvaluationMetrics, report: str, chosen: dict[str, Any], classes: list[str],
                    feature_dim: int | None, opts: EvalOptions, temperature: float) -> None:
+    from contract.evaluation import HEAD_FILE, METRICS_FILE, EvaluationHead
+
     out.mkdir(parents=True, exist_ok=True)
     if feature_dim is not None:  # a head on the frozen encoder: what the export step bundles
         from safetensors.torch import save as save_safetensors
@@ -410,19 +416,13 @@ def _write_outputs(out: Path, metrics: dict[str, Any], chosen: dict[str, Any], c
         head = chosen["model"]
         state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
         atomic_write(out / "classifier.safetensors", save_safetensors(state))
-        spec = {"input_dim": feature_dim, "hidden_dims": [opts.hidden_dim] if opts.head == "mlp" else [],
-                "classes": classes, "checkpoint": metrics["checkpoint"], "temperature": temperature,
-                "input": "the encoder's raw representation (feature standardisation is folded into the first layer)"}
-        _write_json(out / "classifier.json", spec)
-    _write_json(out / "metrics.json", {k: v for k, v in metrics.items() if k != "report"})
-    atomic_write(out / "report.txt", metrics["report"])
-    save_confusion(metrics["confusion"], classes, out / "confusion.png",
-                   title=f"{opts.protocol}: top-1 {100 * metrics['top1']:.2f}%")
-    save_head_curves(metrics["history"], out / "head_curves.png")
-
-
-def _write_json(path: Path, value: Any) -> None:
-    atomic_write(path, json.dumps(value, indent=2) + "\n")
+        EvaluationHead(input_dim=feature_dim, hidden_dims=[opts.hidden_dim] if opts.head == "mlp" else [],
+                       classes=classes, checkpoint=metrics.checkpoint, temperature=temperature).write(out / HEAD_FILE)
+    metrics.write(out / METRICS_FILE)
+    atomic_write(out / "report.txt", report)
+    save_confusion(metrics.confusion, classes, out / "confusion.png",
+                   title=f"{opts.protocol}: top-1 {100 * metrics.top1:.2f}%")
+    save_head_curves(metrics.history, out / "head_curves.png")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from contract.preprocess import Preprocess
+
 OPSET = 17
 
 
@@ -23,12 +25,11 @@ class InferenceGraph(nn.Module):
     def __init__(self, encoder: nn.Module, projector: nn.Module, classifier: nn.Module | None,
                  mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
+        self.preprocess = Preprocess(mean, std)
         self.encoder, self.projector, self.classifier = encoder, projector, classifier
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        h = self.encoder((images.float() - self.mean) / self.std)
+        h = self.encoder(self.preprocess(images))
         outputs = (h, self.projector(h))
         return outputs + ((self.classifier(h),) if self.classifier is not None else ())
 

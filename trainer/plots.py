@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from contract.files import atomic_write  # noqa: E402
-from trainer.augment import simclr_view, to_float  # noqa: E402
+from contract.preprocess import to_float  # noqa: E402
+from trainer.augment import simclr_view  # noqa: E402
 from trainer.data import ImageSet  # noqa: E402
 from trainer.errors import UserError  # noqa: E402
 

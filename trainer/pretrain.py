@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from contract.device import pick_device
 from contract.files import atomic_write
 from trainer import checkpoint, distributed, provenance
 from trainer.augment import two_views
@@ -34,7 +35,6 @@ from trainer.budget import PLAN_AFTER, WARM_STEPS, TimeBudget
 from trainer.checkpoint import TrainingState
 from trainer.config import Config, build_parser, load_toml, make_config
 from trainer.data import DeviceLoader, ImageSet, balanced_indices, balanced_subset, load_split
-from trainer.device import pick_device
 from trainer.errors import UserError
 from trainer.features import extract_features
 from trainer.knn import knn_predict, topk_accuracy
@@ -133,7 +133,7 @@ CURVES_EVERY_S = 60.0  # curves.png is redrawn at most this often (and at the en
 
 def train(config: Config, resume: bool = False, stop: StopRequest | None = None) -> dict[str, Any]:
     """Pretrain per config; returns the last epoch's metrics. stop: the signal handler main() installed."""
-    device = pick_device(config.device)
+    device = pick_device(config.device, UserError)
     proc = distributed.init(device.type)
     try:
         device = device if device.type == "cpu" else torch.device("cuda", proc.local_rank)

@@ -1,7 +1,7 @@
 """A pretraining run's directory, and the one place that knows its layout:
 
-    RUN_DIR/config.json                  the resolved configuration (pretrain writes it; resume, evaluation and
-                                         export read it)
+    RUN_DIR/config.json                  the resolved configuration (pretrain writes it, paths under the home
+                                         directory as ~/...; resume, evaluation and export read it)
     RUN_DIR/checkpoints/epoch_NNNN.pt    the newest few checkpoints
     RUN_DIR/metrics.jsonl, curves.png, tensorboard/
     RUN_DIR/starts.jsonl                 each start and resume: its machine and git commit (trainer.provenance)
@@ -19,7 +19,7 @@ from typing import Any
 
 from contract.files import atomic_write
 from trainer import checkpoint
-from trainer.config import Config, make_config
+from trainer.config import Config, make_config, recorded_paths
 from trainer.errors import UserError
 from trainer.models import SimCLR
 
@@ -28,7 +28,7 @@ _CHECKPOINT = re.compile(r"^epoch_(\d+)\.pt$")
 
 class RunDir:
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = Path(path).expanduser()  # config.json records --out under the home directory as ~/...
         self.config_file = self.path / "config.json"
         self.checkpoints = self.path / "checkpoints"
         self.metrics = self.path / "metrics.jsonl"
@@ -53,7 +53,7 @@ class RunDir:
         return make_config(self.read_json(self.config_file))
 
     def write_config(self, config: Config) -> None:
-        atomic_write(self.config_file, json.dumps(config.to_dict(), indent=2))
+        atomic_write(self.config_file, json.dumps(recorded_paths(config.to_dict()), indent=2))
 
     @staticmethod
     def read_json(path: Path) -> Any:

@@ -2,24 +2,22 @@
 
 Whether bf16 pays on a CPU depends on the chip, not on a flag it advertises (measured: an AVX512_BF16 Xeon
 without AMX ran bf16 no faster than fp32; an AVX512_BF16 EPYC ran it twice as fast), so `--precision auto`
-times a few steps of both on a copy of the model instead of guessing.
+times a few steps of both on a copy of the model instead of guessing (contract.timing.pick_fastest).
 """
 
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 
 import torch
 from torch import nn
 
+from contract.timing import pick_fastest, timed
 from trainer.errors import UserError
 from trainer.loss import nt_xent
-
-BF16_MIN_GAIN = 1.15  # bf16 must beat fp32 by this factor to be picked: its small precision cost must buy speed
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:
@@ -28,55 +26,48 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def _step_timer(model: nn.Module, device: torch.device, precision: str, size: int, pairs: int,
-                channels_last: bool) -> Callable[[], float]:
-    """A function timing one forward and backward pass of NT-Xent through a copy of `model` (its weights and
+def _training_step(model: nn.Module, device: torch.device, precision: str, size: int, pairs: int,
+                   channels_last: bool) -> Callable[[], None]:
+    """A function running one forward and backward pass of NT-Xent through a copy of `model` (its weights and
     BatchNorm statistics are left as they were) on random views of size x size; warmed up once already."""
     probe = copy.deepcopy(model).train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     noise = torch.Generator(device=device).manual_seed(0)  # the run's own random stream stays untouched
     x = torch.randn(2 * pairs, 3, size, size, device=device, generator=noise).contiguous(memory_format=fmt)
 
-    def once() -> float:
-        started = time.perf_counter()
+    def step() -> None:
         with autocast(device, precision):
             z = probe(x)
         nt_xent(z[:pairs], z[pairs:]).backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - started
 
-    once()
-    return once
+    step()
+    return step
 
 
 def step_seconds(model: nn.Module, device: torch.device, precision: str, size: int, pairs: int = 32,
                  channels_last: bool = True, steps: int = 2) -> float:
     """Seconds per image pair of a training step's forward and backward pass here: the fastest of `steps`
     timed steps, since other work on the machine can only slow a step down."""
-    once = _step_timer(model, device, precision, size, pairs, channels_last)
-    return min(once() for _ in range(steps)) / pairs
+    step = _training_step(model, device, precision, size, pairs, channels_last)
+    return min(timed(step) for _ in range(steps)) / pairs
 
 
 def pick_precision(requested: str, model: nn.Module, device: torch.device, size: int,
                    channels_last: bool = True, rounds: int = 5) -> tuple[str, str]:
     """The precision to train in, and why. `auto` is bf16 on CUDA GPUs that support it; on a CPU, bf16 only
-    where it measured at least BF16_MIN_GAIN times faster than fp32 here: the two are timed in turns, `rounds`
-    times each, and their medians compared, so that a burst of other work on the machine moves neither much."""
+    where it measured at least contract.timing.MIN_GAIN times faster than fp32 here (pick_fastest: medians of
+    `rounds` steps of each, in turns)."""
     if requested == "fp16" and device.type != "cuda":
         raise UserError("--precision fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
     if requested != "auto":
         return requested, "as asked"
     if device.type == "cuda":
         return ("bf16", "auto on CUDA") if torch.cuda.is_bf16_supported() else ("fp16", "auto on CUDA without bf16")
-    timers = {p: _step_timer(model, device, p, size, 32, channels_last) for p in ("fp32", "bf16")}
-    times: dict[str, list[float]] = {p: [] for p in timers}
-    for _ in range(rounds):
-        for p, once in timers.items():
-            times[p].append(once())
-    gain = statistics.median(times["fp32"]) / statistics.median(times["bf16"])
-    choice = "bf16" if gain >= BF16_MIN_GAIN else "fp32"
-    return choice, f"auto: bf16 measured {gain:.2f}x fp32 on this CPU (medians of {rounds})"
+    steps = {p: _training_step(model, device, p, size, 32, channels_last) for p in ("fp32", "bf16")}
+    choice, gains = pick_fastest({p: partial(timed, step) for p, step in steps.items()}, "fp32", rounds=rounds)
+    return choice, f"auto: bf16 measured {gains['bf16']:.2f}x fp32 on this CPU (medians of {rounds})"
 
 
 def format_duration(seconds: float) -> str:

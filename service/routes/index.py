@@ -11,10 +11,9 @@ from pydantic import TypeAdapter, ValidationError
 
 from service.catalog import Item, Record
 from service.dependencies import TO_MODEL, Index, Ready
-from service.index import SearchIndex
-from service.problems import Problem, first_error, validated
-from service.routes import NOT_FOUND, PROBLEMS
-from service.routes.search import image_url
+from contract.bundle import describe
+from service.problems import Problem, validated
+from service.routes import NOT_FOUND, PROBLEMS, describe_index, image_url
 from service.schemas import (ImageId, IndexChange, IndexedImage, IndexImagesJSON, IndexPage, IndexSummary,
                              Metadata)
 from service.uploads import base64_files, decode_for_index, read_multipart, request_kind
@@ -36,14 +35,7 @@ _ID, _METADATA = TypeAdapter(ImageId), TypeAdapter(Metadata)
 @router.get("/index", response_model=IndexSummary)
 async def index_summary(state: Ready, index: Index) -> IndexSummary:
     """What the index is and holds: its FAISS type, size, dimension, classes."""
-    return await state.run_search(summary, index)
-
-
-def summary(index: SearchIndex) -> IndexSummary:
-    index.refresh()
-    return IndexSummary(type=index.factory, count=index.count, dim=index.dim, classes=index.classes,
-                        runtime=index.info["runtime"], thumbnail_size=index.info["thumbnail_size"],
-                        read_only=index.read_only)
+    return await state.run_search(describe_index, index)
 
 
 @router.post("/index/images", response_model=IndexChange, responses={**PROBLEMS, 409: PROBLEMS[422]},
@@ -55,7 +47,7 @@ async def add_images(request: Request, state: Ready, index: Index) -> IndexChang
         raise _read_only()
     with state.batcher.incoming():
         ids, files, metadata = await _read_additions(request, state.settings.max_images)
-        images, thumbnails = await decode_for_index(files, state, index.info["thumbnail_size"])
+        images, thumbnails = await decode_for_index(files, state, index.info.thumbnail_size)
     vectors = (await state.batcher.submit(images)).unit.numpy()
     items = [Item(*fields) for fields in zip(ids, vectors, metadata, thumbnails)]
     with state.metrics.index_changes.time():
@@ -133,7 +125,7 @@ async def _read_additions(request: Request, limit: int) -> tuple[list[str], list
             try:
                 _ID.validate_python(id)  # a file name may be missing (None): then ids must be given
             except ValidationError as e:
-                raise Problem(422, f"ids[{n}] {id!r}: {first_error(e)[1]}") from None
+                raise Problem(422, f"ids[{n}] {id!r}: {describe(e)}") from None
     if len(set(ids)) != len(ids):
         raise Problem(422, "the same id is given twice in one request")
     return ids, files, metadata
@@ -143,7 +135,7 @@ def _metadata(text: str, n: int) -> dict:
     try:
         return _METADATA.validate_python(json.loads(text))
     except (json.JSONDecodeError, ValidationError) as e:
-        why = first_error(e)[1] if isinstance(e, ValidationError) else str(e)
+        why = describe(e) if isinstance(e, ValidationError) else str(e)
         raise Problem(422, f"metadata[{n}] is not a JSON object of strings and numbers: {why}") from None
 
 

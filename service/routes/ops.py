@@ -9,8 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.dependencies import Ready, get_state
 from service.problems import KINDS, Problem
-from service.routes import NOT_FOUND
-from service.routes.index import summary
+from service.routes import NOT_FOUND, describe_index
 from service.schemas import (CalibrationSummary, Evaluation, FamiliaritySummary, Health, ProblemType, Readiness,
                              RuntimeCheckSummary, TrainingSummary, Version)
 from service.state import ServiceState
@@ -62,7 +61,7 @@ async def version(state: Ready) -> Version:
                               if metrics.calibration else None) if metrics else None,
         familiarity=FamiliaritySummary.model_validate(manifest.familiarity, from_attributes=True)
         if manifest.familiarity else None,
-        index=await state.run_search(summary, index) if index else None)
+        index=await state.run_search(describe_index, index) if index else None)
 
 
 @router.get("/problems/{kind}", response_model=ProblemType, responses=NOT_FOUND)

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import math
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
@@ -10,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from service.dependencies import UPLOADS_TO_MODEL, Index, Ready
 from service.index import Hit, SearchIndex
 from service.problems import Problem, validated
-from service.routes import NOT_FOUND, PROBLEMS
+from service.routes import NOT_FOUND, PROBLEMS, image_url
 from service.schemas import MAX_SEARCH_K, Neighbour, SearchJSON, SearchResponse, SearchResult
 from service.uploads import OPENAPI_BODY, base64_files, decode_files, read_images, request_kind
 
@@ -141,11 +140,6 @@ async def _search(state: Ready, index: SearchIndex, queries: np.ndarray, k: int,
     return SearchResponse(model=state.model.bundle.name, index_size=index.count,
                           results=[SearchResult(neighbours=[_neighbour(h, root_path) for h in hits])
                                    for hits in results])
-
-
-def image_url(id: str, root_path: str) -> str:
-    """Where an indexed image's thumbnail is served (the id percent-encoded, its slashes kept)."""
-    return f"{root_path}/thumbnails/{quote(id, safe='/')}"
 
 
 def _neighbour(hit: Hit, root_path: str) -> Neighbour:

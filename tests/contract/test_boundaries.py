@@ -45,8 +45,9 @@ def test_serving_loads_no_training_code_or_libraries():
 
 
 def test_training_and_evaluation_load_none_of_the_serving_libraries():
-    """The GPU machine has torch but not pydantic, fastapi or faiss (docs/benchmarks.md): pretraining and the
-    linear evaluation must run there without them. Only the export writes a manifest, and needs pydantic."""
+    """The GPU machine has torch but not pydantic, fastapi or faiss (docs/benchmarks.md): pretraining must run
+    there without them, and trainer.linear_eval import without them. Only the evaluation's files (contract.evaluation)
+    and the export's manifest need pydantic, which the GPU run installs from wheels (benchmarks/gpu_prepare.sh)."""
     check = ("import sys, trainer.pretrain, trainer.linear_eval; "
              "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & "
              "{'pydantic', 'fastapi', 'faiss', 'service', 'uvicorn'})))")

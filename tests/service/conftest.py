@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from benchmarks.harness.load import Server
 from service.app import create_app
-from service.build_index import build
+from service.build_index import BuildOptions, build
 from service.settings import Settings
 from trainer.export import export
 from trainer.models import SimCLR
@@ -46,7 +46,7 @@ def image_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def index_dir(bundle_dir, image_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("index") / "index"
-    build(str(bundle_dir), [str(image_folder)], str(out), ["train"], runtime="torch-fp32")
+    build(str(bundle_dir), [str(image_folder)], str(out), BuildOptions(runtime="torch-fp32"))
     return out
 
 

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from contract.evaluation import EvaluationHead, EvaluationMetrics
 from contract.networks import classifier_head
 from trainer.config import make_config
 from trainer.models import SimCLR
@@ -60,9 +61,8 @@ def write_eval(run_dir: Path, input_dim: int, hidden_dims: list[int], classes=CL
     for p in head.parameters():
         torch.nn.init.normal_(p, std=0.1)
     save_file(head.state_dict(), out / "classifier.safetensors")
-    (out / "classifier.json").write_text(json.dumps({"input_dim": input_dim, "hidden_dims": hidden_dims,
-                                                     "classes": list(classes), "checkpoint": checkpoint_name,
-                                                     "temperature": TEMPERATURE}))
+    EvaluationHead(input_dim=input_dim, hidden_dims=hidden_dims, classes=list(classes), checkpoint=checkpoint_name,
+                   temperature=TEMPERATURE).write(out / "classifier.json")
     means = torch.nn.functional.normalize(torch.randn(len(classes), input_dim), dim=1)
     save_file({"means": means, "precision": torch.eye(input_dim) * 4}, out / "familiarity.safetensors")
     labels = torch.arange(20) % len(classes)
@@ -73,10 +73,10 @@ def write_eval(run_dir: Path, input_dim: int, hidden_dims: list[int], classes=CL
     calibration = {"images": 8, "temperature": TEMPERATURE, "test_ece_before": 0.2, "test_ece_after": 0.05}
     familiarity = {"images": 40, "threshold": 3.5, "heldout_images": 8, "heldout_accepted": 0.875,
                    "test_accepted": 0.85, "rejected": {"uniform noise": 0.9}}
-    (out / "metrics.json").write_text(json.dumps({**metrics, "knn_top1": 0.4, "knn_top5": 1.0, "knn_k": 10,
-                                                  "knn_temperature": 0.1, "protocol": protocol,
-                                                  "checkpoint": checkpoint_name, "calibration": calibration,
-                                                  "familiarity": familiarity}))
+    history = [{"epoch": 1, "loss": 1.3, "lr_first": 0.1, "lr_last": 0.0}]
+    EvaluationMetrics(**metrics, knn_top1=0.4, knn_top5=1.0, knn_k=10, knn_temperature=0.1, protocol=protocol,
+                      checkpoint=checkpoint_name, calibration=calibration, familiarity=familiarity,
+                      history=history).write(out / "metrics.json")
 
 
 def colour_images(n_per_class: int, size: int = SIZE, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -194,8 +194,8 @@ def test_search_by_embedding_pages_and_thresholds(client):
 @pytest.mark.parametrize("body, message", [
     ({"embeddings": [[1.0, 2.0]]}, "512 numbers"), ({"embeddings": [[0.0] * 512]}, "no direction"),
     ({"embeddings": [[1.0] * 512], "images": ["AAAA"]}, "either images or embeddings"),
-    ({"embeddings": [[1.0] * 512], "top": 3}, "at top: Extra inputs"),
-    ({"images": ["AAAA"], "color": "red"}, "at color: Extra"),
+    ({"embeddings": [[1.0] * 512], "top": 3}, "JSON body: top: Extra inputs"),
+    ({"images": ["AAAA"], "color": "red"}, "JSON body: color: Extra"),
 ])
 def test_bad_search_bodies_are_refused(client, body, message):
     assert_problem(client.post("/search", json=body), 422, message)

@@ -10,13 +10,13 @@ import subprocess
 import pytest
 import torch
 import torch.nn.functional as F
-from factories import CLASSES, DATA_NAME, MACHINE, SIZE, TEMPERATURE, colour_images, make_run
+from factories import CLASSES, DATA_NAME, MACHINE, SIZE, TEMPERATURE, colour_images, make_run, write_folder
 from safetensors.torch import load_file
 
 from contract.bundle import load_bundle
 from contract.networks import classifier_head
+from contract.preprocess import preprocess
 from service.model import Model
-from trainer.augment import normalize, to_float
 from trainer.export import export, main
 
 
@@ -30,7 +30,7 @@ def test_service_model_equals_trainer_model(tmp_path, backbone, width, hidden):
 
     out = served.infer(images)
     with torch.no_grad():
-        x = normalize(to_float(images))
+        x = preprocess(images)
         h = model.encoder(x)
         z = model.projector(h)
         head = classifier_head(model.feature_dim, len(CLASSES), hidden)
@@ -172,6 +172,44 @@ def test_export_refuses_a_head_that_does_not_fit(tmp_path):
     (run / "eval" / "classifier.json").write_text(json.dumps({**spec, "classes": ["a", "b"]}))
     result = _cli("--run", str(run), "--out", str(tmp_path / "b"))
     assert result.returncode == 2 and "does not fit" in result.stderr
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("classifier.json", {"format_version": 2}, "has simclr-eval-classifier format version 2, newer than this trainer"),
+    ("metrics.json", {"format": "simclr-bundle"}, "is not a simclr-eval-metrics file"),
+])
+def test_export_refuses_an_evaluation_file_of_another_format_or_a_newer_version(tmp_path, name, change, message):
+    run, _ = make_run(tmp_path / "run")
+    written = json.loads((run / "eval" / name).read_text())
+    (run / "eval" / name).write_text(json.dumps({**written, **change}))
+    result = _cli("--run", str(run), "--out", str(tmp_path / "b"))
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {run / 'eval' / name} {message}")
+    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "b" / "manifest.json").exists()
+
+
+def test_an_old_run_exports_with_its_paths_recorded_without_the_home_directory(tmp_path, monkeypatch):
+    """A run and evaluation written before the evaluation files were versioned or paths were recorded as ~/...:
+    no format fields, absolute data paths under the home directory. The bundle records those as ~/..., and the
+    export still reads the data there for its runtime checks."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    data = home / "data" / "colours"
+    write_folder(data, "train", *colour_images(6, seed=0))
+    write_folder(data, "test", *colour_images(2, seed=1))
+    run, _ = make_run(home / "runs" / "run")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data_dir": str(data), "cache_dir": str(tmp_path)}))
+    for name in ("metrics.json", "classifier.json"):
+        old = {k: v for k, v in json.loads((run / "eval" / name).read_text()).items() if not k.startswith("format")}
+        if name == "metrics.json":
+            old["protocol"]["data_dir"] = str(data)
+        (run / "eval" / name).write_text(json.dumps(old))
+    manifest = export(run, tmp_path / "bundle")
+    assert manifest.training.data_dir == manifest.metrics.protocol.data_dir == "~/data/colours"
+    assert (manifest.training.recipe["data_dir"], manifest.training.recipe["out"]) == ("~/data/colours", "~/runs/run")
+    assert [(c.runtime, c.data_dir) for c in manifest.runtime_checks] == [("torch-bf16", "~/data/colours")]
+    for written in ("manifest.json", "README.md"):
+        assert str(home) not in (tmp_path / "bundle" / written).read_text()
 
 
 def test_export_refuses_metrics_of_another_shape(tmp_path):

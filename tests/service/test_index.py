@@ -17,7 +17,7 @@ from PIL import Image
 
 from benchmarks.harness.images import png_bytes
 from contract.bundle import load_bundle
-from service.build_index import build, main, recall_at
+from service.build_index import BuildOptions, build, main, recall_at
 from service.catalog import Item
 from service.index import COMPACT_AT, SearchIndex, SearchIndexError
 from service.model import Model
@@ -53,7 +53,7 @@ def test_index_holds_the_images_their_metadata_and_the_bundle(index, bundle_dir,
     assert record.metadata == {"class": CLASSES[LABELS[7]], "split": "train"}
     thumbnail = np.asarray(Image.open(io.BytesIO(index.thumbnail(IDS[7]))))
     assert thumbnail.shape == IMAGES[7].shape and np.abs(thumbnail.astype(int) - IMAGES[7]).mean() < 12  # JPEG
-    assert index.info["bundle"] == load_bundle(bundle_dir).fingerprint
+    assert index.info.bundle == load_bundle(bundle_dir).fingerprint
     vid, vector = index.vector(IDS[3])
     np.testing.assert_allclose(vector, vectors[3], atol=1e-5)
     assert index.get("nope") is None and index.thumbnail("nope") is None and index.vector("nope") is None
@@ -182,7 +182,7 @@ def test_trained_index_types_need_vectors_and_bad_types_are_named(tmp_path):
 
 
 def test_hnsw_index_reports_its_recall_and_filters_exactly(tmp_path, bundle_dir, image_folder, capsys):
-    info = build(str(bundle_dir), [str(image_folder)], str(tmp_path / "hnsw"), ["train", "test"], "HNSW8")
+    info = build(str(bundle_dir), [str(image_folder)], str(tmp_path / "hnsw"), BuildOptions(("train", "test"), "HNSW8"))
     assert "recall@10 against exact search" in capsys.readouterr().out
     assert info["recall_at_10"] == pytest.approx(1.0)  # 32 vectors: the graph reaches all of them
     index = SearchIndex(tmp_path / "hnsw")
@@ -211,8 +211,8 @@ def test_unlabelled_folders_are_indexed_by_path_with_a_metadata_file(tmp_path, b
         (folder / f"{i}.jpg").write_bytes(png_bytes(IMAGES[i * 5], "JPEG"))
     (folder / "notes.txt").write_text("not an image")
     (tmp_path / "meta.csv").write_text("id,place\nholiday/1.jpg,beach\nelsewhere.jpg,x\n")
-    build(str(bundle_dir), [str(tmp_path / "photos")], str(tmp_path / "index"), ["train"],
-          metadata=tmp_path / "meta.csv", thumbnail_size=16)
+    build(str(bundle_dir), [str(tmp_path / "photos")], str(tmp_path / "index"),
+          BuildOptions(metadata=tmp_path / "meta.csv", thumbnail_size=16))
     index = SearchIndex(tmp_path / "index")
     assert index.count == 3 and index.get("holiday/1.jpg").metadata == {"place": "beach"}
     assert index.get("holiday/0.jpg").metadata == {} and index.classes == []
@@ -268,6 +268,24 @@ def test_a_damaged_index_is_refused(tmp_path, index_dir, file):
         SearchIndex(tmp_path / "index")
 
 
+def test_index_json_of_before_its_model_reads_and_a_malformed_one_is_refused(tmp_path, index_dir):
+    """index.json as the service wrote it before IndexInfo (no search parameters, no sources) still opens, with
+    the defaults; a field of the wrong type is refused in one line naming it."""
+    shutil.copytree(index_dir, tmp_path / "index")
+    file = tmp_path / "index" / "index.json"
+    info = json.loads(file.read_text())
+    old = {k: info[k] for k in ("format", "format_version", "bundle", "bundle_name", "factory", "dim", "runtime",
+                                "thumbnail_size", "created")}
+    file.write_text(json.dumps(old))
+    opened = SearchIndex(tmp_path / "index")
+    assert opened.count == 24 and (opened.info.ef_search, opened.info.nprobe, opened.info.sources) == (128, 32, [])
+    opened.close()
+    file.write_text(json.dumps({**old, "dim": "wide"}))
+    with pytest.raises(SearchIndexError, match=r"index.json is malformed: dim: .*rebuild it") as caught:
+        SearchIndex(tmp_path / "index")
+    assert len(str(caught.value).splitlines()) == 1
+
+
 def test_cli_builds_and_reports_errors_in_one_line(tmp_path, bundle_dir, image_folder, capsys):
     assert main(["--bundle", str(bundle_dir), "--data-dir", str(image_folder), "--out", str(tmp_path / "i")]) == 0
     assert SearchIndex(tmp_path / "i").count == 24
@@ -301,7 +319,8 @@ def test_cifar10_in_torchvisions_layout_is_indexed_with_its_classes(tmp_path, bu
         pickle.dump({"label_names": names}, f)
     monkeypatch.setattr("torchvision.datasets.CIFAR10._check_integrity", lambda self: True)  # made-up files
     monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda path, md5: True)
-    info = build(bundle_dir, [str(tmp_path / "cifar")], tmp_path / "index", ["train", "test"], download=False)
+    info = build(bundle_dir, [str(tmp_path / "cifar")], tmp_path / "index",
+                 BuildOptions(("train", "test"), download=False))
     index = SearchIndex(tmp_path / "index")
     assert info["count"] == 12 and index.classes == ["cat", "dog"]
     assert index.get("train/00000").metadata == {"class": "cat", "split": "train"}

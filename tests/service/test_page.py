@@ -17,7 +17,7 @@ from factories import DATA_NAME, MACHINE, colour_images, wait_ready
 from benchmarks.harness.images import png_bytes
 from contract.bundle import load_bundle
 from service.app import create_app
-from service.build_index import build
+from service.build_index import BuildOptions, build
 from service.settings import Settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -39,7 +39,7 @@ def base_url(request, bundle_dir, index_copy, image_folder, tmp_path_factory):
         manifest["familiarity"]["threshold"] = 1e-3  # below any distance
         (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
         index_copy = root / "index"
-        build(str(bundle_dir), [str(image_folder)], str(index_copy), ["train"], runtime="torch-fp32")
+        build(str(bundle_dir), [str(image_folder)], str(index_copy), BuildOptions(runtime="torch-fp32"))
     settings = Settings(bundle=bundle_dir, index=index_copy, api_key=KEY if request.param == "keyed" else None)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
