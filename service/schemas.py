@@ -188,7 +188,7 @@ class ProblemDetail(BaseModel):
 
 class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"input": f"data:image/png;base64,{EXAMPLE_IMAGE}", "model": "simclr-resnet18-epoch65-53c01b52b53b"}]})
+        {"input": f"data:image/png;base64,{EXAMPLE_IMAGE}", "model": "simclr-resnet18-epoch65-67cac1393604"}]})
 
     input: str | list[str] = Field(description="an image as a base64 string or a data: URL, or a list of them")
     model: str = Field(description="the served model's id, as GET /v1/models lists it")
