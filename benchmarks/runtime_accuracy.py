@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from contract.bundle import load_bundle
-from service.build_index import decode_all, find_images
+from service.build_index import decode_entries, find_images
 from service.model import RUNTIMES, Model
 
 
@@ -58,7 +58,7 @@ def main() -> None:
             entries = entries[::max(1, len(entries) // args.bank)][:args.bank]  # every n-th: classes stay balanced
         names = sorted({e.class_name for e in entries})
         labels = torch.tensor([names.index(e.class_name) for e in entries])
-        images, _ = decode_all(entries, model.size, 10**8)
+        images, _ = decode_entries(entries, model.size, 10**8)
         splits[split] = images, labels, names
     (bank_images, bank_labels, names), (test_images, test_labels, _) = splits["train"], splits["test"]
     head_classes = model.bundle.manifest.classes

@@ -10,11 +10,18 @@ scaled to 0-255), then, when the size differs, resize the shorter side and centr
 from __future__ import annotations
 
 import io
+import os
 import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+from contract.cifar10 import is_cifar10_root
 
 # Formats Pillow decodes natively; the rest (EPS via Ghostscript, PSD, ...) are refused rather than trusted.
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
@@ -28,6 +35,27 @@ class ImageError(Exception):
     def __init__(self, message: str, status: int = 422):
         super().__init__(message)
         self.status = status
+
+
+T, R = TypeVar("T"), TypeVar("R")
+
+
+def data_layout(root: Path) -> Literal["labelled", "cifar10", "folder"]:
+    """What a data folder is, decided the same way by the trainer and the index builder: "labelled" (train/
+    [test/] of class folders) first, as the more specific layout; then "cifar10" (torchvision's, or an empty or
+    missing folder to download it into); any other folder is "folder", its images unlabelled."""
+    if (root / "train").is_dir():
+        return "labelled"
+    return "cifar10" if is_cifar10_root(root) else "folder"
+
+
+def decode_all(items: Sequence[T], decode: Callable[[T], R], desc: str, bar: bool = True,
+               threads: int = os.cpu_count() or 1) -> list[R]:
+    """decode over items in threads, in order, with a progress bar: Pillow releases the GIL while it decodes
+    and resizes, so files decode in parallel. The first exception decode raises is raised here."""
+    with ThreadPoolExecutor(threads) as pool:
+        return list(tqdm(pool.map(decode, items, chunksize=256), total=len(items), desc=desc, unit="img",
+                         mininterval=1, disable=not bar))
 
 
 def list_images(root: Path) -> list[Path]:

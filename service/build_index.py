@@ -28,7 +28,6 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,9 +39,9 @@ from torch import Tensor
 from tqdm import tqdm
 
 from contract.bundle import BundleError, load_bundle
-from contract.cifar10 import DataError, is_cifar10_root, load_cifar10
+from contract.cifar10 import DataError, load_cifar10
 from contract.files import recorded_path
-from contract.images import ImageError, fit, list_images, open_image
+from contract.images import ImageError, data_layout, decode_all, fit, list_images, open_image
 from service.catalog import Item, MetadataValues
 from service.index import SearchIndex, SearchIndexError, make_thumbnail, read_info, vector_index
 from service.model import RUNTIMES, Model, Outputs, pick_runtime
@@ -68,7 +67,8 @@ class Entry:
 def find_images(root: Path, splits: list[str], download: bool = True) -> list[Entry]:
     """Every image a --data-dir contributes: CIFAR-10 in torchvision's layout (downloaded into an empty or
     missing folder) or a labelled image folder gives its splits, any other folder all its images."""
-    if is_cifar10_root(root):
+    layout = data_layout(root)
+    if layout == "cifar10":
         entries = []
         for split in splits:
             try:
@@ -80,7 +80,7 @@ def find_images(root: Path, splits: list[str], download: bool = True) -> list[En
         return entries
     if not root.is_dir():
         raise BuildError(f"--data-dir {root} is not a directory")
-    if (root / "train").is_dir():
+    if layout == "labelled":
         entries = []
         for split in splits:
             for class_dir in sorted(d for d in (root / split).glob("*") if d.is_dir() and not d.name.startswith(".")):
@@ -112,10 +112,10 @@ def read_metadata(path: Path) -> dict[str, MetadataValues]:
     return table
 
 
-def decode_all(entries: list[Entry], size: int, max_pixels: int, thumbnail_size: int | None = None,
-               threads: int = os.cpu_count() or 1, bar: bool = True) -> tuple[np.ndarray, list[bytes | None]]:
+def decode_entries(entries: list[Entry], size: int, max_pixels: int, thumbnail_size: int | None = None,
+                   bar: bool = True) -> tuple[np.ndarray, list[bytes | None]]:
     """uint8 (N, size, size, 3) as the service resizes uploads, and (with a thumbnail_size) each image's
-    thumbnail: files decoded in threads (Pillow releases the GIL, so they decode in parallel)."""
+    thumbnail, decoded in threads (contract.images.decode_all) into one preallocated array."""
     images = np.empty((len(entries), size, size, 3), dtype=np.uint8)
     thumbnails: list[bytes | None] = [None] * len(entries)
 
@@ -129,10 +129,7 @@ def decode_all(entries: list[Entry], size: int, max_pixels: int, thumbnail_size:
         if thumbnail_size:
             thumbnails[i] = make_thumbnail(img, thumbnail_size)
 
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in tqdm(pool.map(decode, range(len(entries)), chunksize=256), total=len(entries), desc="decoding",
-                      unit="img", mininterval=1, disable=not bar):
-            pass
+    decode_all(range(len(entries)), decode, desc="decoding", bar=bar)
     return images, thumbnails
 
 
@@ -197,7 +194,7 @@ def build(bundle_dir: str | Path, data_dirs: list[str], out: str | Path, options
     except SearchIndexError as e:
         raise BuildError(str(e)) from None
     started = time.perf_counter()
-    images, thumbnails = decode_all(entries, model.size, options.max_pixels, thumbnail_size, bar=progress is None)
+    images, thumbnails = decode_entries(entries, model.size, options.max_pixels, thumbnail_size, bar=progress is None)
     vectors = np.empty((len(entries), bundle.manifest.architecture.representation_dim), dtype=np.float32)
     with tqdm(total=len(entries), desc="embedding", unit="img", mininterval=1, disable=progress is not None) as bar:
         for start in range(0, len(entries), options.batch_size):

@@ -19,9 +19,9 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from contract.cifar10 import DataError, is_cifar10_root, load_cifar10
+from contract.cifar10 import DataError, load_cifar10
 from contract.files import atomic_write
-from contract.images import EXTENSIONS, ImageError, decode_image, fit, list_images
+from contract.images import EXTENSIONS, ImageError, data_layout, decode_all, decode_image, fit, list_images
 from trainer.errors import UserError
 
 _CACHE_VERSION = 2  # 2: images decoded by contract.images (16-bit greyscale scaled, not clipped)
@@ -49,21 +49,18 @@ class ImageSet:
         return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
 
 
-def is_labelled_folder(root: Path) -> bool:
-    return (root / "train").is_dir()
-
-
 def load_split(root: str | Path, split: str, image_size: int = 32, download: bool = True,
                cache_dir: str | Path | None = None) -> ImageSet | None:
     """The `split` ("train" or "test") of the data set at `root`; None when it has no such split."""
     root = Path(root).expanduser()
-    if is_labelled_folder(root):
+    layout = data_layout(root)
+    if layout == "labelled":
         folder = root / split
         if not folder.is_dir():
             return None
         classes = None if split == "train" else _folder_classes(root / "train")
         return _cached(folder, image_size, cache_dir, lambda files: _decode_labelled(folder, files, classes))
-    if is_cifar10_root(root):
+    if layout == "cifar10":
         return _torchvision_cifar10(root, split, image_size, download)
     if split != "train":
         return None
@@ -111,8 +108,7 @@ def _cached(root: Path, image_size: int, cache_dir: str | Path | None, decode) -
             return ImageSet(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]),
                             [str(c) for c in z["classes"]])
     images, labels, classes = decode(files)
-    with tqdm(images, desc=f"decoding {root}", unit="img", mininterval=2) as bar:  # closed before any error
-        array = np.stack([_decode(f, image_size) for f in bar])
+    array = np.stack(decode_all(images, lambda f: _decode(f, image_size), desc=f"decoding {root}"))
     data = ImageSet(torch.from_numpy(array).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels), classes)
     if cache:
         _write_cache(cache, data)

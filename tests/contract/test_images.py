@@ -112,3 +112,32 @@ def test_the_trainer_reads_files_as_the_service_reads_bytes(tmp_path):
     expected = np.stack([decode_image(files[name], 8) for name in ("a.png", "b.gif", "c.jpg")])
     np.testing.assert_array_equal(data.images.permute(0, 2, 3, 1).numpy(), expected)
     assert data.images[0].float().mean() == 40_000 >> 8  # scaled to 8 bits, not clipped to white
+
+
+def test_the_trainer_and_the_index_builder_read_a_data_folder_the_same_way(tmp_path):
+    """One precedence for both: a labelled train/ folder wins over a CIFAR-10 batches folder beside it; an empty or
+    missing folder is CIFAR-10 to download; any other folder is unlabelled images."""
+    from contract.images import data_layout
+
+    (tmp_path / "both" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "both" / "cifar-10-batches-py").mkdir()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"")
+    assert [data_layout(tmp_path / name) for name in ("both", "empty", "missing", "photos")] == [
+        "labelled", "cifar10", "cifar10", "folder"]
+
+
+def test_decode_all_keeps_the_order_and_raises_the_first_error():
+    from contract.images import decode_all
+
+    assert decode_all(list(range(1000)), lambda i: i * i, desc="squares", bar=False, threads=4) == [
+        i * i for i in range(1000)]
+
+    def fails(i: int) -> int:
+        if i == 700:
+            raise ValueError("image 700 is broken")
+        return i
+
+    with pytest.raises(ValueError, match="image 700"):
+        decode_all(list(range(1000)), fails, desc="failing", bar=False, threads=4)
