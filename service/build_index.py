@@ -236,12 +236,47 @@ def build(bundle_dir: str | Path, data_dirs: list[str], out: str | Path, options
     return info
 
 
+def build_from_parquet(file: str | Path, out: str | Path, options: BuildOptions = BuildOptions()) -> dict:
+    """Load an export (service.export_vectors, Milvus's bulk-import layout) into a new index at out, or add it to
+    the index there: the vectors as they are, no thumbnails. The index belongs to the bundle the file names, and
+    an existing one must be that bundle's."""
+    from service.export_vectors import read_exported
+
+    out = Path(out)
+    try:
+        exported = read_exported(file)
+        bundle = exported.provenance["bundle"]
+        if (out / "index.json").is_file():
+            index, building = SearchIndex(out, bundle), None
+        else:
+            building = out.with_name(f".{out.name}.building-{os.getpid()}")
+            shutil.rmtree(building, ignore_errors=True)
+            sample = exported.vectors[np.random.default_rng(0).permutation(len(exported.vectors))[:100_000]]
+            index = SearchIndex.create(building, dim=exported.vectors.shape[1], bundle=bundle,
+                                       bundle_name=exported.provenance["bundle_name"],
+                                       runtime=exported.provenance["runtime"], factory=options.factory,
+                                       thumbnail_size=options.thumbnail_size, sample=sample,
+                                       sources=[recorded_path(Path(file).resolve())])
+        items = [Item(*row) for row in zip(exported.ids, exported.vectors, exported.metadata)]
+        for start in range(0, len(items), 10_000):
+            index.add(items[start:start + 10_000])
+    except SearchIndexError as e:
+        raise BuildError(str(e)) from None
+    info = {**index.info.model_dump(), "count": index.count}
+    index.close()
+    if building is not None:
+        building.rename(out)
+    return info
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.build_index", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", required=True, help="model bundle directory (python -m trainer.export)")
-    parser.add_argument("--data-dir", required=True, action="append",
-                        help="image folder to index; repeat for several")
+    parser.add_argument("--bundle", help="model bundle directory (python -m trainer.export); not with --from-parquet")
+    parser.add_argument("--data-dir", action="append", help="image folder to index; repeat for several")
+    parser.add_argument("--from-parquet", metavar="FILE", type=Path,
+                        help="instead of images, the vectors and metadata of an export (python -m "
+                             "service.export_vectors): the index is the bundle's that the file names")
     parser.add_argument("--out", required=True, help="index directory to write, or to add to")
     parser.add_argument("--splits", nargs="+", default=["train"], help="splits of labelled folders (default: train)")
     parser.add_argument("--metadata", type=Path, help="per-id metadata: a CSV file with an id column, or JSON Lines")
@@ -256,10 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
                         help="download CIFAR-10 into an empty or missing --data-dir (default: on)")
     args = parser.parse_args(argv)
+    if (args.from_parquet is None) == (args.bundle is None or not args.data_dir):
+        parser.error("give --bundle and --data-dir (images to embed), or --from-parquet (vectors embedded already)")
+    options = BuildOptions(tuple(args.splits), args.index_type, args.batch_size, download=args.download,
+                           runtime=args.runtime, metadata=args.metadata, thumbnail_size=args.thumbnail_size)
     try:
-        info = build(args.bundle, args.data_dir, args.out, BuildOptions(
-            tuple(args.splits), args.index_type, args.batch_size, download=args.download, runtime=args.runtime,
-            metadata=args.metadata, thumbnail_size=args.thumbnail_size))
+        info = build_from_parquet(args.from_parquet, args.out, options) if args.from_parquet else \
+            build(args.bundle, args.data_dir, args.out, options)
     except (BuildError, BundleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -342,9 +342,92 @@ def test_export_writes_ids_vectors_and_metadata_as_parquet(tmp_path, capsys):
     index.close()
     assert export_main(["--index", str(tmp_path / "i"), "--out", str(tmp_path / "out.parquet")]) == 0
     assert "29 vectors written" in capsys.readouterr().out
-    table = pq.read_table(tmp_path / "out.parquet").to_pydict()
+    file = pq.read_table(tmp_path / "out.parquet")
+    assert file.schema.metadata[b"simclr.bundle"] == b"b" * 64 and file.schema.metadata[b"simclr.runtime"] == \
+        b"torch-fp32"
+    table = file.to_pydict()
+    assert list(table) == ["id", "vector", "$meta"]  # Milvus's bulk-import layout: fields, then dynamic fields
     assert table["id"] == [f"v{i}" for i in range(30) if i != 3]
     np.testing.assert_array_equal(np.array(table["vector"], dtype="float32"), np.delete(vectors, 3, axis=0))
-    assert json.loads(table["metadata"][4]) == {"n": 5, "tag": "odd"}
+    assert json.loads(table["$meta"][4]) == {"n": 5, "tag": "odd"}
     assert export_main(["--index", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.parquet")]) == 2
     assert "is not an index" in capsys.readouterr().err and not (tmp_path / "x.parquet").exists()
+
+
+def test_an_export_loads_back_into_an_index_with_its_ids_vectors_and_metadata(tmp_path, capsys):
+    """build_index --from-parquet: the export's records in a new index (of another FAISS type), searchable and
+    filterable as before; added again to that index they replace themselves; a file that names no bundle, or an
+    index of another bundle, is refused in one line."""
+    from service.export_vectors import export
+
+    vectors = unit(40, seed=3)
+    index = new_index(tmp_path / "i")
+    index.add([Item(f"v{i}", v, {"n": i, "tag": "even" if i % 2 == 0 else "odd"}) for i, v in enumerate(vectors)])
+    index.close()
+    export(tmp_path / "i", tmp_path / "out.parquet")
+    args = ["--from-parquet", str(tmp_path / "out.parquet"), "--out", str(tmp_path / "back"), "--index-type", "HNSW8"]
+    assert main(args) == 0
+    back = SearchIndex(tmp_path / "back")
+    assert back.count == 40 and back.factory == "HNSW8" and back.info.bundle == "b" * 64
+    assert back.get("v7").metadata == {"n": 7, "tag": "odd"}
+    (itself,) = back.search(vectors[7:8], k=1)
+    assert itself[0].id == "v7" and itself[0].score == pytest.approx(1, abs=1e-5)  # the vector as exported
+    (hits,) = back.search(vectors[12:13], k=3, where={"tag": ["even"]})
+    assert hits[0].id == "v12" and {h.metadata["tag"] for h in hits} == {"even"}
+    back.close()
+    assert main(args) == 0 and SearchIndex(tmp_path / "back").count == 40  # the same ids: replaced, not doubled
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "out.parquet")
+    pq.write_table(table.replace_schema_metadata({}), tmp_path / "anonymous.parquet")
+    other = new_index(tmp_path / "other")
+    other.close()
+    (tmp_path / "other" / "index.json").write_text((tmp_path / "other" / "index.json").read_text().replace(
+        "b" * 64, "c" * 64))
+    for file, out, message in [("anonymous.parquet", "a", "does not say which bundle"),
+                               ("out.parquet", "other", "built with another bundle"),
+                               ("missing.parquet", "m", "is not a Parquet file")]:
+        capsys.readouterr()
+        assert main(["--from-parquet", str(tmp_path / file), "--out", str(tmp_path / out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_an_export_is_what_milvus_imports(tmp_path):
+    """Milvus Lite (pymilvus's embedded server) as a user's Milvus would take the file: a collection of `id`
+    (VARCHAR primary key) and `vector` (FLOAT_VECTOR, inner product) with the dynamic field on, filled row by
+    row from the Parquet columns as the bulk import maps them ($meta's keys become dynamic fields). Every
+    vector finds itself, and the metadata filter. (Bulk import proper needs Milvus's object storage, which
+    Milvus Lite has not.)"""
+    pytest.importorskip("milvus_lite")
+    import pyarrow.parquet as pq
+    from pymilvus import DataType, MilvusClient
+
+    from service.export_vectors import export
+
+    vectors = unit(25, seed=5)
+    index = new_index(tmp_path / "i")
+    index.add([Item(f"photos/{i}.jpg", v, {"n": i, "tag": "even" if i % 2 == 0 else "odd"})
+               for i, v in enumerate(vectors)])
+    index.close()
+    export(tmp_path / "i", tmp_path / "out.parquet")
+    columns = pq.read_table(tmp_path / "out.parquet").to_pydict()
+
+    client = MilvusClient(str(tmp_path / "milvus.db"))
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=True)
+    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=16)
+    params = client.prepare_index_params()
+    params.add_index("vector", index_type="FLAT", metric_type="IP")
+    client.create_collection("photos", schema=schema, index_params=params)
+    rows = [{"id": id, "vector": vector, **json.loads(meta)}
+            for id, vector, meta in zip(columns["id"], columns["vector"], columns["$meta"])]
+    assert client.insert("photos", rows)["insert_count"] == 25
+    client.load_collection("photos")
+    found = client.search("photos", data=vectors.tolist(), limit=1, output_fields=["n", "tag"])
+    assert [hits[0]["id"] for hits in found] == [f"photos/{i}.jpg" for i in range(25)]
+    assert [hits[0]["entity"]["n"] for hits in found] == list(range(25))
+    odd = client.search("photos", data=[vectors[4].tolist()], limit=30, filter='tag == "odd"', output_fields=["n"])
+    assert len(odd[0]) == 12 and all(hit["entity"]["n"] % 2 == 1 for hit in odd[0])
+    client.close()
