@@ -10,7 +10,9 @@ problem raised as a ServiceError; and a command line on it.
     python -m service.client search cat.jpg -k 5             # the most similar indexed images
     python -m service.client embed photos/ --json            # a folder: batched, with a progress bar
     python -m service.client index add photos/ --metadata '{"owner": "me"}'   # ids: paths under photos/
-    python -m service.client index remove photos/cat.jpg
+    python -m service.client index remove photos/cat.jpg                    # or: index remove --filter owner=me
+    python -m service.client index update photos/cat.jpg '{"album": "pets"}'
+    python -m service.client index list                                     # every id and its metadata
 
 The URL and key come from --url / SIMCLR_URL (default http://127.0.0.1:8000) and --api-key / SIMCLR_API_KEY.
 """
@@ -21,7 +23,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -31,8 +34,8 @@ from pydantic import BaseModel
 from tqdm import tqdm
 
 from contract.images import EXTENSIONS, list_images
-from service.schemas import (ClassifyResponse, EmbedResponse, IndexChange, IndexedImage, IndexSummary, Readiness,
-                             SearchResponse)
+from service.schemas import (ClassifyResponse, EmbedResponse, IndexChange, IndexedImage, IndexPage, IndexSummary,
+                             Readiness, SearchResponse)
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -49,9 +52,15 @@ class ServiceError(Exception):
 
 
 class Client:
-    def __init__(self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 60):
+    """The service's API as typed calls. A 503 that says when to retry (Retry-After: the model loading, the index
+    building, an overload) is retried up to `retries` times, waiting as asked but at most `max_wait` seconds
+    each time; any other problem raises ServiceError at once."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 60,
+                 retries: int = 3, max_wait: float = 30, sleep: Callable[[float], None] = time.sleep):
         headers = {"X-API-Key": api_key} if api_key else {}
         self.http = httpx2.Client(base_url=url, headers=headers, timeout=timeout)
+        self.retries, self.max_wait, self._sleep = retries, max_wait, sleep
 
     def __enter__(self) -> Client:
         return self
@@ -76,16 +85,17 @@ class Client:
                           filter: dict[str, str | float] | None = None) -> SearchResponse:
         """Search with vectors, as embed() returns them."""
         params = _params(k=k, class_name=class_name, offset=offset, min_score=min_score, filter=_filter(filter))
-        return self._parse(self.http.post("/search", json={"embeddings": embeddings}, params=params), SearchResponse)
+        return self._parse(self._request("POST", "/search", json={"embeddings": embeddings}, params=params),
+                           SearchResponse)
 
     def search_by_id(self, id: str, k: int = 10, class_name: str | None = None, offset: int = 0,
                      min_score: float | None = None, filter: dict[str, str | float] | None = None) -> SearchResponse:
         params = _params(id=id, k=k, class_name=class_name, offset=offset, min_score=min_score, filter=_filter(filter))
-        return self._parse(self.http.get("/search", params=params), SearchResponse)
+        return self._parse(self._request("GET", "/search", params=params), SearchResponse)
 
     def thumbnail(self, id: str) -> bytes:
         """An indexed image's thumbnail, as JPEG bytes."""
-        response = self.http.get(f"/thumbnails/{quote(id, safe='/')}")
+        response = self._request("GET", f"/thumbnails/{quote(id, safe='/')}")
         _check(response)
         return response.content
 
@@ -96,16 +106,45 @@ class Client:
         files = [("images", (_name(image, i), _read(image))) for i, image in enumerate(images)]
         metadata = [metadata] if isinstance(metadata, dict) else metadata or []
         fields = [("ids", id) for id in ids or []] + [("metadata", json.dumps(m)) for m in metadata]
-        return self._parse(self.http.post("/index/images", files=files, data=_form(fields)), IndexChange)
+        return self._parse(self._request("POST", "/index/images", files=files, data=_form(fields)), IndexChange)
+
+    def index_add_vectors(self, ids: list[str], vectors: list[list[float]],
+                          metadata: list[dict[str, Any]] | None = None) -> IndexChange:
+        """Add vectors embedded already (embed()'s representations), with ids and metadata, without images."""
+        rows = [{"id": id, "vector": list(vector), "metadata": m}
+                for id, vector, m in zip(ids, vectors, metadata or [{}] * len(ids), strict=True)]
+        return self._parse(self._request("POST", "/index/vectors", json={"vectors": rows}), IndexChange)
 
     def index_remove(self, id: str) -> IndexChange:
-        return self._parse(self.http.delete(f"/index/images/{quote(id, safe='/')}"), IndexChange)
+        return self._parse(self._request("DELETE", f"/index/images/{quote(id, safe='/')}"), IndexChange)
+
+    def index_delete(self, ids: list[str] | None = None,
+                     filter: dict[str, str | float | list[str | float]] | None = None) -> IndexChange:
+        """Remove many images in one request: these ids, or every image whose metadata matches filter."""
+        body = {"ids": ids} if ids is not None else {"filter": filter}
+        return self._parse(self._request("POST", "/index/delete", json=body), IndexChange)
+
+    def index_update(self, id: str, metadata: dict[str, str | float | None]) -> IndexedImage:
+        """Set these metadata keys of an indexed image (None removes a key), without sending the image."""
+        return self._parse(self._request("PATCH", f"/index/images/{quote(id, safe='/')}",
+                                         json={"metadata": metadata}), IndexedImage)
 
     def index_get(self, id: str) -> IndexedImage:
-        return self._parse(self.http.get(f"/index/images/{quote(id, safe='/')}"), IndexedImage)
+        return self._parse(self._request("GET", f"/index/images/{quote(id, safe='/')}"), IndexedImage)
+
+    def index_images(self, page_size: int = 500) -> Iterator[IndexedImage]:
+        """Every indexed image, in the order they were added, a page at a time."""
+        after = None
+        while True:
+            page = self._parse(self._request("GET", "/index/images", params=_params(after=after, limit=page_size)),
+                               IndexPage)
+            yield from page.images
+            if page.next is None:
+                return
+            after = page.next
 
     def index_summary(self) -> IndexSummary:
-        return self._parse(self.http.get("/index"), IndexSummary)
+        return self._parse(self._request("GET", "/index"), IndexSummary)
 
     def readiness(self) -> Readiness:
         response = self.http.get("/readyz")  # 503 until ready: an answer, not an error
@@ -113,7 +152,18 @@ class Client:
 
     def _post(self, path: str, images: list[Image], model: type[M], **params: Any) -> M:
         files = [("images", (_name(image, i), _read(image))) for i, image in enumerate(images)]
-        return self._parse(self.http.post(path, files=files, params=_params(**params)), model)
+        return self._parse(self._request("POST", path, files=files, params=_params(**params)), model)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx2.Response:
+        """The answer, after waiting out up to `retries` 503s that carry a Retry-After."""
+        attempts = 0
+        while True:
+            response = self.http.request(method, path, **kwargs)
+            retry = response.headers.get("retry-after", "")
+            if response.status_code != 503 or not retry.isdigit() or attempts == self.retries:
+                return response
+            attempts += 1
+            self._sleep(min(float(retry), self.max_wait))
 
     @staticmethod
     def _parse(response: httpx2.Response, model: type[M]) -> M:
@@ -199,7 +249,14 @@ def main(argv: list[str] | None = None) -> int:
                              "or their file names")
     add.add_argument("paths", nargs="+", help="image files or folders")
     add.add_argument("--metadata", type=json.loads, default=None, help="a JSON object given to every image")
-    actions.add_parser("remove", help="remove images by id").add_argument("ids", nargs="+")
+    remove = actions.add_parser("remove", help="remove images: these ids, or those whose metadata matches --filter")
+    remove.add_argument("ids", nargs="*")
+    remove.add_argument("--filter", action="append", metavar="KEY=VALUE", help="metadata to match (repeat for more "
+                        "keys; a key given twice matches either value)")
+    update = actions.add_parser("update", help="change an image's metadata (null removes a key), not its image")
+    update.add_argument("id")
+    update.add_argument("metadata", type=json.loads, help='a JSON object, e.g. \'{"album": "x", "draft": null}\'')
+    actions.add_parser("list", help="every indexed image: id and metadata, one per line")
     actions.add_parser("info", help="what the index is and holds")
     args = parser.parse_args(argv)
     try:
@@ -223,8 +280,15 @@ def _index(client: Client, args: argparse.Namespace) -> int:
     if args.action == "info":
         print(client.index_summary().model_dump_json(indent=2))
     elif args.action == "remove":
-        for id in args.ids:
-            print(f"removed {id}: {client.index_remove(id).count} images in the index")
+        if bool(args.ids) == bool(args.filter):
+            raise ServiceError(0, "give the ids to remove, or --filter KEY=VALUE, not both")
+        change = client.index_delete(args.ids or None, _key_values(args.filter) if args.filter else None)
+        print(f"removed {change.removed} images: {change.count} in the index")
+    elif args.action == "update":
+        print(client.index_update(args.id, args.metadata).model_dump_json())
+    elif args.action == "list":
+        for image in client.index_images():
+            print(json.dumps({"id": image.id, "metadata": image.metadata}))
     else:
         files = [(path, id) for given in map(Path, args.paths) for path, id in _with_ids(given)]
         if not files:
@@ -235,6 +299,27 @@ def _index(client: Client, args: argparse.Namespace) -> int:
                 print(change.model_dump_json())
         print(f"added {len(files)} images: {change.count} in the index", file=sys.stderr)
     return 0
+
+
+def _key_values(pairs: list[str]) -> dict[str, list[str | float]]:
+    """KEY=VALUE strings as a filter: each key with the values given for it."""
+    filter: dict[str, list[str | float]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ServiceError(0, f"--filter {pair!r} is not KEY=VALUE")
+        filter.setdefault(key, []).extend([value, *_number(value)])  # "3" matches the text and the number
+    return filter
+
+
+def _number(text: str) -> list[float]:
+    try:
+        return [int(text)]
+    except ValueError:
+        try:
+            return [float(text)]
+        except ValueError:
+            return []
 
 
 def _with_ids(path: Path) -> list[tuple[Path, str]]:

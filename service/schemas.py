@@ -80,6 +80,50 @@ class IndexImagesJSON(BaseModel):
     images: list[IndexImage] = Field(min_length=1)
 
 
+class IndexVector(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: ImageId = Field(description="the caller's id; an indexed id is replaced")
+    vector: list[Annotated[StrictFloat | StrictInt, AfterValidator(_finite)]] = Field(
+        description="a representation as /embed returns it (any length-preserving scale: it is normalised)")
+    metadata: Metadata = Field({}, description="strings and numbers to filter on and to get back with hits")
+
+
+class IndexVectorsJSON(BaseModel):
+    """POST /index/vectors's body: vectors embedded already (by this model: /embed, or an export)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"vectors": [{"id": "photos/red.png", "vector": [0.03] * 4, "metadata": {"album": "tests"}}]}]})
+
+    vectors: list[IndexVector] = Field(min_length=1, max_length=10_000)
+
+
+class IndexDeleteJSON(BaseModel):
+    """POST /index/delete's body: the ids to remove, or a filter whose matches are removed (one of the two)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"ids": ["photos/red.png", "photos/blue.png"]}, {"filter": {"album": "tests"}}]})
+
+    ids: list[ImageId] | None = Field(None, min_length=1, max_length=10_000)
+    filter: dict[MetadataKey, MetadataValue | list[MetadataValue]] | None = Field(
+        None, min_length=1, description="remove the images whose metadata has these values (a list: any of them)")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> IndexDeleteJSON:
+        if (self.ids is None) == (self.filter is None):
+            raise ValueError("give either ids or filter")
+        return self
+
+
+class MetadataPatch(BaseModel):
+    """PATCH /index/images/{id}'s body: keys to set, or with null to remove (a JSON merge patch, RFC 7396)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"metadata": {"album": "holidays", "draft": None}}]})
+
+    metadata: dict[MetadataKey, MetadataValue | None] = Field(min_length=1, max_length=MAX_METADATA_KEYS)
+
+
 class IndexChange(BaseModel):
     added: int = Field(description="images new to the index")
     replaced: int = Field(description="images whose id was indexed already, now replaced")

@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
+import numpy as np
+
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import TypeAdapter, ValidationError
 
+from contract.bundle import describe
 from service.catalog import Item, Record
 from service.dependencies import TO_MODEL, Index, Ready
-from contract.bundle import describe
 from service.problems import Problem, validated
 from service.routes import NOT_FOUND, PROBLEMS, describe_index, image_url
-from service.schemas import (ImageId, IndexChange, IndexedImage, IndexImagesJSON, IndexPage, IndexSummary,
+from service.schemas import (ImageId, IndexChange, IndexDeleteJSON, IndexedImage, IndexImagesJSON, IndexPage,
+                             IndexSummary, IndexVectorsJSON, MetadataPatch,
                              Metadata)
 from service.uploads import base64_files, decode_for_index, read_multipart, request_kind
 
@@ -55,6 +58,49 @@ async def add_images(request: Request, state: Ready, index: Index) -> IndexChang
     return IndexChange(added=added, replaced=replaced, ids=ids, count=index.count)
 
 
+@router.post("/index/vectors", response_model=IndexChange, responses={409: PROBLEMS[422]})
+async def add_vectors(body: IndexVectorsJSON, state: Ready, index: Index) -> IndexChange:
+    """Add vectors embedded already (by this model: /embed's representations, or an export's) with their ids and
+    metadata, replacing those whose ids are indexed already; no thumbnail. Durable when answered."""
+    if index.read_only:
+        raise _read_only()
+    ids = [v.id for v in body.vectors]
+    if len(set(ids)) != len(ids):
+        raise Problem(422, "the same id is given twice in one request")
+    wrong = next((n for n, v in enumerate(body.vectors) if len(v.vector) != index.dim), None)
+    if wrong is not None:
+        raise Problem(422, f"vectors[{wrong}] has {len(body.vectors[wrong].vector)} numbers: this index holds "
+                      f"{index.dim}-d representations")
+    vectors = np.array([v.vector for v in body.vectors], dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if not np.all(np.isfinite(norms) & (norms > 0)):
+        raise Problem(422, "a vector is zero or too large: it has no direction to search by")
+    items = [Item(v.id, vector, v.metadata) for v, vector in zip(body.vectors, vectors / norms)]
+    with state.metrics.index_changes.time():
+        added, replaced = await state.run_search(index.add, items)
+    return IndexChange(added=added, replaced=replaced, ids=ids, count=index.count)
+
+
+@router.post("/index/delete", response_model=IndexChange, responses={409: PROBLEMS[422]})
+async def delete_images(body: IndexDeleteJSON, state: Ready, index: Index) -> IndexChange:
+    """Remove many images at once: by their ids, or every image whose metadata matches a filter (as search's).
+    The answer's ids are those asked for, or those the filter matched; `removed` how many were indexed. Durable
+    when answered."""
+    if index.read_only:
+        raise _read_only()
+
+    def delete() -> tuple[list[str], int]:
+        ids = body.ids
+        if ids is None:
+            where = {k: v if isinstance(v, list) else [v] for k, v in body.filter.items()}
+            ids = [record.id for record in index.catalog.records(index.catalog.matching(where).tolist()).values()]
+        return ids, index.remove(ids) if ids else 0
+
+    with state.metrics.index_changes.time():
+        ids, removed = await state.run_search(delete)
+    return IndexChange(added=0, replaced=0, removed=removed, ids=ids, count=index.count)
+
+
 @router.get("/index/images", response_model=IndexPage)
 async def list_images(request: Request, state: Ready, index: Index,
                       after: Annotated[str | None, Query(pattern=r"^\d{1,18}$", description="a page's `next`")] = None,
@@ -78,6 +124,33 @@ async def get_image(request: Request, id: IdPath, state: Ready, index: Index) ->
 def _indexed(record: Record, root_path: str) -> IndexedImage:
     return IndexedImage(id=record.id, metadata=record.metadata, added=record.added,
                         image_url=image_url(record.id, root_path))
+
+
+@router.patch("/index/images/{id:path}", response_model=IndexedImage, responses={**NOT_FOUND, 409: PROBLEMS[422]})
+async def update_metadata(request: Request, id: IdPath, body: MetadataPatch, state: Ready,
+                          index: Index) -> IndexedImage:
+    """Change an indexed image's metadata without sending the image again: each key given is set, or removed
+    when null (a JSON merge patch); its vector and thumbnail stay. Durable when answered."""
+    if index.read_only:
+        raise _read_only()
+
+    def patch() -> Record | None:
+        record, found = index.get(id), index.vector(id)
+        if record is None or found is None:
+            return None
+        merged = {k: v for k, v in {**record.metadata, **body.metadata}.items() if v is not None}
+        try:
+            merged = _METADATA.validate_python(merged)
+        except ValidationError as e:
+            raise Problem(422, f"the metadata after the patch: {describe(e)}") from None
+        index.add([Item(id, found[1], merged, index.thumbnail(id))])
+        return index.get(id)
+
+    with state.metrics.index_changes.time():
+        record = await state.run_search(patch)
+    if record is None:
+        raise Problem(404, f"no indexed image has id {id!r}")
+    return _indexed(record, request.scope.get("root_path", ""))
 
 
 @router.delete("/index/images/{id:path}", response_model=IndexChange, responses={**NOT_FOUND, 409: PROBLEMS[422]})

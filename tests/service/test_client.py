@@ -89,7 +89,58 @@ def test_index_changes_through_the_client_and_its_command_line(live_server, tmp_
     with Client(live_server.url, KEY) as client:
         ids = sorted(f.relative_to(folder).as_posix() for f in folder.rglob("*.png"))
         assert client.index_get(ids[0]).metadata == {"owner": "cli"}
-        assert main([*args, "index", "remove", *ids]) == 0
+        assert main([*args, "index", "update", ids[0], '{"album": "x", "owner": null}']) == 0
+        assert json.loads(capsys.readouterr().out.splitlines()[-1])["metadata"] == {"album": "x"}
+        assert main([*args, "index", "remove", "--filter", "owner=cli"]) == 0  # all but the one updated
+        assert f"removed {len(ids) - 1} images" in capsys.readouterr().out
+        assert main([*args, "index", "remove", ids[0]]) == 0
         assert client.index_summary().count == before
+    capsys.readouterr()
     assert main([*args, "index", "info"]) == 0
-    assert json.loads(capsys.readouterr().out.split("\n", len(ids))[-1])["count"] == before
+    assert json.loads(capsys.readouterr().out)["count"] == before
+    assert main([*args, "index", "remove", "a", "--filter", "owner=cli"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_vectors_bulk_removal_metadata_and_paging_through_the_client(live_server):
+    with Client(live_server.url, KEY) as client:
+        before = client.index_summary().count
+        vectors = client.embed([png_bytes(image) for image in IMAGES[:3]]).embeddings
+        change = client.index_add_vectors(["v/0", "v/1", "v/2"], [e.representation for e in vectors],
+                                          [{"n": 0}, {"n": 1}, {"n": 2}])
+        assert (change.added, change.count) == (3, before + 3)
+        assert client.index_update("v/1", {"n": None, "tag": "odd"}).metadata == {"tag": "odd"}
+        listed = list(client.index_images(page_size=2))  # pages of 2: every image, once, in order
+        assert len(listed) == before + 3 and len({i.id for i in listed}) == before + 3
+        assert [i.id for i in listed[-3:]] == ["v/0", "v/2", "v/1"]  # v/1 re-added by its update
+        assert client.index_delete(filter={"tag": "odd"}).removed == 1
+        assert client.index_delete(ids=["v/0", "v/2"]).count == before
+
+
+def test_a_503_with_retry_after_is_retried_a_bounded_number_of_times():
+    import httpx2
+
+    answers, waits = [], []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        answers.append(request.url.path)
+        if len(answers) <= 2:
+            return httpx2.Response(503, headers={"Retry-After": "120"}, json={"detail": "still loading"})
+        return httpx2.Response(200, json={"type": "Flat", "count": 1, "dim": 4, "classes": [], "runtime": "onnx-int8",
+                                          "thumbnail_size": 128, "read_only": False})
+
+    client = Client("http://service", retries=3, max_wait=5, sleep=waits.append)
+    client.http = httpx2.Client(base_url="http://service", transport=httpx2.MockTransport(handler))
+    assert client.index_summary().count == 1 and waits == [5, 5]  # as asked, but never over max_wait
+    answers.clear()
+    waits.clear()
+    client.retries = 1
+
+    def always(request: httpx2.Request) -> httpx2.Response:
+        answers.append(request.url.path)
+        return httpx2.Response(503, headers={"Retry-After": "1"}, json={"detail": "overloaded"})
+
+    client.http = httpx2.Client(base_url="http://service", transport=httpx2.MockTransport(always))
+    with pytest.raises(ServiceError) as caught:
+        client.index_summary()
+    assert caught.value.status == 503 and caught.value.retry_after == 1 and len(answers) == 2 and waits == [1]

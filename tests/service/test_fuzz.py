@@ -38,4 +38,4 @@ def test_405_names_every_method_the_path_serves(client):
     assert response.status_code == 405
     assert response.headers["allow"] == "GET, POST"
     assert client.put("/thumbnails/0").headers["allow"] == "GET"
-    assert client.put("/index/images/a/b.png").headers["allow"] == "GET, DELETE"
+    assert client.put("/index/images/a/b.png").headers["allow"] == "GET, PATCH, DELETE"

@@ -1,0 +1,81 @@
+"""The index operations vector-database users expect, through the ASGI test client: vectors added without
+their images, many images removed at once (by id or by filter), metadata changed without the image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from factories import CLASSES, colour_images
+
+from benchmarks.harness.images import png_bytes
+
+IMAGES, LABELS = colour_images(6, seed=0)  # what the module's index holds (conftest's image_folder)
+IDS = [f"train/{CLASSES[label]}/{i:04d}.png" for i, label in enumerate(LABELS)]
+
+
+def embedding(client, image: np.ndarray) -> list[float]:
+    answer = client.post("/embed", files=[("images", ("x.png", png_bytes(image), "image/png"))])
+    return answer.json()["embeddings"][0]["representation"]
+
+
+def assert_problem(response, status: int, words: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json" and words in response.json()["detail"]
+
+
+def test_vectors_embedded_elsewhere_are_indexed_and_found(client):
+    vector = embedding(client, colour_images(1, seed=9)[0][0])
+    scaled = [3 * x for x in vector]  # any scale: it is normalised
+    added = client.post("/index/vectors", json={"vectors": [
+        {"id": "vectors/a", "vector": scaled, "metadata": {"source": "elsewhere", "n": 1}}]})
+    assert added.status_code == 200, added.text
+    assert added.json()["added"] == 1 and added.json()["ids"] == ["vectors/a"]
+    hits = client.post("/search", json={"embeddings": [vector], "k": 1}).json()["results"][0]["neighbours"]
+    assert hits[0]["id"] == "vectors/a" and hits[0]["score"] == pytest.approx(1, abs=1e-5)
+    assert hits[0]["metadata"] == {"source": "elsewhere", "n": 1}
+    assert client.get("/thumbnails/vectors/a").status_code == 404  # none was sent
+    again = client.post("/index/vectors", json={"vectors": [{"id": "vectors/a", "vector": vector}]}).json()
+    assert (again["added"], again["replaced"]) == (0, 1)
+
+
+@pytest.mark.parametrize("vectors, words", [
+    ([{"id": "short", "vector": [1.0, 2.0]}], "vectors[0] has 2 numbers: this index holds 512-d"),
+    ([{"id": "zero", "vector": [0.0] * 512}], "no direction"),
+    ([{"id": "twice", "vector": [1.0] * 512}, {"id": "twice", "vector": [2.0] * 512}], "the same id"),
+])
+def test_bad_vectors_are_refused(client, vectors, words):
+    assert_problem(client.post("/index/vectors", json={"vectors": vectors}), 422, words)
+
+
+def test_many_images_are_removed_at_once_by_id_or_by_filter(client):
+    rows = [{"id": f"batch/{i}", "vector": [float(i == j) + 0.1 for j in range(512)],
+             "metadata": {"batch": "b1" if i < 3 else "b2", "n": i}} for i in range(5)]
+    assert client.post("/index/vectors", json={"vectors": rows}).json()["added"] == 5
+    count = client.get("/index").json()["count"]
+
+    by_id = client.post("/index/delete", json={"ids": ["batch/0", "batch/1", "never/indexed"]}).json()
+    assert by_id["removed"] == 2 and by_id["count"] == count - 2
+    assert client.get("/index/images/batch/0").status_code == 404
+
+    by_filter = client.post("/index/delete", json={"filter": {"batch": "b2"}}).json()
+    assert by_filter["removed"] == 2 and sorted(by_filter["ids"]) == ["batch/3", "batch/4"]
+    assert client.get("/index/images/batch/2").json()["metadata"] == {"batch": "b1", "n": 2}  # b1: kept
+    nothing = client.post("/index/delete", json={"filter": {"batch": ["b9"]}}).json()
+    assert (nothing["removed"], nothing["ids"]) == (0, [])
+    for body, words in [({"ids": ["a"], "filter": {"batch": "b1"}}, "either ids or filter"),
+                        ({}, "either ids or filter"), ({"ids": []}, "at least 1")]:
+        assert_problem(client.post("/index/delete", json=body), 422, words)
+
+
+def test_metadata_changes_without_the_image(client):
+    before = client.get(f"/index/images/{IDS[0]}").json()["metadata"]
+    patched = client.patch(f"/index/images/{IDS[0]}", json={"metadata": {"album": "holidays", "split": None}})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["metadata"] == {**{k: v for k, v in before.items() if k != "split"}, "album": "holidays"}
+    hits = client.post("/search", json={"embeddings": [embedding(client, IMAGES[0])], "k": 1,
+                                        "filter": {"album": "holidays"}}).json()["results"][0]["neighbours"]
+    assert [h["id"] for h in hits] == [IDS[0]]  # the same vector, found by the new metadata
+    assert client.get(f"/thumbnails/{IDS[0]}").headers["content-type"] == "image/jpeg"  # the thumbnail stays
+    assert_problem(client.patch("/index/images/never/indexed", json={"metadata": {"a": 1}}), 404, "no indexed")
+    too_many = {f"k{i}": i for i in range(40)}
+    assert_problem(client.patch(f"/index/images/{IDS[1]}", json={"metadata": too_many}), 422, "metadata")
