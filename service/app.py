@@ -54,7 +54,8 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.api_key is not None:  # outside the body limit: a request without the key is refused unread
         app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
     if settings.cors_origins:  # outside the key check: preflight requests carry no credentials
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "PATCH", "DELETE"],
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "PATCH", "DELETE"],
                            allow_headers=["Content-Type", "X-API-Key", "Authorization"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last: outermost, so it sees every answer
     return app

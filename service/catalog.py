@@ -40,6 +40,11 @@ CREATE INDEX IF NOT EXISTS tags_by_vid ON tags (vid);
 """
 
 MetadataValues = dict[str, str | int | float]  # as stored; the API validates them as service.schemas.Metadata
+# A metadata filter: per key, the values accepted (a list: any of them), or a dict of conditions that must all
+# hold: "in" (a list), "not" (a list: none of them; an image without the key passes) and the numeric bounds "gt",
+# "gte", "lt", "lte" (only numbers pass them). Every key must match.
+Where = dict[str, list | dict[str, "list | int | float"]]
+RANGES = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
 @dataclass
@@ -111,10 +116,12 @@ class Catalog:
         row = self.db.execute("SELECT id, vid, metadata, added FROM images WHERE id = ?", (id,)).fetchone()
         return Record(row[0], row[1], json.loads(row[2]), row[3]) if row else None
 
-    def page(self, after_vid: int = 0, limit: int = 100) -> list[Record]:
-        """Up to limit records after after_vid, in the order they were added (a listing's page)."""
-        rows = self.db.execute("SELECT id, vid, metadata, added FROM images WHERE vid > ? ORDER BY vid LIMIT ?",
-                               (after_vid, limit))
+    def page(self, after_vid: int = 0, limit: int = 100, where: Where | None = None) -> list[Record]:
+        """Up to limit records after after_vid, in the order they were added (a listing's page), only those
+        matching where."""
+        query, params = _matching(where) if where else ("SELECT vid FROM images", [])
+        rows = self.db.execute(f"SELECT id, vid, metadata, added FROM images WHERE vid > ? AND vid IN ({query}) "
+                               f"ORDER BY vid LIMIT ?", (after_vid, *params, limit))
         return [Record(row[0], row[1], json.loads(row[2]), row[3]) for row in rows]
 
     def records(self, vids: list[int]) -> dict[int, Record]:
@@ -154,12 +161,10 @@ class Catalog:
             yield [(r[1], json.loads(r[2]), np.frombuffer(r[3], dtype="<f4")) for r in rows]
             after = rows[-1][0]
 
-    def matching(self, where: dict[str, list[str | int | float]]) -> np.ndarray:
-        """The vids whose metadata has, for every key, one of its values (int64, ascending)."""
-        clauses = " INTERSECT ".join(f"SELECT vid FROM tags WHERE key = ? AND value IN ({','.join('?' * len(v))})"
-                                     for v in where.values())
-        params = [p for key, values in where.items() for p in (key, *values)]
-        return np.fromiter((row[0] for row in self.db.execute(clauses + " ORDER BY vid", params)), dtype="int64")
+    def matching(self, where: Where) -> np.ndarray:
+        """The vids whose metadata matches where (int64, ascending)."""
+        query, params = _matching(where)
+        return np.fromiter((row[0] for row in self.db.execute(query + " ORDER BY vid", params)), dtype="int64")
 
     def values(self, key: str, limit: int = 100) -> list[str | int | float]:
         """The distinct values of one metadata key (the classes, for "class"), sorted, at most limit."""
@@ -176,3 +181,23 @@ class Catalog:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+
+def _matching(where: Where) -> tuple[str, list]:
+    """SQL selecting the vids that match where, and its parameters: one SELECT per condition, intersected. The
+    tags' (key, value) primary key serves equality, lists and ranges alike."""
+    selects, params = [], []
+    for key, condition in where.items():
+        conditions = {"in": condition} if isinstance(condition, list) else condition
+        for op, operand in conditions.items():
+            if op in ("in", "not"):
+                values = operand if isinstance(operand, list) else [operand]
+                select = f"SELECT vid FROM tags WHERE key = ? AND value IN ({','.join('?' * len(values))})"
+                selects.append(select if op == "in" else f"SELECT vid FROM images EXCEPT {select}")
+                params += [key, *values]
+            else:  # a numeric bound: text values never pass (SQLite orders every text after every number)
+                selects.append(f"SELECT vid FROM tags WHERE key = ? AND typeof(value) IN ('integer', 'real') "
+                               f"AND value {RANGES[op]} ?")
+                params += [key, operand]
+    return " INTERSECT ".join(f"SELECT * FROM ({select})" for select in selects), params
+

@@ -40,6 +40,9 @@ from service.schemas import (ClassifyResponse, EmbedResponse, IndexChange, Index
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 Image = str | Path | bytes
+# A metadata filter: per key a value, a list (any of them) or conditions ({"gte": 2020, "not": ["draft"]}).
+Filter = dict[str, str | float | list[str | float] | dict[str, Any]]
+SYMBOLS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
 class ServiceError(Exception):
@@ -75,21 +78,21 @@ class Client:
         return self._post("/classify", images, ClassifyResponse, k=k)
 
     def search(self, images: list[Image], k: int = 10, class_name: str | None = None, offset: int = 0,
-               min_score: float | None = None, filter: dict[str, str | float] | None = None) -> SearchResponse:
+               min_score: float | None = None, filter: Filter | None = None) -> SearchResponse:
         """The k most similar indexed images per image; filter: only those whose metadata has these values."""
         return self._post("/search", images, SearchResponse, k=k, class_name=class_name, offset=offset,
                           min_score=min_score, filter=_filter(filter))
 
     def search_embeddings(self, embeddings: list[list[float]], k: int = 10, class_name: str | None = None,
                           offset: int = 0, min_score: float | None = None,
-                          filter: dict[str, str | float] | None = None) -> SearchResponse:
+                          filter: Filter | None = None) -> SearchResponse:
         """Search with vectors, as embed() returns them."""
         params = _params(k=k, class_name=class_name, offset=offset, min_score=min_score, filter=_filter(filter))
         return self._parse(self._request("POST", "/search", json={"embeddings": embeddings}, params=params),
                            SearchResponse)
 
     def search_by_id(self, id: str, k: int = 10, class_name: str | None = None, offset: int = 0,
-                     min_score: float | None = None, filter: dict[str, str | float] | None = None) -> SearchResponse:
+                     min_score: float | None = None, filter: Filter | None = None) -> SearchResponse:
         params = _params(id=id, k=k, class_name=class_name, offset=offset, min_score=min_score, filter=_filter(filter))
         return self._parse(self._request("GET", "/search", params=params), SearchResponse)
 
@@ -119,7 +122,7 @@ class Client:
         return self._parse(self._request("DELETE", f"/index/images/{quote(id, safe='/')}"), IndexChange)
 
     def index_delete(self, ids: list[str] | None = None,
-                     filter: dict[str, str | float | list[str | float]] | None = None) -> IndexChange:
+                     filter: Filter | None = None) -> IndexChange:
         """Remove many images in one request: these ids, or every image whose metadata matches filter."""
         body = {"ids": ids} if ids is not None else {"filter": filter}
         return self._parse(self._request("POST", "/index/delete", json=body), IndexChange)
@@ -132,12 +135,12 @@ class Client:
     def index_get(self, id: str) -> IndexedImage:
         return self._parse(self._request("GET", f"/index/images/{quote(id, safe='/')}"), IndexedImage)
 
-    def index_images(self, page_size: int = 500) -> Iterator[IndexedImage]:
-        """Every indexed image, in the order they were added, a page at a time."""
+    def index_images(self, filter: Filter | None = None, page_size: int = 500) -> Iterator[IndexedImage]:
+        """Every indexed image (whose metadata matches filter), in the order they were added, a page at a time."""
         after = None
         while True:
-            page = self._parse(self._request("GET", "/index/images", params=_params(after=after, limit=page_size)),
-                               IndexPage)
+            params = _params(after=after, limit=page_size, filter=_filter(filter))
+            page = self._parse(self._request("GET", "/index/images", params=params), IndexPage)
             yield from page.images
             if page.next is None:
                 return
@@ -182,8 +185,21 @@ def _check(response: httpx2.Response) -> None:
     raise ServiceError(response.status_code, detail, float(retry) if retry else None)
 
 
-def _filter(filter: dict[str, str | float] | None) -> list[str] | None:
-    return [f"{key}:{value}" for key, value in filter.items()] if filter else None
+def _filter(filter: Filter | None) -> list[str] | None:
+    """A filter as the query string's key:value strings: {"tag": "a"}, {"tag": ["a", "b"]} (any of them) or
+    conditions, {"year": {"gte": 2020, "lt": 2025}, "tag": {"not": ["draft"]}}."""
+    if not filter:
+        return None
+    texts = []
+    for key, value in filter.items():
+        conditions = value if isinstance(value, dict) else {"in": value}
+        for op, operand in conditions.items():
+            if op in SYMBOLS:
+                texts.append(f"{key}{SYMBOLS[op]}{operand}")
+            else:
+                separator = {"in": ":", "not": "!="}[op]
+                texts += [f"{key}{separator}{v}" for v in (operand if isinstance(operand, list) else [operand])]
+    return texts
 
 
 def _form(fields: list[tuple[str, str]]) -> dict[str, list[str]]:

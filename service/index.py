@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from contract.bundle import describe
 from contract.files import atomic_write
-from service.catalog import Catalog, Item, MetadataValues, Record
+from service.catalog import Catalog, Item, MetadataValues, Record, Where
 
 FORMAT, FORMAT_VERSION = "simclr-index", 2
 DEFAULT_EF_SEARCH, DEFAULT_NPROBE = 128, 32
@@ -207,10 +207,10 @@ class SearchIndex:
 
     # -- search -------------------------------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int, where: dict[str, list] | None = None,
+    def search(self, queries: np.ndarray, k: int, where: Where | None = None,
                exclude: list[int] | None = None, offset: int = 0, min_score: float | None = None) -> list[list[Hit]]:
         """The k best hits per query (Q, D) unit vectors after the first `offset` (a page), best first: only
-        images whose metadata has, per key of `where`, one of its values; only scores of at least min_score;
+        images whose metadata matches `where` (service.catalog.Where); only scores of at least min_score;
         never the vid exclude[q] (an indexed query image need not find itself)."""
         self.refresh()
         queries = np.ascontiguousarray(queries, dtype="float32")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StringConstraints, \
-    model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt,
+                      StringConstraints, model_validator)
 
 MAX_CLASSIFY_K = 10
 MAX_SEARCH_K = 100
@@ -39,6 +39,38 @@ class ImagesJSON(BaseModel):
     images: list[str] = Field(min_length=1, description="base64-encoded image files (JPEG, PNG, ...)")
 
 
+class Condition(BaseModel):
+    """Conditions on one metadata key, all of which must hold: in (any of these values), not (none of them; an
+    image without the key passes), and numeric bounds (only numbers pass them)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"gte": 2020, "lt": 2025},
+                                                                             {"not": ["draft", "private"]}]})
+
+    in_: list[MetadataValue] | None = Field(None, alias="in", min_length=1)
+    not_: list[MetadataValue] | None = Field(None, alias="not", min_length=1)
+    gt: StrictFloat | StrictInt | None = None
+    gte: StrictFloat | StrictInt | None = None
+    lt: StrictFloat | StrictInt | None = None
+    lte: StrictFloat | StrictInt | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> Condition:
+        if not self.model_dump(exclude_none=True):
+            raise ValueError("a condition needs at least one of in, not, gt, gte, lt, lte")
+        return self
+
+
+def _as_condition(value: Any) -> Any:
+    """An object is validated as a Condition first, so that its mistakes are named as such (not as failures to
+    be a string or a list)."""
+    return Condition.model_validate(value) if isinstance(value, dict) else value
+
+
+# A metadata filter in JSON: per key, a value, a list (any of them), or a Condition.
+Filter = Annotated[dict[MetadataKey, Annotated[MetadataValue | list[MetadataValue] | Condition,
+                                               BeforeValidator(_as_condition)]], Field(min_length=1)]
+
+
 class SearchJSON(BaseModel):
     """/search's JSON body: query images, or query embeddings as /embed returns them (exactly one of the two)."""
 
@@ -53,8 +85,9 @@ class SearchJSON(BaseModel):
     offset: int | None = Field(None, ge=0, le=10_000)
     min_score: float | None = Field(None, ge=-1, le=1)
     class_name: str | None = None
-    filter: dict[MetadataKey, MetadataValue | list[MetadataValue]] | None = Field(
-        None, description="only images whose metadata has these values (a list: any of them), every key")
+    filter: Filter | None = Field(
+        None, description="only images whose metadata has these values (a list: any of them; or conditions: in, "
+        "not, gt, gte, lt, lte), every key")
 
     @model_validator(mode="after")
     def _one_kind(self) -> SearchJSON:
@@ -102,11 +135,11 @@ class IndexDeleteJSON(BaseModel):
     """POST /index/delete's body: the ids to remove, or a filter whose matches are removed (one of the two)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"ids": ["photos/red.png", "photos/blue.png"]}, {"filter": {"album": "tests"}}]})
+        {"ids": ["photos/red.png", "photos/blue.png"]}, {"filter": {"album": "tests", "year": {"lt": 2020}}}]})
 
     ids: list[ImageId] | None = Field(None, min_length=1, max_length=10_000)
-    filter: dict[MetadataKey, MetadataValue | list[MetadataValue]] | None = Field(
-        None, min_length=1, description="remove the images whose metadata has these values (a list: any of them)")
+    filter: Filter | None = Field(
+        None, description="remove the images whose metadata matches (as search's filter)")
 
     @model_validator(mode="after")
     def _one_of(self) -> IndexDeleteJSON:

@@ -15,7 +15,7 @@ from contract.bundle import describe
 from service.catalog import Item, Record
 from service.dependencies import TO_MODEL, Index, Ready
 from service.problems import Problem, validated
-from service.routes import NOT_FOUND, PROBLEMS, describe_index, image_url
+from service.routes import NOT_FOUND, PROBLEMS, QueryFilter, describe_index, image_url, where_of
 from service.schemas import (ImageId, IndexChange, IndexDeleteJSON, IndexedImage, IndexImagesJSON, IndexPage,
                              IndexSummary, IndexVectorsJSON, MetadataPatch,
                              Metadata)
@@ -92,8 +92,8 @@ async def delete_images(body: IndexDeleteJSON, state: Ready, index: Index) -> In
     def delete() -> tuple[list[str], int]:
         ids = body.ids
         if ids is None:
-            where = {k: v if isinstance(v, list) else [v] for k, v in body.filter.items()}
-            ids = [record.id for record in index.catalog.records(index.catalog.matching(where).tolist()).values()]
+            matching = index.catalog.matching(where_of(filters=body.filter)).tolist()
+            ids = [record.id for record in index.catalog.records(matching).values()]
         return ids, index.remove(ids) if ids else 0
 
     with state.metrics.index_changes.time():
@@ -104,9 +104,10 @@ async def delete_images(body: IndexDeleteJSON, state: Ready, index: Index) -> In
 @router.get("/index/images", response_model=IndexPage)
 async def list_images(request: Request, state: Ready, index: Index,
                       after: Annotated[str | None, Query(pattern=r"^\d{1,18}$", description="a page's `next`")] = None,
-                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> IndexPage:
-    """The indexed images, a page at a time, in the order they were added."""
-    records = await state.run_search(index.catalog.page, int(after or 0), limit)
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100, filter: QueryFilter = None) -> IndexPage:
+    """The indexed images, a page at a time, in the order they were added; only those whose metadata matches
+    filter (as search's)."""
+    records = await state.run_search(index.catalog.page, int(after or 0), limit, where_of(filters=filter))
     root_path = request.scope.get("root_path", "")
     return IndexPage(images=[_indexed(record, root_path) for record in records],
                      next=str(records[-1].vid) if len(records) == limit else None)

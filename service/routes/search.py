@@ -1,15 +1,15 @@
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 
 from service.dependencies import UPLOADS_TO_MODEL, Index, Ready
+from service.catalog import Where
 from service.index import Hit, SearchIndex
 from service.problems import Problem, validated
-from service.routes import NOT_FOUND, PROBLEMS, image_url
+from service.routes import NOT_FOUND, PROBLEMS, QueryFilter, image_url, where_of
 from service.schemas import MAX_SEARCH_K, Neighbour, SearchJSON, SearchResponse, SearchResult
 from service.uploads import OPENAPI_BODY, base64_files, decode_files, read_images, request_kind
 
@@ -17,8 +17,6 @@ router = APIRouter(tags=["search"])
 K = Annotated[int, Query(ge=1, le=MAX_SEARCH_K, description="neighbours per query")]
 ClassName = Annotated[str | None, Query(description="only images of this class")]
 Offset = Annotated[int, Query(ge=0, le=10_000, description="hits to skip: the next page starts at offset + k")]
-Filter = Annotated[list[str] | None, Query(description="only images whose metadata has this value: key:value, "
-                                       "repeated for several (the same key: any of its values)")]
 MinScore = Annotated[float | None, Query(ge=-1, le=1, description="only hits at least this similar (cosine)")]
 SEARCH_BODY = {"requestBody": {"required": True, "content": {
     **OPENAPI_BODY["requestBody"]["content"], "application/json": {"schema": SearchJSON.model_json_schema()}}}}
@@ -66,43 +64,19 @@ def _unit_vectors(embeddings: list[list[float]], dim: int) -> np.ndarray:
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _where(class_name: str | None, filters: list[str] | dict | None) -> dict[str, list] | None:
-    """The metadata filter: {key: [accepted values]} from class_name and filter (key:value strings from the query
-    string, whose values match as text or as the number they spell, or a JSON object)."""
-    where: dict[str, list] = {}
-    if isinstance(filters, dict):
-        where = {key: value if isinstance(value, list) else [value] for key, value in filters.items()}
-    for text in filters if isinstance(filters, list) else []:
-        key, sep, value = text.partition(":")
-        if not sep or not key:
-            raise Problem(422, f"filter {text!r} is not key:value")
-        where.setdefault(key, []).extend([value, *_number(value)])
-    if class_name is not None:
-        where.setdefault("class", []).append(class_name)
-    return where or None
-
-
-def _number(text: str) -> list[float]:
-    try:
-        value = float(text)
-    except ValueError:
-        return []
-    return [value] if math.isfinite(value) else []
-
-
 @router.post("/search", response_model=SearchResponse, responses=PROBLEMS, openapi_extra=SEARCH_BODY,
              dependencies=[UPLOADS_TO_MODEL])
 async def search_images(request: Request, queries: Annotated[np.ndarray, Depends(read_queries)],
                         body: Annotated[SearchJSON | None, Depends(read_body)], state: Ready, index: Index,
                         k: K = 10, class_name: ClassName = None, offset: Offset = 0,
-                        min_score: MinScore = None, filter: Filter = None) -> SearchResponse:
+                        min_score: MinScore = None, filter: QueryFilter = None) -> SearchResponse:
     """Per query image (or embedding) the k most similar indexed images, best first, after the first offset,
     optionally only those whose metadata matches filter. The parameters may come in the JSON body instead of
     the query string."""
     params = _merged(request, body, k=k, class_name=class_name, offset=offset, min_score=min_score)
     if filter and body is not None and body.filter is not None:
         raise Problem(422, "filter is given twice: in the query string and in the body")
-    where = _where(params.pop("class_name"), body.filter if body is not None and body.filter else filter)
+    where = where_of(params.pop("class_name"), body.filter if body is not None and body.filter else filter)
     await _check_class(state, index, where)
     return await _search(state, index, queries, where=where, **params, root_path=request.scope.get("root_path", ""))
 
@@ -111,9 +85,9 @@ async def search_images(request: Request, queries: Annotated[np.ndarray, Depends
 async def search_by_id(request: Request, state: Ready, index: Index,
                        id: Annotated[str, Query(min_length=1, description="an indexed image's id")], k: K = 10,
                        class_name: ClassName = None, offset: Offset = 0, min_score: MinScore = None,
-                       filter: Filter = None) -> SearchResponse:
+                       filter: QueryFilter = None) -> SearchResponse:
     """The k indexed images most similar to indexed image `id`, itself left out, after the first offset."""
-    where = _where(class_name, filter)
+    where = where_of(class_name, filter)
     await _check_class(state, index, where)
     found = await state.run_search(index.vector, id)
     if found is None:
@@ -123,16 +97,17 @@ async def search_by_id(request: Request, state: Ready, index: Index,
                          root_path=request.scope.get("root_path", ""))
 
 
-async def _check_class(state: Ready, index: SearchIndex, where: dict[str, list] | None) -> None:
+async def _check_class(state: Ready, index: SearchIndex, where: Where | None) -> None:
     """A class_name the index does not have is a mistake worth saying (other filters may match nothing yet)."""
-    if where and "class" in where:
+    condition = where.get("class") if where else None
+    wanted = condition if isinstance(condition, list) else (condition or {}).get("in")
+    if wanted:
         classes = await state.run_search(lambda: index.classes)
-        if not set(map(str, where["class"])) & set(classes):
-            raise Problem(422, f"unknown class_name {where['class'][0]!r}: the index has "
-                          f"{', '.join(classes) or 'none'}")
+        if not set(map(str, wanted)) & set(classes):
+            raise Problem(422, f"unknown class_name {wanted[0]!r}: the index has {', '.join(classes) or 'none'}")
 
 
-async def _search(state: Ready, index: SearchIndex, queries: np.ndarray, k: int, where: dict[str, list] | None,
+async def _search(state: Ready, index: SearchIndex, queries: np.ndarray, k: int, where: Where | None,
                   exclude: list[int] | None = None, offset: int = 0, min_score: float | None = None,
                   root_path: str = "") -> SearchResponse:
     with state.metrics.search.time():

@@ -109,6 +109,9 @@ def test_vectors_bulk_removal_metadata_and_paging_through_the_client(live_server
         change = client.index_add_vectors(["v/0", "v/1", "v/2"], [e.representation for e in vectors],
                                           [{"n": 0}, {"n": 1}, {"n": 2}])
         assert (change.added, change.count) == (3, before + 3)
+        (ranged,) = client.search_embeddings([vectors[0].representation], k=10, filter={"n": {"gte": 1}}).results
+        assert sorted(n.id for n in ranged.neighbours) == ["v/1", "v/2"]  # conditions go as n>=1 in the query
+        assert [i.id for i in client.index_images(filter={"n": {"lt": 1}})] == ["v/0"]
         assert client.index_update("v/1", {"n": None, "tag": "odd"}).metadata == {"tag": "odd"}
         listed = list(client.index_images(page_size=2))  # pages of 2: every image, once, in order
         assert len(listed) == before + 3 and len({i.id for i in listed}) == before + 3

@@ -79,3 +79,38 @@ def test_metadata_changes_without_the_image(client):
     assert_problem(client.patch("/index/images/never/indexed", json={"metadata": {"a": 1}}), 404, "no indexed")
     too_many = {f"k{i}": i for i in range(40)}
     assert_problem(client.patch(f"/index/images/{IDS[1]}", json={"metadata": too_many}), 422, "metadata")
+
+
+def test_filters_beyond_equality_on_search_listing_and_removal(client):
+    rows = [{"id": f"f/{i}", "vector": [float(j == i) + 0.05 for j in range(512)],
+             "metadata": {"n": i, "tag": "odd" if i % 2 else "even", **({"year": "1999"} if i == 1 else {})}}
+            for i in range(6)]
+    client.post("/index/vectors", json={"vectors": rows})
+    query = [float(j == 0) + 0.05 for j in range(512)]
+
+    def searched(**body) -> list[str]:
+        answer = client.post("/search", json={"embeddings": [query], "k": 100, **body})
+        assert answer.status_code == 200, answer.text
+        return sorted(h["id"] for h in answer.json()["results"][0]["neighbours"] if h["id"].startswith("f/"))
+
+    assert searched(filter={"n": {"gte": 2, "lt": 4}}) == ["f/2", "f/3"]
+    assert searched(filter={"n": {"in": [0, 5]}, "tag": {"not": ["even"]}}) == ["f/5"]
+    assert searched(filter={"year": {"gt": 0}}) == []  # a text value never passes a numeric bound
+    in_query = client.post("/search?k=100&filter=n>=4&filter=tag!=odd", json={"embeddings": [query]})
+    assert sorted(h["id"] for h in in_query.json()["results"][0]["neighbours"]) == ["f/4"]
+    # NOT keeps the images without the key: all the others in the index, and the f/ ones but f/1.
+    assert "f/0" in searched(filter={"year": {"not": ["1999"]}}) and "f/1" not in searched(
+        filter={"year": {"not": ["1999"]}})
+
+    listed = client.get("/index/images", params={"filter": ["tag:even", "n<3"], "limit": 1}).json()
+    assert [i["id"] for i in listed["images"]] == ["f/0"] and listed["next"] is not None
+    rest = client.get("/index/images", params={"filter": ["tag:even", "n<3"], "after": listed["next"]}).json()
+    assert [i["id"] for i in rest["images"]] == ["f/2"] and rest["next"] is None
+
+    removed = client.post("/index/delete", json={"filter": {"n": {"gte": 3}, "tag": "odd"}}).json()
+    assert sorted(removed["ids"]) == ["f/3", "f/5"] and removed["removed"] == 2
+
+    assert_problem(client.post("/search?filter=n>=many", json={"embeddings": [query]}), 422, "is not a number")
+    assert_problem(client.post("/search", json={"embeddings": [query], "filter": {"n": {"about": 3}}}), 422,
+                   "Extra inputs")
+    assert_problem(client.post("/search", json={"embeddings": [query], "filter": {"n": {}}}), 422, "at least one")
