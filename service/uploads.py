@@ -65,7 +65,7 @@ async def _read_images(request: Request, state: ServiceState) -> Tensor:
 async def decode_files(files: list[tuple[str, bytes]], state: ServiceState) -> Tensor:
     """uint8 (N, 3, S, S) from (name, encoded bytes) pairs, decoded in a worker thread; no image, a bad one or
     too many of them is a problem naming which."""
-    _check_count(files, state)
+    check_count(len(files), state)
     model, max_pixels = state.model, state.settings.max_image_pixels
 
     def decode() -> Tensor:  # in a worker thread: decoding and resizing are CPU work
@@ -77,7 +77,7 @@ async def decode_files(files: list[tuple[str, bytes]], state: ServiceState) -> T
 async def decode_for_index(files: list[tuple[str, bytes]], state: ServiceState,
                            thumbnail_size: int) -> tuple[Tensor, list[bytes]]:
     """decode_files's batch, and each image's thumbnail (JPEG) for the index."""
-    _check_count(files, state)
+    check_count(len(files), state)
     model, max_pixels = state.model, state.settings.max_image_pixels
 
     def decode() -> tuple[Tensor, list[bytes]]:
@@ -88,12 +88,13 @@ async def decode_for_index(files: list[tuple[str, bytes]], state: ServiceState,
     return await run_in_threadpool(decode)
 
 
-def _check_count(files: list[tuple[str, bytes]], state: ServiceState) -> None:
-    if not files:
-        raise Problem(422, "the request holds no images: send them as multipart files in the field 'images' or "
-                      "as a JSON list of base64 strings")
-    if len(files) > state.settings.max_images:
-        raise Problem(413, f"too many images in one request: {len(files)}, at most {state.settings.max_images}",
+def check_count(count: int, state: ServiceState, how: str = "send them as multipart files in the field "
+                "'images' or as a JSON list of base64 strings") -> None:
+    """A request's number of images within --max-images (413), and not none (422, saying how to send them)."""
+    if count < 1:
+        raise Problem(422, f"the request holds no images: {how}")
+    if count > state.settings.max_images:
+        raise Problem(413, f"too many images in one request: {count}, at most {state.settings.max_images}",
                       "too-many-images")
 
 

@@ -34,12 +34,13 @@ from service.routes import NOT_FOUND, PROBLEMS
 from service.schemas import (InferenceOutput, InferenceRequest, InferenceResponse, ModelMetadata, ModelReady,
                              ServerLive, ServerMetadata, ServerReady, TensorMetadata)
 from service.state import ServiceState
-from service.uploads import base64_files, decode_files
+from service.uploads import base64_files, check_count, decode_files
 
 router = APIRouter(prefix="/v2", tags=["open-inference-protocol"])
 
 VERSION = "1"  # the bundle's name already says which bundle (its fingerprint): one version of it
 IMAGES, IMAGE_FILES = "images", "image_files"
+NO_IMAGES = "the batch dimension is 0"
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the binary tensor extension: the JSON's length in bytes
 INFER_PROBLEMS = PROBLEMS | NOT_FOUND
 # The answer is JSON, or with the binary tensor extension JSON followed by the tensors' bytes.
@@ -239,7 +240,7 @@ def _parse(body: bytes, header_length: str | None,
     if len(tensor.shape) not in (1, 2) or tensor.shape[1:] not in ([], [1]):
         raise Problem(422, f"input {IMAGE_FILES!r} has shape {tensor.shape}: it is [N] (or [N, 1]), one encoded "
                       f"image file per element")
-    _check_count(count, state)
+    check_count(count, state, NO_IMAGES)
     files = _byte_elements(binary, count) if size is not None else _base64_elements(tensor.data, count)
     return payload, files
 
@@ -248,20 +249,12 @@ def _expected(name: str, state: ServiceState) -> str:
     return next(t.datatype for t in _inputs(state) if t.name == name)
 
 
-def _check_count(count: int, state: ServiceState) -> None:
-    if count < 1:
-        raise Problem(422, "the request holds no images (the batch dimension is 0)")
-    if count > state.settings.max_images:
-        raise Problem(413, f"too many images in one request: {count}, at most {state.settings.max_images}",
-                      "too-many-images")
-
-
 def _pixels(shape: list[int], data: list | None, binary: bytes | None, state: ServiceState) -> Tensor:
     size = state.model.size
     if len(shape) != 4 or shape[1:] != [3, size, size]:
         raise Problem(422, f"input {IMAGES!r} has shape {shape}: this model takes [N, 3, {size}, {size}] (NCHW, RGB; "
                       f"for other sizes send the files as {IMAGE_FILES!r})")
-    _check_count(shape[0], state)
+    check_count(shape[0], state, NO_IMAGES)
     needed = math.prod(shape)
     if binary is not None:
         if len(binary) != needed:

@@ -173,6 +173,7 @@ def test_errors_are_problems_with_the_protocols_error_member(http, triton_client
         (infer, {"inputs": [{**uint8_json(one)["inputs"][0], "data": [1, 2, 3]}]}, 422, "3 values", None),
         (infer, {"inputs": [{**uint8_json(one)["inputs"][0], "data": [300] * one.size}]}, 422, "0 to 255", None),
         (infer, uint8_json(too_many), 413, "65, at most 64", "too-many-images"),
+        (infer, uint8_json(np.zeros((0, 3, SIZE, SIZE), np.uint8)), 422, "no images: the batch dimension is 0", None),
         (infer, {"inputs": [{**uint8_json(one)["inputs"][0], "name": "input__0"}]}, 422, "exactly one input", None),
         (infer, uint8_json(one, outputs=[{"name": "logits"}]), 422, "'logits' is not an output", None),
         (infer, {"inputs": []}, 422, "inputs", None),
