@@ -25,7 +25,7 @@ RUN --mount=type=secret,id=pip_ca --mount=type=bind,source=pyproject.toml,target
     python3 -m venv /opt/simclr/venv \
     && pip install --index-url "$TORCH_INDEX_URL" torch torchvision \
     && python -c 'import tomllib; p = tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]; \
-                  print("\n".join(p["dependencies"] + p["optional-dependencies"]["serve"]))' \
+                  o = p["optional-dependencies"]; print("\n".join(p["dependencies"] + o["serve"] + o["milvus"]))' \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 

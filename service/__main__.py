@@ -2,22 +2,27 @@
 
     python -m service --bundle bundles/r18 --index indexes/cifar10-train --port 8000
     SIMCLR_BUNDLE=bundles/r18 SIMCLR_PORT=8000 python -m service       # the same, from the environment
+    python -m service --workers 2 --index-uri milvus://milvus:19530     # two processes, the index in Milvus
 
 Every setting (python -m service --help) is a flag or a SIMCLR_* environment variable; flags win. The bundle
-and index are checked before the server starts, so a bad path or a mismatched pair is one line of error.
+and index are checked before the server starts, so a bad path, a mismatched pair or a Milvus server that does
+not answer is one line of error. With --workers, uvicorn starts that many processes on one port (and restarts
+one that dies); each builds its app from the settings checked here (service.app.worker_app).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import uvicorn
 from pydantic import ValidationError
 
 from contract.bundle import BundleError, read_manifest
-from service.app import create_app
+from service.app import LOG_FORMAT, WORKER_SETTINGS, create_app, worker_settings
 from service.index import SearchIndexError, read_info
+from service.indexes import exists, location_of, read_index_info
 from service.settings import Settings
 
 
@@ -27,6 +32,10 @@ def main() -> int:
         _, fingerprint = read_manifest(settings.bundle)
         if settings.index is not None:
             read_info(settings.index, fingerprint)
+        if settings.index_uri is not None:  # a server that does not answer is said now, not at the first search
+            location = location_of(settings.index_uri, fingerprint)
+            if exists(location):
+                read_index_info(location, fingerprint)
     except ValidationError as e:
         problems = "; ".join(f"--{'-'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         print(f"error: {problems}", file=sys.stderr)
@@ -34,9 +43,16 @@ def main() -> int:
     except (BundleError, SearchIndexError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, root_path=settings.root_path,
-                log_level="info")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, root_path=settings.root_path,
+                    log_level="info")
+        return 0
+    if "torch_threads" not in settings.model_fields_set:  # the cores are shared out, not each taken by all
+        settings.torch_threads = max(1, settings.torch_threads // settings.workers)
+    os.environ[WORKER_SETTINGS] = worker_settings(settings)
+    uvicorn.run("service.app:worker_app", factory=True, workers=settings.workers, host=settings.host,
+                port=settings.port, root_path=settings.root_path, log_level="info")
     return 0
 
 

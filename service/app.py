@@ -6,6 +6,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import os
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -20,6 +23,9 @@ from service.routes import classify, embed, index, open_inference, openai, ops, 
 from service.routes.page import STATIC
 from service.settings import Settings
 from service.state import ServiceState
+
+WORKER_SETTINGS = "SIMCLR_WORKER_SETTINGS"  # the checked settings, as JSON, for each worker process
+LOG_FORMAT = "%(levelname)s:     %(message)s"  # as uvicorn's own lines
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -59,3 +65,17 @@ def create_app(settings: Settings) -> FastAPI:
                            allow_headers=["Content-Type", "X-API-Key", "Authorization"])
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last: outermost, so it sees every answer
     return app
+
+
+def worker_settings(settings: Settings) -> str:
+    """The settings as worker_app reads them back (the API key in clear: it stays in the process environment)."""
+    values = settings.model_dump(mode="json")
+    values["api_key"] = settings.api_key.get_secret_value() if settings.api_key else None
+    return json.dumps(values)
+
+
+def worker_app() -> FastAPI:
+    """The app of one of several worker processes (python -m service --workers N), from the settings the parent
+    checked: read as they are, not again from flags and environment variables."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    return create_app(Settings.model_validate_json(os.environ[WORKER_SETTINGS]))

@@ -24,7 +24,6 @@ import argparse
 import csv
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -43,7 +42,9 @@ from contract.cifar10 import DataError, load_cifar10
 from contract.files import recorded_path
 from contract.images import ImageError, data_layout, decode_all, fit, list_images, open_image
 from service.catalog import Item, MetadataValues
-from service.index import SearchIndex, SearchIndexError, make_thumbnail, read_info, vector_index
+from service.index import SearchIndexError, make_thumbnail
+from service.indexes import (Index, Location, check_type, create_index, exists, location_of, open_index, publish,
+                             read_index_info, staging)
 from service.model import RUNTIMES, Model, Outputs, pick_runtime
 
 
@@ -133,7 +134,7 @@ def decode_entries(entries: list[Entry], size: int, max_pixels: int, thumbnail_s
     return images, thumbnails
 
 
-def recall_at(index: SearchIndex, ids: list[str], vectors: np.ndarray, k: int = 10, queries: int = 1000,
+def recall_at(index: Index, ids: list[str], vectors: np.ndarray, k: int = 10, queries: int = 1000,
               seed: int = 0) -> float:
     """Mean fraction of the exact top-k (among vectors, whose ids are ids) that the index returns, over a
     sample of the vectors as queries."""
@@ -172,7 +173,7 @@ def build(bundle_dir: str | Path, data_dirs: list[str], out: str | Path, options
         model = Model(load_bundle(bundle_dir))
         print(f"inference: {pick_runtime(model, options.runtime)[0]}")
     infer = infer or model.infer
-    bundle, out = model.bundle, Path(out)
+    bundle = model.bundle
     entries = [entry for root in data_dirs for entry in find_images(Path(root), splits, options.download)]
     if not entries:
         raise BuildError(f"no images found in {', '.join(data_dirs)} (splits {', '.join(splits)})")
@@ -185,12 +186,13 @@ def build(bundle_dir: str | Path, data_dirs: list[str], out: str | Path, options
             entry.metadata.update(extra.get(entry.id, {}))
         print(f"metadata for {len(extra.keys() & {e.id for e in entries})} of {len(entries)} images from {metadata}")
 
-    existing = out / "index.json"
+    location = location_of(out, bundle.fingerprint)
     try:  # a bad --index-type or index is said before minutes of embedding, not after
-        if existing.is_file():  # the thumbnails are made at the index's own size
-            thumbnail_size = read_info(out, bundle.fingerprint).thumbnail_size
+        existing = exists(location)
+        if existing:  # the thumbnails are made at the index's own size
+            thumbnail_size = read_index_info(location, bundle.fingerprint).thumbnail_size
         else:
-            vector_index(bundle.manifest.architecture.representation_dim, factory)
+            check_type(location, bundle.manifest.architecture.representation_dim, factory)
     except SearchIndexError as e:
         raise BuildError(str(e)) from None
     started = time.perf_counter()
@@ -206,34 +208,42 @@ def build(bundle_dir: str | Path, data_dirs: list[str], out: str | Path, options
     embedded = time.perf_counter()
 
     items = [Item(e.id, v, e.metadata, t) for e, v, t in zip(entries, vectors, thumbnails)]
-    try:
-        if existing.is_file():
-            index = SearchIndex(out, bundle.fingerprint)
-            for start in range(0, len(items), 10_000):
-                index.add(items[start:start + 10_000])
-        else:  # built beside out and renamed: out is a whole index or none
-            building = out.with_name(f".{out.name}.building-{os.getpid()}")
-            shutil.rmtree(building, ignore_errors=True)
-            sample = vectors[np.random.default_rng(0).permutation(len(vectors))[:100_000]]
-            index = SearchIndex.create(building, dim=vectors.shape[1], bundle=bundle.fingerprint,
-                                       bundle_name=bundle.name, runtime=model.runtime, factory=factory,
-                                       thumbnail_size=thumbnail_size, sample=sample, splits=list(splits),
-                                       sources=[recorded_path(Path(d).resolve()) for d in data_dirs])
-            for start in range(0, len(items), 10_000):
-                index.add(items[start:start + 10_000])
-    except SearchIndexError as e:
-        raise BuildError(str(e)) from None
+    new = dict(bundle=bundle.fingerprint, bundle_name=bundle.name, runtime=model.runtime, factory=factory,
+               thumbnail_size=thumbnail_size, splits=list(splits),
+               sources=[recorded_path(Path(d).resolve()) for d in data_dirs])
+    index, info = _fill(location, bundle.fingerprint, items, new, recall=True)
     print(f"{len(items)} images decoded and embedded in {embedded - started:.1f} s "
           f"({len(items) / (embedded - started):.0f} images/s); indexed in {time.perf_counter() - embedded:.1f} s")
-    info = {**index.info.model_dump(), "count": index.count}
-    if index.factory != "Flat":
-        info["recall_at_10"] = recall_at(index, [e.id for e in entries], vectors)
-        print(f"recall@10 against exact search: {info['recall_at_10']:.4f} ({min(1000, len(vectors))} of the "
-              f"added vectors as queries)")
-    index.close()
-    if not existing.is_file():
-        building.rename(out)
     return info
+
+
+def _fill(location: Location, bundle: str, items: list[Item], new: dict, recall: bool = False) -> tuple[Index, dict]:
+    """Add items to the index at location, or to a new one made with the fields `new` (built beside its place
+    and published whole). Returns the index (closed) and its info with its count (and recall@10 if asked and
+    approximate)."""
+    try:
+        if exists(location):
+            index, staged = open_index(location, bundle), None
+        else:
+            staged = staging(location)
+            vectors = np.stack([item.vector for item in items])
+            sample = vectors[np.random.default_rng(0).permutation(len(vectors))[:100_000]]
+            index = create_index(staged, dim=vectors.shape[1], sample=sample, **new)
+        for start in range(0, len(items), 10_000):
+            index.add(items[start:start + 10_000])
+        info = {**index.info.model_dump(), "count": index.count}
+        if recall and index.info.factory.upper() != "FLAT":
+            vectors = np.stack([item.vector for item in items])
+            info["recall_at_10"] = recall_at(index, [item.id for item in items], vectors)
+            print(f"recall@10 against exact search: {info['recall_at_10']:.4f} ({min(1000, len(vectors))} of the "
+                  f"added vectors as queries)")
+        if staged is None:
+            index.close()
+        else:
+            publish(index, staged, location)
+    except SearchIndexError as e:
+        raise BuildError(str(e)) from None
+    return index, info
 
 
 def build_from_parquet(file: str | Path, out: str | Path, options: BuildOptions = BuildOptions()) -> dict:
@@ -242,31 +252,16 @@ def build_from_parquet(file: str | Path, out: str | Path, options: BuildOptions 
     an existing one must be that bundle's."""
     from service.export_vectors import read_exported
 
-    out = Path(out)
     try:
         exported = read_exported(file)
-        bundle = exported.provenance["bundle"]
-        if (out / "index.json").is_file():
-            index, building = SearchIndex(out, bundle), None
-        else:
-            building = out.with_name(f".{out.name}.building-{os.getpid()}")
-            shutil.rmtree(building, ignore_errors=True)
-            sample = exported.vectors[np.random.default_rng(0).permutation(len(exported.vectors))[:100_000]]
-            index = SearchIndex.create(building, dim=exported.vectors.shape[1], bundle=bundle,
-                                       bundle_name=exported.provenance["bundle_name"],
-                                       runtime=exported.provenance["runtime"], factory=options.factory,
-                                       thumbnail_size=options.thumbnail_size, sample=sample,
-                                       sources=[recorded_path(Path(file).resolve())])
-        items = [Item(*row) for row in zip(exported.ids, exported.vectors, exported.metadata)]
-        for start in range(0, len(items), 10_000):
-            index.add(items[start:start + 10_000])
     except SearchIndexError as e:
         raise BuildError(str(e)) from None
-    info = {**index.info.model_dump(), "count": index.count}
-    index.close()
-    if building is not None:
-        building.rename(out)
-    return info
+    bundle = exported.provenance["bundle"]
+    items = [Item(*row) for row in zip(exported.ids, exported.vectors, exported.metadata)]
+    new = dict(bundle=bundle, bundle_name=exported.provenance["bundle_name"], runtime=exported.provenance["runtime"],
+               factory=options.factory, thumbnail_size=options.thumbnail_size,
+               sources=[recorded_path(Path(file).resolve())])
+    return _fill(location_of(out, bundle), bundle, items, new)[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,11 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-parquet", metavar="FILE", type=Path,
                         help="instead of images, the vectors and metadata of an export (python -m "
                              "service.export_vectors): the index is the bundle's that the file names")
-    parser.add_argument("--out", required=True, help="index directory to write, or to add to")
+    parser.add_argument("--out", required=True, help="index directory to write, or to add to; or a Milvus server "
+                        "(milvus://HOST:PORT[?collection=NAME], the bundle's collection by default), or Milvus Lite "
+                        "(milvus-lite:FOLDER)")
     parser.add_argument("--splits", nargs="+", default=["train"], help="splits of labelled folders (default: train)")
     parser.add_argument("--metadata", type=Path, help="per-id metadata: a CSV file with an id column, or JSON Lines")
     parser.add_argument("--index-type", default="Flat",
-                        help="FAISS factory string: Flat (exact, the default), HNSW32, IVF4096,PQ32 ...")
+                        help="FAISS factory string: Flat (exact, the default), HNSW32, IVF4096,PQ32 ...; on Milvus "
+                             "its index type: FLAT, HNSW, IVF_FLAT, AUTOINDEX")
     parser.add_argument("--thumbnail-size", type=int, default=128,
                         help="longest side of the thumbnails the index keeps (default: 128)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per inference batch (default: 256)")

@@ -52,9 +52,9 @@ class Record:
     """One indexed image as the catalog keeps it."""
 
     id: str
-    vid: int
     metadata: MetadataValues
     added: float
+    vid: int = 0  # the vector's id in the local index's FAISS (service.index); backends without one leave it 0
 
 
 @dataclass
@@ -114,7 +114,7 @@ class Catalog:
 
     def get(self, id: str) -> Record | None:
         row = self.db.execute("SELECT id, vid, metadata, added FROM images WHERE id = ?", (id,)).fetchone()
-        return Record(row[0], row[1], json.loads(row[2]), row[3]) if row else None
+        return Record(row[0], json.loads(row[2]), row[3], row[1]) if row else None
 
     def page(self, after_vid: int = 0, limit: int = 100, where: Where | None = None) -> list[Record]:
         """Up to limit records after after_vid, in the order they were added (a listing's page), only those
@@ -122,13 +122,13 @@ class Catalog:
         query, params = _matching(where) if where else ("SELECT vid FROM images", [])
         rows = self.db.execute(f"SELECT id, vid, metadata, added FROM images WHERE vid > ? AND vid IN ({query}) "
                                f"ORDER BY vid LIMIT ?", (after_vid, *params, limit))
-        return [Record(row[0], row[1], json.loads(row[2]), row[3]) for row in rows]
+        return [Record(row[0], json.loads(row[2]), row[3], row[1]) for row in rows]
 
     def records(self, vids: list[int]) -> dict[int, Record]:
         """The records of these vids (those that exist), by vid."""
         rows = self.db.execute(f"SELECT id, vid, metadata, added FROM images WHERE vid IN "
                                f"({','.join('?' * len(vids))})", vids) if vids else []
-        return {row[1]: Record(row[0], row[1], json.loads(row[2]), row[3]) for row in rows}
+        return {row[1]: Record(row[0], json.loads(row[2]), row[3], row[1]) for row in rows}
 
     def vector(self, id: str) -> tuple[int, np.ndarray] | None:
         row = self.db.execute("SELECT vid, vector FROM images WHERE id = ?", (id,)).fetchone()

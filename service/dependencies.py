@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute
 
-from service.index import SearchIndex
+from service import indexes
 from service.problems import Problem
 from service.state import ServiceState
 
@@ -31,7 +31,7 @@ async def get_ready(state: Annotated[ServiceState, Depends(get_state)]) -> Servi
     return state
 
 
-async def get_index(state: Annotated[ServiceState, Depends(get_ready)]) -> SearchIndex:
+async def get_index(state: Annotated[ServiceState, Depends(get_ready)]) -> indexes.Index:
     if state.index is not None:
         return state.index
     if state.search in ("loading", "building"):
@@ -43,7 +43,7 @@ async def get_index(state: Annotated[ServiceState, Depends(get_ready)]) -> Searc
 
 
 Ready = Annotated[ServiceState, Depends(get_ready)]
-Index = Annotated[SearchIndex, Depends(get_index)]
+Index = Annotated[indexes.Index, Depends(get_index)]
 
 
 class ToModel:

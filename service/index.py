@@ -70,6 +70,10 @@ class SearchIndexError(Exception):
     """An index that cannot be served (missing, malformed, built with another bundle) or a change it refuses."""
 
 
+class IndexUnavailable(SearchIndexError):
+    """An index backend that does not answer (a Milvus server down or unreachable): worth retrying later."""
+
+
 @dataclass
 class Hit:
     id: str
@@ -150,9 +154,18 @@ class SearchIndex:
     def thumbnail(self, id: str) -> bytes | None:
         return self.catalog.thumbnail(id)
 
-    def vector(self, id: str) -> tuple[int, np.ndarray] | None:
-        """(vid, unit vector) of an indexed image, None when no image has that id."""
-        return self.catalog.vector(id)
+    def vector(self, id: str) -> np.ndarray | None:
+        """The unit vector of an indexed image, None when no image has that id."""
+        found = self.catalog.vector(id)
+        return found[1] if found else None
+
+    def page(self, after: str | None, limit: int, where: Where | None = None) -> tuple[list[Record], str | None]:
+        """Up to limit records in the order they were added, from the cursor `after` (a page's `next`) on, only
+        those matching where; and the next page's cursor (None after the last page)."""
+        if after is not None and not after.isdecimal():
+            raise SearchIndexError(f"after={after!r} is not a cursor of this index: give a page's `next`")
+        records = self.catalog.page(int(after or 0), limit, where)
+        return records, str(records[-1].vid) if len(records) == limit else None
 
     # -- changes ------------------------------------------------------------------------------------------
 
@@ -183,6 +196,14 @@ class SearchIndex:
         self._changed(len(vids))
         return len(vids)
 
+    def remove_matching(self, where: Where) -> list[str]:
+        """Remove every image whose metadata matches where; durable when it returns. Returns their ids."""
+        self._check_writable()
+        self.refresh()
+        ids = [record.id for record in self.catalog.records(self.catalog.matching(where).tolist()).values()]
+        self.remove(ids)
+        return ids
+
     def refresh(self) -> None:
         """Catch up with the changes other processes committed to the catalog since the last look (a memory-mapped
         index serves what it opened: hits whose records are gone are dropped all the same)."""
@@ -208,10 +229,10 @@ class SearchIndex:
     # -- search -------------------------------------------------------------------------------------------
 
     def search(self, queries: np.ndarray, k: int, where: Where | None = None,
-               exclude: list[int] | None = None, offset: int = 0, min_score: float | None = None) -> list[list[Hit]]:
+               exclude: list[str] | None = None, offset: int = 0, min_score: float | None = None) -> list[list[Hit]]:
         """The k best hits per query (Q, D) unit vectors after the first `offset` (a page), best first: only
         images whose metadata matches `where` (service.catalog.Where); only scores of at least min_score;
-        never the vid exclude[q] (an indexed query image need not find itself)."""
+        never the image exclude[q] (an indexed query image need not find itself)."""
         self.refresh()
         queries = np.ascontiguousarray(queries, dtype="float32")
         n = min(k + offset + (1 if exclude else 0), max(self.faiss.ntotal, 1))
@@ -238,7 +259,8 @@ class SearchIndex:
         results = []
         for q, (row_scores, row_vids) in enumerate(zip(scores, vids)):
             hits = [Hit(records[v].id, float(s), records[v].metadata) for s, v in zip(row_scores, row_vids)
-                    if v in records and not (exclude and v == exclude[q]) and (min_score is None or s >= min_score)]
+                    if v in records and (min_score is None or s >= min_score)]
+            hits = [hit for hit in hits if not (exclude and hit.id == exclude[q])]
             results.append(hits[offset:offset + k])
         return results
 
@@ -369,16 +391,22 @@ def read_info(path: Path, bundle_fingerprint: str | None = None) -> IndexInfo:
         info = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SearchIndexError(f"{file} is not valid JSON: {e}") from None
+    return checked_info(info, str(file), bundle_fingerprint)
+
+
+def checked_info(info: object, source: str, bundle_fingerprint: str | None = None) -> IndexInfo:
+    """An index's description (index.json, or a Milvus collection's property) as read from source, checked for
+    format, version and (when given) the bundle it must have been built with."""
     if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("format_version") != FORMAT_VERSION:
-        raise SearchIndexError(f"{file} is not a {FORMAT} version {FORMAT_VERSION} index (an index of an older "
+        raise SearchIndexError(f"{source} is not a {FORMAT} version {FORMAT_VERSION} index (an index of an older "
                                f"version is rebuilt with python -m service.build_index)")
     try:
         info = IndexInfo.model_validate(info)
     except ValidationError as e:
-        raise SearchIndexError(f"{file} is malformed: {describe(e)} (rebuild it with python -m "
+        raise SearchIndexError(f"{source} is malformed: {describe(e)} (rebuild it with python -m "
                                f"service.build_index)") from None
     if bundle_fingerprint is not None and info.bundle != bundle_fingerprint:
-        raise SearchIndexError(f"index {path} was built with another bundle ({info.bundle_name}, manifest "
-                               f"sha256 {info.bundle[:12]}...) than the one served "
+        raise SearchIndexError(f"index {source.removesuffix('/index.json')} was built with another bundle "
+                               f"({info.bundle_name}, manifest sha256 {info.bundle[:12]}...) than the one served "
                                f"({bundle_fingerprint[:12]}...): rebuild it with python -m service.build_index")
     return info

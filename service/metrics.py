@@ -3,6 +3,7 @@ simclr_, beside the standard process, platform and garbage-collector collectors.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -10,8 +11,10 @@ from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECT
                                Gauge, Histogram, Info)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.index import SearchIndexError
+
 if TYPE_CHECKING:
-    from service.index import SearchIndex
+    from service.indexes import Index
     from service.model import Model
 
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
@@ -47,17 +50,28 @@ class ServiceMetrics:
         self.index_dimension = Gauge("simclr_index_dimension", "numbers per indexed vector (0 until an index is "
                                      "loaded)", registry=self.registry)
 
-    def describe(self, model: Model, index: SearchIndex | None) -> None:
+    def describe(self, model: Model, index: Index | None) -> None:
         """Set simclr_model_info: when the model loads, and again when its index does (it may be built later)."""
         self.model_info.info({"model": model.bundle.name, "bundle_fingerprint": model.bundle.fingerprint,
                               "backbone": model.bundle.manifest.architecture.backbone, "runtime": model.runtime,
                               "device": str(model.device), "index_type": index.factory if index else "none"})
 
-    def watch_index(self, index: Callable[[], SearchIndex | None]) -> None:
+    def watch_index(self, index: Callable[[], Index | None]) -> None:
         """The index gauges read the served index (index() returns it) at each scrape rather than being set at
         each change: they cannot miss one, however it came (the API, a reload, another process's additions)."""
-        self.index_images.set_function(lambda: i.count if (i := index()) is not None else 0)
-        self.index_dimension.set_function(lambda: i.dim if (i := index()) is not None else 0)
+        self.index_images.set_function(lambda: _read(index, "count"))
+        self.index_dimension.set_function(lambda: _read(index, "dim"))
+
+
+def _read(index: Callable[[], Index | None], what: str) -> float:
+    """A number of the served index: 0 without one, NaN when its backend does not answer (a Milvus server down:
+    the scrape still succeeds, and says so)."""
+    if (served := index()) is None:
+        return 0
+    try:
+        return getattr(served, what)
+    except SearchIndexError:
+        return math.nan
 
 
 class MetricsMiddleware:

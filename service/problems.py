@@ -21,6 +21,7 @@ from starlette.types import Scope
 
 from contract.bundle import describe
 from service.batching import BatcherStopped, Overloaded
+from service.index import IndexUnavailable, SearchIndexError
 
 MEDIA_TYPE = "application/problem+json"
 # Each kind of problem has its own type URI, /problems/<kind> (GET it for the description), so that a client
@@ -48,6 +49,9 @@ KINDS = {
     "no-classifier": "the served bundle has no classifier (its run was not evaluated): /classify is not offered",
     "index-read-only": "the index is open read-only (memory-mapped, --index-mmap): it takes no additions or "
                        "deletions",
+    "index-refused": "the index refuses the request as given (a cursor that is not one of its own, a change it "
+                     "cannot make); the detail says why",
+    "index-unavailable": "the index's backend (a Milvus server) does not answer: retry after Retry-After seconds",
     "search-off": "similar-image search is not offered by this service (no index, and none could be built)",
     "load-failed": "the service could not load its model bundle or index (the detail says why)",
     "internal-error": "an unexpected error; the server logged it",
@@ -55,6 +59,7 @@ KINDS = {
 _BY_STATUS = {400: "bad-request", 401: "unauthorized", 404: "not-found", 405: "method-not-allowed",
               413: "body-too-large", 415: "unsupported-media-type", 422: "invalid-request", 500: "internal-error",
               503: "not-ready"}
+INDEX_RETRY_AFTER_S = 5  # a Milvus server restarting takes seconds
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger("service")
@@ -126,6 +131,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Overloaded)
     async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
         return overloaded_response(exc, request.scope)
+
+    @app.exception_handler(SearchIndexError)
+    async def _refused(request: Request, exc: SearchIndexError) -> JSONResponse:
+        if isinstance(exc, IndexUnavailable):
+            log.warning("index backend: %s", exc)
+            response = scope_problem(503, f"{exc}: retry shortly", request.scope, "index-unavailable")
+            response.headers["Retry-After"] = str(INDEX_RETRY_AFTER_S)
+            return response
+        return scope_problem(422, str(exc), request.scope, "index-refused")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

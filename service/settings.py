@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     index: Path | None = Field(None, description="index directory to serve (python -m service.build_index); "
                                "without it, the bundle's index in --index-root is served, built there first when "
                                "missing")
+    index_uri: str | None = Field(None, pattern=r"^(milvus|milvus\+https|milvus-lite):", description="keep the "
+                                  "index in Milvus instead of a folder: milvus://HOST:PORT[?collection=NAME] (the "
+                                  "bundle's collection by default; milvus+https:// for TLS, milvus://USER:PASSWORD@"
+                                  "HOST:PORT with credentials), or Milvus Lite as milvus-lite:FOLDER; a missing "
+                                  "collection is made, and filled from --data-dir, as a missing folder index is")
     index_root: Path = Field(Path("indexes"), description="where indexes built by the service are kept, one "
                              "folder per bundle")
     data_dir: Path | None = Field(Path("data/cifar10"), description="images the service indexes when the bundle "
@@ -34,6 +39,12 @@ class Settings(BaseSettings):
     index_mmap: bool = Field(False, description="open --index's vectors memory-mapped and read-only: less memory "
                              "for a large index, and additions and deletions are refused (409)")
 
+    @model_validator(mode="after")
+    def _one_index(self) -> Settings:
+        if self.index is not None and self.index_uri is not None:
+            raise ValueError("give --index (a folder) or --index-uri (Milvus), not both")
+        return self
+
     @field_validator("data_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
@@ -43,6 +54,9 @@ class Settings(BaseSettings):
     root_path: str = Field("", pattern=r"^(/[^/]+)*$", description="the path prefix a reverse proxy serves the "
                            "service under (e.g. /simclr): the URLs it hands out (image_url, the page's) carry it")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    workers: int = Field(1, ge=1, le=64, description="service processes, each with its own copy of the model, "
+                         "sharing the port and the index (a folder's on this host, or Milvus); each gets "
+                         "--torch-threads cores / workers unless that is given")
     max_request_bytes: int = Field(16 * 2**20, gt=0, description="largest request body; larger ones get 413")
     max_images: int = Field(64, gt=0, description="most images in one request")
     max_image_pixels: int = Field(40_000_000, gt=0, description="largest image (width x height) decoded; "

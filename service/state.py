@@ -12,10 +12,12 @@ so it is set in the thread that searches.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from contextlib import asynccontextmanager
 from typing import Callable, TypeVar
 
 import faiss
@@ -25,7 +27,8 @@ from contract.bundle import BundleError, load_bundle
 from contract.device import pick_device
 from service.batching import Batcher
 from service.build_index import BuildError, BuildOptions, build
-from service.index import SearchIndex, SearchIndexError
+from service.index import SearchIndexError
+from service.indexes import Index, create_index, exists, location_of, open_index
 from service.metrics import ServiceMetrics
 from service.model import Model, Outputs, pick_runtime
 from service.settings import Settings
@@ -54,7 +57,7 @@ class ServiceState:
     def __init__(self, settings: Settings, metrics: ServiceMetrics):
         self.settings, self.metrics = settings, metrics
         self.model: Model | None = None
-        self.index: SearchIndex | None = None
+        self.index: Index | None = None
         self.batcher: Batcher[Outputs] | None = None
         self.error: str | None = None
         self.search = "loading"  # loading, building, ready or off
@@ -100,7 +103,7 @@ class ServiceState:
         else:
             await self._find_or_build_index(model)
 
-    def _load(self) -> tuple[Model, SearchIndex | None]:
+    def _load(self) -> tuple[Model, Index | None]:
         torch.set_num_threads(self.settings.torch_threads)
         device = pick_device(self.settings.device, BundleError)
         # A GPU takes larger batches at little cost in latency; a CPU's time grows with every image.
@@ -111,40 +114,56 @@ class ServiceState:
         runtime, why = pick_runtime(model, self.settings.runtime)
         log.info("inference: %s on %s (%s), batches of %d at most, %d threads", runtime, device, why, self.batch_size,
                  torch.get_num_threads())
-        index = SearchIndex(self.settings.index, bundle.fingerprint, mmap=self.settings.index_mmap) \
+        index = open_index(self.settings.index, bundle.fingerprint, mmap=self.settings.index_mmap) \
             if self.settings.index else None
         return model, index
 
     async def _find_or_build_index(self, model: Model) -> None:
-        """The bundle's index in --index-root (one folder per bundle), built there from --data-dir when missing
-        (or made empty, for images added through the API, when there is no --data-dir). The build runs in a
-        thread of its own and sends its batches to the inference thread, between requests'."""
-        settings = self.settings
-        path = settings.index_root / model.bundle.fingerprint[:16]
-        if not (path / "index.json").is_file():  # written last: without it an index was never made
-            if settings.data_dir is None:
-                await self.run_search(lambda: SearchIndex.create(
-                    path, dim=model.bundle.manifest.architecture.representation_dim, bundle=model.bundle.fingerprint,
-                    bundle_name=model.bundle.name, runtime=model.runtime,
-                    thumbnail_size=settings.thumbnail_size).close())
-                log.info("search: an empty index %s was made (no --data-dir): POST /index/images fills it", path)
-            else:
-                self.search = "building"
-                self.search_detail = f"building the index {path} from {settings.data_dir}"
-                log.info("search: %s (embeddings and classes are served meanwhile)", self.search_detail)
-                if not await self._build(model, path):
-                    return
+        """The bundle's index in --index-root (one folder per bundle) or --index-uri (Milvus), built there from
+        --data-dir when missing (or made empty, for images added through the API, when there is no --data-dir).
+        The build runs in a thread of its own and sends its batches to the inference thread, between requests'.
+        Of several processes (--workers), one builds while the others wait for it."""
+        settings, fingerprint = self.settings, model.bundle.fingerprint
+        where = settings.index_uri or str(settings.index_root / fingerprint[:16])
+        location = location_of(where, fingerprint)
         try:
-            self.index = await self.run_search(SearchIndex, path, model.bundle.fingerprint)
+            async with self._one_builder(fingerprint[:16]):
+                if not await self.run_search(exists, location):
+                    if settings.data_dir is None:
+                        await self.run_search(lambda: create_index(
+                            location, dim=model.bundle.manifest.architecture.representation_dim, bundle=fingerprint,
+                            bundle_name=model.bundle.name, runtime=model.runtime,
+                            thumbnail_size=settings.thumbnail_size).close())
+                        log.info("search: an empty index %s was made (no --data-dir): POST /index/images fills it",
+                                 location)
+                    else:
+                        self.search = "building"
+                        self.search_detail = f"building the index {location} from {settings.data_dir}"
+                        log.info("search: %s (embeddings and classes are served meanwhile)", self.search_detail)
+                        if not await self._build(model, where):
+                            return
+            self.index = await self.run_search(open_index, location, fingerprint)
         except SearchIndexError as e:
             self._search_off(str(e))
             return
         self.search, self.search_detail = "ready", None
         self.metrics.describe(model, self.index)
-        log.info("search: ready, index %s of %d images", path, self.index.count)
+        log.info("search: ready, index %s of %d images", location, self.index.count)
         self._check_runtime(self.index, model)
 
-    async def _build(self, model: Model, path: Path) -> bool:
+    @asynccontextmanager
+    async def _one_builder(self, name: str) -> AsyncIterator[None]:
+        """An exclusive lock on --index-root/.NAME.lock: of the processes on this host, one at a time looks for
+        the index and builds it."""
+        self.settings.index_root.mkdir(parents=True, exist_ok=True)
+        with open(self.settings.index_root / f".{name}.lock", "a") as file:
+            await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(file, fcntl.LOCK_UN)
+
+    async def _build(self, model: Model, where: str) -> bool:
         settings = self.settings
 
         def infer(batch: torch.Tensor) -> Outputs:
@@ -154,7 +173,7 @@ class ServiceState:
             options = BuildOptions(download=settings.download, batch_size=self.batch_size,
                                    max_pixels=settings.max_image_pixels, thumbnail_size=settings.thumbnail_size)
             await asyncio.get_running_loop().run_in_executor(None, lambda: build(
-                model.bundle.path, [str(settings.data_dir)], path, options, model=model, infer=infer,
+                model.bundle.path, [str(settings.data_dir)], where, options, model=model, infer=infer,
                 progress=Progress(self)))
         except (BuildError, OSError) as e:
             self._search_off(f"the index could not be built: {e}")
@@ -166,7 +185,7 @@ class ServiceState:
         return True
 
     @staticmethod
-    def _check_runtime(index: SearchIndex, model: Model) -> None:
+    def _check_runtime(index: Index, model: Model) -> None:
         built = index.info.runtime
         if built.split("-")[1] != model.runtime.split("-")[1]:  # its own indexed copy then scores ~0.999, not 1
             log.warning("the index was embedded with %s but queries run on %s: give --runtime %s to match",

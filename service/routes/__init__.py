@@ -9,7 +9,7 @@ from urllib.parse import quote
 from fastapi import Query
 
 from service.catalog import RANGES, Where
-from service.index import SearchIndex
+from service.indexes import Index
 from service.problems import Problem
 from service.schemas import Condition, IndexSummary, ProblemDetail
 
@@ -25,7 +25,7 @@ def image_url(id: str, root_path: str) -> str:
     return f"{root_path}/thumbnails/{quote(id, safe='/')}"
 
 
-def describe_index(index: SearchIndex) -> IndexSummary:
+def describe_index(index: Index) -> IndexSummary:
     """What the index is and holds (GET /index, and /version's index), caught up with the catalog first."""
     index.refresh()
     return IndexSummary(type=index.factory, count=index.count, dim=index.dim, classes=index.classes,

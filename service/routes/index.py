@@ -90,11 +90,10 @@ async def delete_images(body: IndexDeleteJSON, state: Ready, index: Index) -> In
         raise _read_only()
 
     def delete() -> tuple[list[str], int]:
-        ids = body.ids
-        if ids is None:
-            matching = index.catalog.matching(where_of(filters=body.filter)).tolist()
-            ids = [record.id for record in index.catalog.records(matching).values()]
-        return ids, index.remove(ids) if ids else 0
+        if body.ids is None:
+            ids = index.remove_matching(where_of(filters=body.filter))
+            return ids, len(ids)
+        return body.ids, index.remove(body.ids)
 
     with state.metrics.index_changes.time():
         ids, removed = await state.run_search(delete)
@@ -103,14 +102,13 @@ async def delete_images(body: IndexDeleteJSON, state: Ready, index: Index) -> In
 
 @router.get("/index/images", response_model=IndexPage)
 async def list_images(request: Request, state: Ready, index: Index,
-                      after: Annotated[str | None, Query(pattern=r"^\d{1,18}$", description="a page's `next`")] = None,
+                      after: Annotated[str | None, Query(max_length=1024, description="a page's `next`")] = None,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100, filter: QueryFilter = None) -> IndexPage:
-    """The indexed images, a page at a time, in the order they were added; only those whose metadata matches
-    filter (as search's)."""
-    records = await state.run_search(index.catalog.page, int(after or 0), limit, where_of(filters=filter))
+    """The indexed images, a page at a time (in the order they were added, on the local index; by id on Milvus);
+    only those whose metadata matches filter (as search's)."""
+    records, next = await state.run_search(index.page, after, limit, where_of(filters=filter))
     root_path = request.scope.get("root_path", "")
-    return IndexPage(images=[_indexed(record, root_path) for record in records],
-                     next=str(records[-1].vid) if len(records) == limit else None)
+    return IndexPage(images=[_indexed(record, root_path) for record in records], next=next)
 
 
 @router.get("/index/images/{id:path}", response_model=IndexedImage, responses=NOT_FOUND)
@@ -136,15 +134,15 @@ async def update_metadata(request: Request, id: IdPath, body: MetadataPatch, sta
         raise _read_only()
 
     def patch() -> Record | None:
-        record, found = index.get(id), index.vector(id)
-        if record is None or found is None:
+        record, vector = index.get(id), index.vector(id)
+        if record is None or vector is None:
             return None
         merged = {k: v for k, v in {**record.metadata, **body.metadata}.items() if v is not None}
         try:
             merged = _METADATA.validate_python(merged)
         except ValidationError as e:
             raise Problem(422, f"the metadata after the patch: {describe(e)}") from None
-        index.add([Item(id, found[1], merged, index.thumbnail(id))])
+        index.add([Item(id, vector, merged, index.thumbnail(id))])
         return index.get(id)
 
     with state.metrics.index_changes.time():

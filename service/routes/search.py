@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from service.dependencies import UPLOADS_TO_MODEL, Index, Ready
 from service.catalog import Where
-from service.index import Hit, SearchIndex
+from service.index import Hit
 from service.problems import Problem, validated
 from service.routes import NOT_FOUND, PROBLEMS, QueryFilter, image_url, where_of
 from service.schemas import MAX_SEARCH_K, Neighbour, SearchJSON, SearchResponse, SearchResult
@@ -89,15 +89,14 @@ async def search_by_id(request: Request, state: Ready, index: Index,
     """The k indexed images most similar to indexed image `id`, itself left out, after the first offset."""
     where = where_of(class_name, filter)
     await _check_class(state, index, where)
-    found = await state.run_search(index.vector, id)
-    if found is None:
+    vector = await state.run_search(index.vector, id)
+    if vector is None:
         raise Problem(404, f"no indexed image has id {id!r}")
-    vid, vector = found
-    return await _search(state, index, vector[None], k, where, exclude=[vid], offset=offset, min_score=min_score,
+    return await _search(state, index, vector[None], k, where, exclude=[id], offset=offset, min_score=min_score,
                          root_path=request.scope.get("root_path", ""))
 
 
-async def _check_class(state: Ready, index: SearchIndex, where: Where | None) -> None:
+async def _check_class(state: Ready, index: Index, where: Where | None) -> None:
     """A class_name the index does not have is a mistake worth saying (other filters may match nothing yet)."""
     condition = where.get("class") if where else None
     wanted = condition if isinstance(condition, list) else (condition or {}).get("in")
@@ -107,8 +106,8 @@ async def _check_class(state: Ready, index: SearchIndex, where: Where | None) ->
             raise Problem(422, f"unknown class_name {wanted[0]!r}: the index has {', '.join(classes) or 'none'}")
 
 
-async def _search(state: Ready, index: SearchIndex, queries: np.ndarray, k: int, where: Where | None,
-                  exclude: list[int] | None = None, offset: int = 0, min_score: float | None = None,
+async def _search(state: Ready, index: Index, queries: np.ndarray, k: int, where: Where | None,
+                  exclude: list[str] | None = None, offset: int = 0, min_score: float | None = None,
                   root_path: str = "") -> SearchResponse:
     with state.metrics.search.time():
         results = await state.run_search(index.search, queries, k, where, exclude, offset, min_score)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -82,4 +83,21 @@ def client(bundle_dir, index_copy):
                         max_image_pixels=1_000_000, torch_threads=2)
     with TestClient(create_app(settings)) as client:
         assert wait_ready(client)["ready"]
+        yield client
+
+
+@pytest.fixture(scope="module", params=["local", "milvus"])
+def index_client(request, bundle_dir, index_copy, image_folder, tmp_path_factory):
+    """A test client of the service on each backend, for a module's requests to the index (they may change it): a
+    copy of the index (local), or a Milvus Lite collection the service makes and fills from the same images."""
+    where = {"index": index_copy} if request.param == "local" else {
+        "index_uri": f"milvus-lite:{tmp_path_factory.mktemp('milvus')}", "data_dir": image_folder,
+        "index_root": tmp_path_factory.mktemp("locks")}
+    settings = Settings(bundle=bundle_dir, max_images=8, max_request_bytes=200_000, max_image_pixels=1_000_000,
+                        torch_threads=2, **where)
+    with TestClient(create_app(settings)) as client:
+        assert wait_ready(client)["ready"]
+        while client.get("/readyz").json()["search"] != "ready":
+            assert client.get("/readyz").json()["search"] in ("loading", "building")
+            time.sleep(0.05)
         yield client

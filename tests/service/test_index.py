@@ -1,5 +1,7 @@
-"""service.build_index, service.index and service.catalog: what is indexed, exactness, filters, run-time
-changes that survive a crash, index types, and refusing a wrong bundle."""
+"""service.build_index, service.index, service.milvus_index and service.catalog: what is indexed, exactness,
+filters, run-time changes that survive a crash, index types, and refusing a wrong bundle. What every backend
+must do runs on both, the local folder (FAISS + SQLite) and Milvus (Milvus Lite, embedded); what only the local
+one has (FAISS types, snapshots, memory mapping) on it alone."""
 
 from __future__ import annotations
 
@@ -20,15 +22,25 @@ from contract.bundle import load_bundle
 from service.build_index import BuildOptions, build, main, recall_at
 from service.catalog import Item
 from service.index import COMPACT_AT, SearchIndex, SearchIndexError
+from service.indexes import create_index, location_of, open_index
 from service.model import Model
 
 IMAGES, LABELS = colour_images(6, seed=0)
 IDS = [f"train/{CLASSES[label]}/{i:04d}.png" for i, label in enumerate(LABELS)]  # index order: class by class
 
 
-@pytest.fixture(scope="module")
-def index(index_dir, bundle_dir) -> SearchIndex:
-    return SearchIndex(index_dir, load_bundle(bundle_dir).fingerprint, mmap=True)  # read-only: shared by tests
+BACKENDS = pytest.mark.parametrize("backend", ["local", "milvus"])
+
+
+@pytest.fixture(scope="module", params=["local", "milvus"])
+def index(request, index_dir, bundle_dir, image_folder, tmp_path_factory):
+    """The images of index_dir, in each backend (the local one memory-mapped: read-only, shared by tests)."""
+    fingerprint = load_bundle(bundle_dir).fingerprint
+    if request.param == "local":
+        return SearchIndex(index_dir, fingerprint, mmap=True)
+    where = f"milvus-lite:{tmp_path_factory.mktemp('milvus')}"
+    build(str(bundle_dir), [str(image_folder)], where, BuildOptions(runtime="torch-fp32"))
+    return open_index(location_of(where, fingerprint), fingerprint)
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +53,27 @@ def unit(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
     return F.normalize(torch.randn(n, dim, generator=torch.Generator().manual_seed(seed)), dim=1).numpy()
 
 
-def new_index(path, factory: str = "Flat", sample: np.ndarray | None = None, dim: int = 16) -> SearchIndex:
-    return SearchIndex.create(path, dim=dim, bundle="b" * 64, bundle_name="test", runtime="torch-fp32",
-                              factory=factory, sample=sample)
+def new_index(path, factory: str = "Flat", sample: np.ndarray | None = None, dim: int = 16, backend: str = "local"):
+    """A new empty index in a folder at path, or in Milvus Lite there."""
+    location = location_of(path if backend == "local" else f"milvus-lite:{path}?collection=test")
+    return create_index(location, dim=dim, bundle="b" * 64, bundle_name="test", runtime="torch-fp32",
+                        factory=factory, sample=sample)
+
+
+def reopened(index):
+    """The same index opened again: another connection, as another process has."""
+    return open_index(index.path if isinstance(index, SearchIndex) else index.location)
 
 
 def test_index_holds_the_images_their_metadata_and_the_bundle(index, bundle_dir, vectors):
-    assert index.count == len(IMAGES) and index.dim == 512 and index.factory == "Flat"
+    assert index.count == len(IMAGES) and index.dim == 512 and index.info.factory.upper() == "FLAT"
     assert index.classes == list(CLASSES)
     record = index.get(IDS[7])
     assert record.metadata == {"class": CLASSES[LABELS[7]], "split": "train"}
     thumbnail = np.asarray(Image.open(io.BytesIO(index.thumbnail(IDS[7]))))
     assert thumbnail.shape == IMAGES[7].shape and np.abs(thumbnail.astype(int) - IMAGES[7]).mean() < 12  # JPEG
     assert index.info.bundle == load_bundle(bundle_dir).fingerprint
-    vid, vector = index.vector(IDS[3])
+    vector = index.vector(IDS[3])
     np.testing.assert_allclose(vector, vectors[3], atol=1e-5)
     assert index.get("nope") is None and index.thumbnail("nope") is None and index.vector("nope") is None
 
@@ -74,8 +93,7 @@ def test_filters_pages_thresholds_and_exclusion(index, vectors):
     (row,) = index.search(vectors[:1], k=100, where={"class": ["grey", "red"], "split": ["train"]})
     assert {h.metadata["class"] for h in row} == {"grey", "red"} and len(row) == 12
     assert index.search(vectors[:1], k=5, where={"class": ["grey"], "split": ["test"]}) == [[]]
-    vid, _ = index.vector(IDS[0])
-    (row,) = index.search(vectors[:1], k=3, exclude=[vid])
+    (row,) = index.search(vectors[:1], k=3, exclude=[IDS[0]])
     assert IDS[0] not in [h.id for h in row] and len(row) == 3
     (everything,) = index.search(vectors[:1], k=24)
     (page,) = index.search(vectors[:1], k=5, offset=5)
@@ -143,25 +161,28 @@ def test_compressed_types_rerank_with_the_exact_vectors(tmp_path, factory):
             assert [h.id for h in hits] == [f"v{allowed[i]}" for i in np.argsort(-exact, kind="stable")[:5]]
 
 
-def test_duplicate_ids_and_wrong_dimensions_change_nothing(tmp_path):
-    index = new_index(tmp_path / "i")
+@BACKENDS
+def test_duplicate_ids_and_wrong_dimensions_change_nothing(tmp_path, backend):
+    index = new_index(tmp_path / "i", backend=backend)
     vectors = unit(3)
     with pytest.raises(SearchIndexError, match="same id"):
         index.add([Item("a", vectors[0], {}), Item("a", vectors[1], {})])
     with pytest.raises(SearchIndexError, match="numbers"):
         index.add([Item("a", np.ones(8, dtype="float32"), {})])
-    assert index.count == 0 and len(index.catalog) == 0
+    assert index.count == 0 and reopened(index).count == 0
 
 
-def test_a_memory_mapped_index_is_read_only(tmp_path, index):
+def test_a_memory_mapped_index_is_read_only(index_dir):
+    index = SearchIndex(index_dir, mmap=True)
     with pytest.raises(SearchIndexError, match="read-only"):
         index.add([Item("x", np.ones(512, dtype="float32"), {})])
     with pytest.raises(SearchIndexError, match="read-only"):
         index.remove([IDS[0]])
 
 
-def test_metadata_filters_match_numbers_and_strings_as_given(tmp_path):
-    index = new_index(tmp_path / "i")
+@BACKENDS
+def test_metadata_filters_match_numbers_and_strings_as_given(tmp_path, backend):
+    index = new_index(tmp_path / "i", backend=backend)
     vectors = unit(4)
     index.add([Item("a", vectors[0], {"year": 2024, "tag": "x"}), Item("b", vectors[1], {"year": "2024"}),
                Item("c", vectors[2], {"year": 2023.5}), Item("d", vectors[3], {})])
@@ -169,8 +190,33 @@ def test_metadata_filters_match_numbers_and_strings_as_given(tmp_path):
     assert ids({"year": [2024]}) == ["a"] and ids({"year": ["2024"]}) == ["b"]
     assert ids({"year": ["2024", 2024.0]}) == ["a", "b"] and ids({"year": [2023.5]}) == ["c"]
     assert ids({"year": [2024], "tag": ["x"]}) == ["a"] and ids({"missing": ["x"]}) == []
+    assert ids({"year": {"gte": 2023.5}}) == ["a", "c"] and ids({"year": {"lt": 2024}}) == ["c"]  # not "2024"
+    assert ids({"year": {"not": [2024]}}) == ["b", "c", "d"]  # d has no year: it passes
+    assert ids({"year": {"in": ["2024", 2023.5], "not": ["2024"]}}) == ["c"]
+    assert ids({"year": {"gt": 2023, "lt": 2024}}) == ["c"] and ids({"tag": {"in": []}}) == []
     index.remove(["a"])
     assert ids({"tag": ["x"]}) == []  # a removed image's metadata goes with it
+
+
+@BACKENDS
+def test_pages_list_every_image_once_and_removal_by_filter(tmp_path, backend):
+    index = new_index(tmp_path / "i", backend=backend)
+    vectors = unit(25)
+    index.add([Item(f"p{i:02d}", v, {"n": i, "odd": i % 2}) for i, v in enumerate(vectors)])
+    seen, after = [], None
+    while True:
+        records, after = index.page(after, 7)
+        seen += [r.id for r in records]
+        if after is None:
+            break
+    assert sorted(seen) == [f"p{i:02d}" for i in range(25)] and len(seen) == 25
+    odd, after = index.page(None, 100, {"odd": [1]})
+    assert sorted(r.id for r in odd) == [f"p{i:02d}" for i in range(1, 25, 2)] and after is None
+    assert sorted(index.remove_matching({"n": {"gte": 20}})) == [f"p{i}" for i in range(20, 25)]
+    assert index.count == 20 and index.remove(["p00", "p00", "nope"]) == 1 and index.count == 19
+    assert index.add([Item("p01", vectors[0], {"n": 100})]) == (0, 1)  # replaced: one image under that id
+    assert index.get("p01").metadata == {"n": 100} and index.count == 19
+    np.testing.assert_allclose(index.vector("p01"), vectors[0], atol=1e-6)
 
 
 def test_trained_index_types_need_vectors_and_bad_types_are_named(tmp_path):
@@ -188,7 +234,7 @@ def test_hnsw_index_reports_its_recall_and_filters_exactly(tmp_path, bundle_dir,
     index = SearchIndex(tmp_path / "hnsw")
     assert isinstance(faiss.downcast_index(index.faiss.index), faiss.IndexHNSW) and index.count == 32
     assert index.catalog.values("split") == ["test", "train"]
-    _, vector = index.vector("train/blue/0000.png")
+    vector = index.vector("train/blue/0000.png")
     (red,) = index.search(vector[None], 100, where={"class": ["red"]})
     assert {h.metadata["class"] for h in red} == {"red"} and len(red) == 8  # every one: the scan is exact
 
@@ -216,7 +262,7 @@ def test_unlabelled_folders_are_indexed_by_path_with_a_metadata_file(tmp_path, b
     index = SearchIndex(tmp_path / "index")
     assert index.count == 3 and index.get("holiday/1.jpg").metadata == {"place": "beach"}
     assert index.get("holiday/0.jpg").metadata == {} and index.classes == []
-    assert index.search(index.vector("holiday/2.jpg")[1][None], 1)[0][0].id == "holiday/2.jpg"
+    assert index.search(index.vector("holiday/2.jpg")[None], 1)[0][0].id == "holiday/2.jpg"
 
 
 def test_the_cli_adds_to_an_existing_index(tmp_path, bundle_dir, image_folder):
@@ -227,19 +273,20 @@ def test_the_cli_adds_to_an_existing_index(tmp_path, bundle_dir, image_folder):
     assert main(["--bundle", str(bundle_dir), "--data-dir", str(tmp_path / "more"), "--out", str(tmp_path / "i"),
                  "--metadata", str(tmp_path / "meta.jsonl")]) == 0
     for index in (SearchIndex(tmp_path / "i"), served):
-        (hit,) = index.search(index.vector("red/0020.png")[1][None], 1, where={"score": [0.5]})[0]
+        (hit,) = index.search(index.vector("red/0020.png")[None], 1, where={"score": [0.5]})[0]
         assert index.count == 30 and hit.id == "red/0020.png"
         assert index.get("red/0018.png").metadata == {}
 
 
-@pytest.mark.parametrize("factory", ["Flat", "HNSW8", "IVF4,Flat"])
-def test_an_open_index_catches_up_with_another_process_changes(tmp_path, factory):
+@pytest.mark.parametrize("backend, factory", [("local", "Flat"), ("local", "HNSW8"), ("local", "IVF4,Flat"),
+                                              ("milvus", "FLAT"), ("milvus", "HNSW")])
+def test_an_open_index_catches_up_with_another_process_changes(tmp_path, backend, factory):
     """A service's index sees, at its next search or change, what another process (build_index adding a folder)
     added and removed, without a restart; and its own changes after them keep both."""
     vectors = unit(300)
-    served = new_index(tmp_path / "i", factory, sample=vectors)
+    served = new_index(tmp_path / "i", factory, sample=vectors, backend=backend)
     served.add([Item(f"v{i}", v, {}) for i, v in enumerate(vectors[:100])])
-    other = SearchIndex(tmp_path / "i")  # a connection of its own to the catalog, as another process has
+    other = reopened(served)
     other.add([Item(f"w{i}", v, {"by": "other"}) for i, v in enumerate(vectors[100:200])])
     assert other.remove(["v0"]) == 1
     assert [h.id for h in served.search(vectors[150][None], 1)[0]] == ["w50"] and served.count == 199
@@ -251,12 +298,12 @@ def test_an_open_index_catches_up_with_another_process_changes(tmp_path, factory
     assert [h.id for h in served.search(vectors[260][None], 1)[0]] == ["v5"] and served.count == 198
     assert "v5" not in {h.id for h in served.search(vectors[5][None], 3)[0]}
     served.close()
-    assert SearchIndex(tmp_path / "i").count == 198
+    assert reopened(other).count == 198
 
 
-def test_an_index_of_another_bundle_is_refused(index_dir):
+def test_an_index_of_another_bundle_is_refused(index):
     with pytest.raises(SearchIndexError, match="built with another bundle"):
-        SearchIndex(index_dir, "0" * 64)
+        open_index(index.path if isinstance(index, SearchIndex) else index.location, "0" * 64)
 
 
 @pytest.mark.parametrize("file", ["vectors.faiss", "catalog.sqlite", "index.json"])
@@ -354,10 +401,11 @@ def test_export_writes_ids_vectors_and_metadata_as_parquet(tmp_path, capsys):
     assert "is not an index" in capsys.readouterr().err and not (tmp_path / "x.parquet").exists()
 
 
-def test_an_export_loads_back_into_an_index_with_its_ids_vectors_and_metadata(tmp_path, capsys):
-    """build_index --from-parquet: the export's records in a new index (of another FAISS type), searchable and
-    filterable as before; added again to that index they replace themselves; a file that names no bundle, or an
-    index of another bundle, is refused in one line."""
+@pytest.mark.parametrize("backend, index_type", [("local", "HNSW8"), ("milvus", "HNSW")])
+def test_an_export_loads_back_into_an_index_with_its_ids_vectors_and_metadata(tmp_path, capsys, backend, index_type):
+    """build_index --from-parquet: the export's records in a new index (of another type, in either backend),
+    searchable and filterable as before; added again to that index they replace themselves; a file that names
+    no bundle, or an index of another bundle, is refused in one line."""
     from service.export_vectors import export
 
     vectors = unit(40, seed=3)
@@ -365,17 +413,18 @@ def test_an_export_loads_back_into_an_index_with_its_ids_vectors_and_metadata(tm
     index.add([Item(f"v{i}", v, {"n": i, "tag": "even" if i % 2 == 0 else "odd"}) for i, v in enumerate(vectors)])
     index.close()
     export(tmp_path / "i", tmp_path / "out.parquet")
-    args = ["--from-parquet", str(tmp_path / "out.parquet"), "--out", str(tmp_path / "back"), "--index-type", "HNSW8"]
+    out = str(tmp_path / "back") if backend == "local" else f"milvus-lite:{tmp_path / 'back'}?collection=back"
+    args = ["--from-parquet", str(tmp_path / "out.parquet"), "--out", out, "--index-type", index_type]
     assert main(args) == 0
-    back = SearchIndex(tmp_path / "back")
-    assert back.count == 40 and back.factory == "HNSW8" and back.info.bundle == "b" * 64
+    back = open_index(location_of(out))
+    assert back.count == 40 and back.info.factory == index_type and back.info.bundle == "b" * 64
     assert back.get("v7").metadata == {"n": 7, "tag": "odd"}
     (itself,) = back.search(vectors[7:8], k=1)
     assert itself[0].id == "v7" and itself[0].score == pytest.approx(1, abs=1e-5)  # the vector as exported
     (hits,) = back.search(vectors[12:13], k=3, where={"tag": ["even"]})
     assert hits[0].id == "v12" and {h.metadata["tag"] for h in hits} == {"even"}
     back.close()
-    assert main(args) == 0 and SearchIndex(tmp_path / "back").count == 40  # the same ids: replaced, not doubled
+    assert main(args) == 0 and open_index(location_of(out)).count == 40  # the same ids: replaced, not doubled
 
     import pyarrow.parquet as pq
 

@@ -1,5 +1,6 @@
 """The index operations vector-database users expect, through the ASGI test client: vectors added without
-their images, many images removed at once (by id or by filter), metadata changed without the image."""
+their images, many images removed at once (by id or by filter), metadata changed without the image. Each on
+both backends: the local folder, and Milvus (Milvus Lite, the collection made and filled by the service)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from benchmarks.harness.images import png_bytes
 
 IMAGES, LABELS = colour_images(6, seed=0)  # what the module's index holds (conftest's image_folder)
 IDS = [f"train/{CLASSES[label]}/{i:04d}.png" for i, label in enumerate(LABELS)]
+
+
+@pytest.fixture(scope="module")
+def client(index_client):
+    return index_client
 
 
 def embedding(client, image: np.ndarray) -> list[float]:
