@@ -1,14 +1,16 @@
 """Overload: the service driven at a multiple of its capacity, open loop, to show that it refuses what it
 cannot answer in time (a fast 503 with Retry-After) instead of letting every request's latency grow.
 
-    python -m benchmarks.overload --bundle models/reference --data-dir ~/data/cifar10 --factor 3
+    python -m benchmarks.overload --bundle models/reference --data-dir ~/data/cifar10 --factor 3 --workers 2
 
 First the capacity: requests per second of POST /embed (one CIFAR-10 test image each) in a closed loop at
 concurrency 32. Then requests sent at --factor times that rate for --seconds, each on its own schedule whatever
 the answers: accepted requests' p50/p99 latency, refused requests (503 overloaded) and how fast they were
 refused, and anything else (errors, timeouts: "lost", which must be 0). On 2 cores the server is pinned to one
 (torch on one thread) and this load generator to the other: unpinned, the generator could not offer 3x what
-the server answers while both fought for the same cores.
+the server answers while both fought for the same cores. With --workers N, the same load is offered a third
+time to N service processes (python -m service --workers N) on the same core: while one process runs the model,
+the kernel lets another answer its requests, so refusals no longer wait for a busy event loop.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, help="the service's --torch-threads (default: all cores)")
     parser.add_argument("--factor", type=float, default=3.0, help="offered load, as a multiple of capacity")
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="also offer the load to this many service processes (bounded, on the same cores)")
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
                         help="the server on the first core (torch on 1 thread), this load generator on the others, "
                              "so that neither starves the other (default: on, where there are 2 cores or more)")
@@ -71,8 +75,11 @@ def main() -> None:
         print(f"server on core {cores[0]} (torch on 1 thread), load generator on {cores[1:]}")
     rate = None
     # The same offered load, then with the queue's bounds lifted: what the bounds are for.
-    for name, limits in [("bounded (the defaults)", {}),
-                         ("unbounded", {"max-queue-images": 10**6, "max-queue-wait-ms": 10**7})]:
+    configurations = [("bounded (the defaults)", {}),
+                      ("unbounded", {"max-queue-images": 10**6, "max-queue-wait-ms": 10**7})]
+    if args.workers > 1:
+        configurations.append((f"bounded, {args.workers} worker processes", {"workers": args.workers}))
+    for name, limits in configurations:
         log = Path(tempfile.mkstemp(prefix="overload-", suffix=".log")[1])
         server = Server(args.bundle, None, log, flags={**flags, **limits})
         server.start()
@@ -80,7 +87,10 @@ def main() -> None:
             os.sched_setaffinity(server.pid, {cores[0]})
             os.sched_setaffinity(0, set(cores[1:]))
         try:
-            server.wait_ready()
+            server.wait_ready(streak=10 if "workers" in limits else 1)
+            if pin:  # the workers were spawned by the pinned parent, unless they came before the pinning
+                for worker in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split():
+                    os.sched_setaffinity(int(worker), {cores[0]})
             if rate is None:
                 capacity = asyncio.run(drive(server.url, bodies, 32, 10))
                 rate = args.factor * capacity["throughput"]

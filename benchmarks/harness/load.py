@@ -82,25 +82,27 @@ class Server:
                 start_new_session=self.own_session,  # preexec_fn: one system call, made before any thread runs
                 preexec_fn=_die_with_parent if self.own_session and _PRCTL else None)  # noqa: PLW1509
 
-    def wait_ready(self, timeout: float = 300) -> float:
-        """Poll /readyz until 200; returns time.monotonic() then. Raises RuntimeError (with the log's tail) when
-        the server exits, fails to load, or is not ready in time."""
-        deadline = time.monotonic() + timeout
-        with httpx2.Client(base_url=self.url, timeout=5) as client:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the server exited ({self.process.returncode}):\n{self.log_tail()}")
-                try:
-                    response = client.get("/readyz")
-                    if response.status_code == 200:
-                        return time.monotonic()
-                    if response.json().get("error"):
-                        raise RuntimeError(f"the server could not load: {response.json()['error']}")
-                except httpx2.TransportError:  # not listening yet
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the server was not ready after {timeout:g} s:\n{self.log_tail()}")
-                time.sleep(0.05)
+    def wait_ready(self, timeout: float = 300, streak: int = 1) -> float:
+        """Poll /readyz until 200 and search no longer loading or building, `streak` times in a row, each on a new
+        connection (with --workers, each may reach another process); returns time.monotonic() then. Raises
+        RuntimeError (with the log's tail) when the server exits, fails to load, or is not ready in time."""
+        deadline, ready = time.monotonic() + timeout, 0
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited ({self.process.returncode}):\n{self.log_tail()}")
+            try:
+                response = httpx2.get(f"{self.url}/readyz", timeout=5)
+                if response.json().get("error"):
+                    raise RuntimeError(f"the server could not load: {response.json()['error']}")
+                searchable = response.status_code == 200 and response.json()["search"] not in ("loading", "building")
+                ready = ready + 1 if searchable else 0
+                if ready >= streak:
+                    return time.monotonic()
+            except httpx2.TransportError:  # not listening yet
+                ready = 0
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server was not ready after {timeout:g} s:\n{self.log_tail()}")
+            time.sleep(0.05 if not ready else 0)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> bool:
         """Send sig and wait for the process to end; SIGKILL after timeout. True when it ended by itself."""
@@ -164,6 +166,44 @@ class Server:
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+class MilvusLite:
+    """Milvus Lite's own gRPC server (python -m milvus_lite server) on a free loopback port, in a subprocess: the
+    client-server path a real Milvus takes, and an index that outlives the service processes using it."""
+
+    def __init__(self, data_dir: Path, log: Path):
+        self.port = free_port()
+        self.uri = f"milvus://127.0.0.1:{self.port}"
+        self.command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data_dir),
+                        "--host", "127.0.0.1", "--port", str(self.port)]
+        self.log = Path(log)
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> None:
+        with open(self.log, "a") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent if _PRCTL else None)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Milvus Lite exited ({self.process.returncode}):\n{self.log.read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Milvus Lite was not listening after {timeout:g} s") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 # --- the request mix ---------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from factories import colour_images, make_run, wait_ready, write_folder
 from fastapi.testclient import TestClient
 
-from benchmarks.harness.load import Server
+from benchmarks.harness.load import MilvusLite, Server
 from service.app import create_app
 from service.build_index import BuildOptions, build
 from service.settings import Settings
@@ -101,3 +101,19 @@ def index_client(request, bundle_dir, index_copy, image_folder, tmp_path_factory
             assert client.get("/readyz").json()["search"] in ("loading", "building")
             time.sleep(0.05)
         yield client
+
+
+@pytest.fixture(params=["local", "milvus"])
+def served_index(request, index_dir, tmp_path) -> dict:
+    """Where `python -m service` processes keep a test's index, as Server's arguments: a copy of index_dir (a
+    folder), or an empty collection on a Milvus Lite server of its own (a process: it outlives the services)."""
+    if request.param == "local":
+        shutil.copytree(index_dir, tmp_path / "index")
+        yield {"index": tmp_path / "index", "flags": {}}
+        return
+    milvus = MilvusLite(tmp_path / "milvus", tmp_path / "milvus.log")
+    milvus.start()
+    try:
+        yield {"index": None, "flags": {"index-uri": milvus.uri, "index-root": tmp_path / "locks"}}
+    finally:
+        milvus.stop()

@@ -1,25 +1,51 @@
-"""Run-time index changes survive a crash: clients stream additions, replacements and deletions at a real
-server, which is killed with SIGKILL mid-stream. Restarted on the same index, it must hold every change it
-acknowledged with a 200 (requests cut off by the kill may have landed or not), and find what it holds."""
+"""Run-time index changes survive a crash: clients stream additions, replacements and deletions at real servers,
+one of which is killed with SIGKILL mid-stream. Every change a server acknowledged with a 200 must be there
+(requests cut off by the kill may have landed or not), searchable, seen at once through a process still running,
+and through the killed one once it is restarted. On both backends: a local folder the processes share on this
+host, and a Milvus (Lite) server they talk to over gRPC."""
 
 from __future__ import annotations
 
+import os
 import random
-import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 
 import httpx2
+import pytest
 
 from benchmarks.harness.load import Server, generated_images
 
-WRITERS = 3
+WRITERS = 4
 
 
-def test_every_acknowledged_change_survives_sigkill(bundle_dir, index_dir, tmp_path):
-    shutil.copytree(index_dir, tmp_path / "index")
-    server = Server(bundle_dir, tmp_path / "index", tmp_path / "server.log")
+def assert_holds(server: Server, expected: dict[str, int | None], uncertain: set[str], images: list[bytes]) -> None:
+    """The server holds every acknowledged change: deleted ids are gone, added ones have their last metadata and
+    their vectors are searchable; the listing and the count agree."""
+    with httpx2.Client(base_url=server.url, timeout=30) as client:
+        for id, n in expected.items():
+            if id in uncertain:
+                continue
+            answer = client.get(f"/index/images/{id}")
+            if n is None:
+                assert answer.status_code == 404, f"{id} was deleted (acknowledged) but is back"
+                continue
+            assert answer.status_code == 200, f"{id} was added (acknowledged) but is lost"
+            assert answer.json()["metadata"] == {"n": n}, f"{id}: an older version came back"
+            hit = client.post("/search", params={"k": 1, "filter": f"n:{n}"},
+                              files=[("images", ("q.png", images[n], "image/png"))]).json()
+            assert hit["results"][0]["neighbours"][0]["score"] > 0.999  # its vector is searchable too
+        count = client.get("/index").json()["count"]
+        listed = client.get("/index/images", params={"limit": 1000}).json()["images"]
+        assert count == len(listed) and len({image["id"] for image in listed}) == count
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_every_acknowledged_change_survives_sigkill(bundle_dir, served_index, tmp_path, processes):
+    servers = [Server(bundle_dir, served_index["index"], tmp_path / f"server{i}.log", flags=served_index["flags"])
+               for i in range(processes)]
     images = generated_images(12)
     expected: dict[str, int | None] = {}  # id -> image number, or None once its deletion was acknowledged
     uncertain: set[str] = set()  # ids whose last request got no answer: either outcome is right
@@ -27,6 +53,7 @@ def test_every_acknowledged_change_survives_sigkill(bundle_dir, index_dir, tmp_p
 
     def writer(w: int) -> None:
         rng = random.Random(w)
+        server = servers[w % processes]  # with two processes, half the writers write through each
         with httpx2.Client(base_url=server.url, timeout=10) as client:
             while not stop.is_set():
                 id = f"crash/{w}/{rng.randrange(8)}.png"  # a few ids each: adds, replacements and deletions mix
@@ -49,37 +76,74 @@ def test_every_acknowledged_change_survives_sigkill(bundle_dir, index_dir, tmp_p
                     expected[id] = outcome
                     uncertain.discard(id)
 
-    server.start()
-    try:
+    for server in servers:  # one after the other: the first makes the (Milvus) index the second opens
+        server.start()
         server.wait_ready(120)
-        threads = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)]
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)]
+    try:
         for thread in threads:
             thread.start()
         time.sleep(4)  # some hundreds of changes
-        server.stop(signal.SIGKILL)
+        servers[0].stop(signal.SIGKILL)
+        time.sleep(1 if processes > 1 else 0)  # the other process goes on taking changes
         stop.set()
         for thread in threads:
             thread.join(20)
         assert len(expected) >= WRITERS * 4, f"too few changes acknowledged before the kill: {len(expected)}"
-
-        server.start()
-        server.wait_ready(120)
-        with httpx2.Client(base_url=server.url, timeout=30) as client:
-            for id, n in expected.items():
-                if id in uncertain:
-                    continue
-                answer = client.get(f"/index/images/{id}")
-                if n is None:
-                    assert answer.status_code == 404, f"{id} was deleted (acknowledged) but is back"
-                    continue
-                assert answer.status_code == 200, f"{id} was added (acknowledged) but is lost"
-                assert answer.json()["metadata"] == {"n": n}, f"{id}: an older version came back"
-                hit = client.post("/search", params={"k": 1, "filter": f"n:{n}"},
-                                  files=[("images", ("q.png", images[n], "image/png"))]).json()
-                assert hit["results"][0]["neighbours"][0]["score"] > 0.999  # its vector is searchable too
-            count = client.get("/index").json()["count"]
-            listed = client.get("/index/images", params={"limit": 1000}).json()["images"]
-            assert count == len(listed) and len({image["id"] for image in listed}) == count
+        if processes > 1:
+            assert_holds(servers[1], expected, uncertain, images)  # at once, without a restart
+        servers[0].start()
+        servers[0].wait_ready(120)
+        assert_holds(servers[0], expected, uncertain, images)
     finally:
         stop.set()
+        for server in servers:
+            server.stop()
+
+
+def children(pid: int) -> set[int]:
+    """The processes pid started (uvicorn's workers: multiprocessing's spawn_main, beside its resource tracker)."""
+    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads worker processes from /proc (Linux)")
+def test_workers_share_the_port_and_the_index_and_one_killed_is_replaced(bundle_dir, served_index, tmp_path):
+    """python -m service --workers 2: two processes answer on one port; what one is sent, the other serves; a
+    worker killed is started again by uvicorn while the other goes on answering."""
+    server = Server(bundle_dir, served_index["index"], tmp_path / "server.log",
+                    flags={**served_index["flags"], "workers": 2, "torch-threads": 1})
+    server.start()
+    try:
+        server.wait_ready(180, streak=10)
+        deadline = time.monotonic() + 60
+        while len(workers := {p for p in children(server.pid) if "spawn_main" in _cmdline(p)}) < 2:
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(0.2)
+        image = generated_images(1, seed=5)[0]
+        with httpx2.Client(base_url=server.url, timeout=30) as client:
+            added = client.post("/index/images", files=[("images", ("w.png", image, "image/png"))],
+                                data={"ids": "workers/w.png"})
+            assert added.status_code == 200, added.text
+            for _ in range(20):  # connections spread over both processes: every answer has it
+                with httpx2.Client(base_url=server.url, timeout=30) as fresh:
+                    got = fresh.get("/index/images/workers/w.png")
+                    assert got.status_code == 200, got.text
+        os.kill(min(workers), signal.SIGKILL)
+        # New connections (the listening socket is shared, its queue not the dead worker's) reach the survivor.
+        assert [httpx2.get(f"{server.url}/healthz", timeout=10).status_code for _ in range(20)] == [200] * 20
+        deadline = time.monotonic() + 120
+        while len({p for p in children(server.pid) if "spawn_main" in _cmdline(p)} - {min(workers)}) < 2:
+            assert time.monotonic() < deadline, "the killed worker was not replaced\n" + server.log_tail()
+            time.sleep(0.5)
+        server.wait_ready(120, streak=10)
+        with httpx2.Client(base_url=server.url, timeout=30) as client:
+            assert client.get("/index/images/workers/w.png").status_code == 200
+    finally:
         server.stop()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
