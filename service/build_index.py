@@ -5,6 +5,9 @@ FAISS index whose catalog keeps each image's id, metadata and thumbnail (service
     python -m service.build_index --bundle models/reference --data-dir ~/photos --metadata photos.csv \\
         --index-type HNSW32 --out indexes/photos
     python -m service.build_index --bundle models/reference --data-dir ~/more-photos --out indexes/photos  # adds
+    python -m service.build_index --bundle models/reference --data-dir ~/photos --out milvus://milvus:19530 \\
+        --index-type HNSW                                         # into Milvus: the bundle's collection there
+    python -m service.build_index --from-parquet vectors.parquet --out indexes/copy    # an export, back
 
 A --data-dir with CIFAR-10 in torchvision's layout (cifar-10-batches-py/; an empty or missing folder gets it
 downloaded, as the trainer does) or laid out as train/<class>/* [test/<class>/*] contributes its --splits,
@@ -12,8 +15,9 @@ with metadata {"class": ..., "split": ...}; any other folder contributes all its
 paths relative to their --data-dir (CIFAR-10's: split/number). --metadata adds per-id metadata from a CSV
 file with an "id" column or a JSON Lines file of objects with an "id". Images go through the service's own
 preprocessing and --runtime, so an indexed image sent to /search finds itself. --index-type is a FAISS
-factory string: Flat (default) is exact; HNSW32, IVF4096,PQ32 ... are approximate, for large collections
-(docs/serving.md says which at which size), and their recall@10 against exact search is measured and printed.
+factory string (for Milvus, its index type: FLAT, HNSW, IVF_FLAT, AUTOINDEX): Flat (default) is exact; HNSW32,
+IVF4096,PQ32 ... are approximate, for large collections (docs/serving.md says which at which size), and their
+recall@10 against exact search is measured and printed.
 An --out that holds an index gets the images added (replacing those with the same ids), also while a service
 serves it: the service sees them at its next search (service.index).
 """

@@ -34,6 +34,9 @@ INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "AUTOINDEX")  # Milvus's names; FAISS
 MAX_THUMBNAIL = 65_535  # a VARCHAR's most bytes: a thumbnail whose base64 is longer is not kept
 TIMEOUT_S = 10.0  # each call to the server: a request waits no longer than this for an answer
 SCAN = 10_000  # rows a query reads at a time
+# A bulk add of this many rows is sealed at once (flush) and so searched through the vector index: until Milvus
+# seals a segment itself it searches its rows one by one (Milvus Lite, at 20,000 rows: 0.9 s a query, 32 ms sealed).
+SEAL_AT = 1_000
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,8 @@ class MilvusIndex:
                  "metadata": item.metadata, "thumbnail": _thumbnail(item.thumbnail), "added": now} for item in items]
         with self._calls():
             self.client.upsert(self.location.collection, rows)
+            if len(rows) >= SEAL_AT:
+                self.client.flush(self.location.collection)
         return len(items) - replaced, replaced
 
     def remove(self, ids: list[str]) -> int:
@@ -255,11 +260,14 @@ class MilvusIndex:
     def search(self, queries: np.ndarray, k: int, where: Where | None = None, exclude: list[str] | None = None,
                offset: int = 0, min_score: float | None = None) -> list[list[Hit]]:
         """As service.index.SearchIndex.search."""
+        limit = k + offset + (1 if exclude else 0)
+        # The local index's search breadth (efSearch 128, nprobe 32): Milvus's defaults give HNSW an ef of k.
+        params = {"HNSW": {"ef": max(128, limit)}, "IVF_FLAT": {"nprobe": 32}}.get(self.info.factory, {})
         with self._calls():
             results = self.client.search(
-                self.location.collection, data=np.asarray(queries, dtype=np.float32).tolist(),
-                limit=k + offset + (1 if exclude else 0), filter=milvus_filter(where), output_fields=["metadata"],
-                search_params={"metric_type": "IP"}, consistency_level="Strong")
+                self.location.collection, data=np.asarray(queries, dtype=np.float32).tolist(), limit=limit,
+                filter=milvus_filter(where), output_fields=["metadata"],
+                search_params={"metric_type": "IP", "params": params}, consistency_level="Strong")
         found = []
         for q, row in enumerate(results):
             hits = [Hit(hit["id"], float(hit["distance"]), hit["entity"]["metadata"]) for hit in row
