@@ -172,6 +172,25 @@ def test_duplicate_ids_and_wrong_dimensions_change_nothing(tmp_path, backend):
     assert index.count == 0 and reopened(index).count == 0
 
 
+@BACKENDS
+def test_a_bulk_add_is_searched_through_the_approximate_index_at_once(tmp_path, backend):
+    """2,000 vectors in one add (Milvus seals such an add at once), into HNSW: each finds itself first, with the
+    search as broad as the local index's; a small add after it is searchable too."""
+    vectors = unit(2_001, dim=32, seed=3)
+    index = new_index(tmp_path / "i", factory="HNSW32" if backend == "local" else "HNSW", dim=32, backend=backend)
+    flushed = []
+    if backend == "milvus":  # sealed: unsealed rows are searched one by one (Milvus Lite: 0.9 s a query at 20,000)
+        flush = index.client.flush
+        index.client.flush = lambda collection, **kw: (flushed.append(collection), flush(collection, **kw))[1]
+    index.add([Item(f"v{i}", vectors[i], {}) for i in range(2_000)])
+    index.add([Item("last", vectors[2_000], {})])
+    assert flushed == ([index.location.collection] if backend == "milvus" else [])  # the bulk add, not the one
+    queries = [*range(0, 2_000, 40), 2_000]
+    found = [hits[0].id for hits in index.search(vectors[queries], 10)]
+    assert found == [f"v{i}" for i in queries[:-1]] + ["last"]
+    assert reopened(index).count == 2_001
+
+
 def test_a_memory_mapped_index_is_read_only(index_dir):
     index = SearchIndex(index_dir, mmap=True)
     with pytest.raises(SearchIndexError, match="read-only"):
