@@ -7,7 +7,8 @@
 Every setting (python -m service --help) is a flag or a SIMCLR_* environment variable; flags win. The bundle
 and index are checked before the server starts, so a bad path, a mismatched pair or a Milvus server that does
 not answer is one line of error. With --workers, uvicorn starts that many processes on one port (and restarts
-one that dies); each builds its app from the settings checked here (service.app.worker_app).
+one that dies); each builds its app from the settings checked here (service.app.worker_app), and their metrics
+are kept in one folder that /metrics sums (service.metrics).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import nullcontext
 
 import uvicorn
 from pydantic import ValidationError
@@ -23,6 +25,7 @@ from contract.bundle import BundleError, read_manifest
 from service.app import LOG_FORMAT, WORKER_SETTINGS, create_app, worker_settings
 from service.index import SearchIndexError, read_info
 from service.indexes import exists, location_of, read_index_info
+from service.metrics import MULTIPROCESS_DIR, shared_between_workers
 from service.settings import Settings
 
 
@@ -45,14 +48,17 @@ def main() -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     if settings.workers == 1:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, root_path=settings.root_path,
-                    log_level="info")
+        # prometheus_client keeps its values in files whenever this is set: emptied of the last run's, as below.
+        with shared_between_workers() if os.environ.get(MULTIPROCESS_DIR) else nullcontext():
+            uvicorn.run(create_app(settings), host=settings.host, port=settings.port, root_path=settings.root_path,
+                        log_level="info")
         return 0
     if "torch_threads" not in settings.model_fields_set:  # the cores are shared out, not each taken by all
         settings.torch_threads = max(1, settings.torch_threads // settings.workers)
     os.environ[WORKER_SETTINGS] = worker_settings(settings)
-    uvicorn.run("service.app:worker_app", factory=True, workers=settings.workers, host=settings.host,
-                port=settings.port, root_path=settings.root_path, log_level="info")
+    with shared_between_workers():  # /metrics sums every worker's counts, whichever worker answers it
+        uvicorn.run("service.app:worker_app", factory=True, workers=settings.workers, host=settings.host,
+                    port=settings.port, root_path=settings.root_path, log_level="info")
     return 0
 
 

@@ -65,7 +65,7 @@ class ServiceState:
         self.batch_size = settings.max_batch_size or 64  # until the device is known (see _load)
         self._search: ThreadPoolExecutor | None = None
         self._inference: ThreadPoolExecutor | None = None
-        metrics.watch_index(lambda: self.index)
+        metrics.watch(lambda: self.model, lambda: self.index)
 
     @property
     def ready(self) -> bool:
@@ -90,7 +90,6 @@ class ServiceState:
             log.error("error: %s", e)
             return
         self.model, self.index = model, index
-        self.metrics.describe(model, index)
         batcher = Batcher(model.infer, self.batch_size, self.settings.max_wait_ms / 1000, self.metrics,
                           executor=self._inference, max_queue=self.settings.max_queue_images,
                           max_queue_wait_s=self.settings.max_queue_wait_ms / 1000)
@@ -147,7 +146,6 @@ class ServiceState:
             self._search_off(str(e))
             return
         self.search, self.search_detail = "ready", None
-        self.metrics.describe(model, self.index)
         log.info("search: ready, index %s of %d images", location, self.index.count)
         self._check_runtime(self.index, model)
 
@@ -207,3 +205,4 @@ class ServiceState:
             if self.index is not None:  # its snapshot, so that the next start need not catch up
                 await self.run_search(self.index.close)
             self._search.shutdown(wait=True)
+        self.metrics.close()

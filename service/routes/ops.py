@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.dependencies import Ready, get_state
 from service.problems import KINDS, Problem
@@ -37,7 +37,7 @@ def readyz(state: State) -> JSONResponse:
 def metrics(state: State) -> Response:
     """Prometheus metrics: requests by route and status, latencies, batch sizes, queue depth, inference time, the
     model served (simclr_model_info) and the index's size."""
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/version", response_model=Version)

@@ -2,16 +2,14 @@
 one of which is killed with SIGKILL mid-stream. Every change a server acknowledged with a 200 must be there
 (requests cut off by the kill may have landed or not), searchable, seen at once through a process still running,
 and through the killed one once it is restarted. On both backends: a local folder the processes share on this
-host, and a Milvus (Lite) server they talk to over gRPC."""
+host, and a Milvus (Lite) server they talk to over gRPC. (Several worker processes of one server: test_workers.py.)"""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import threading
 import time
-from pathlib import Path
 
 import httpx2
 import pytest
@@ -99,65 +97,3 @@ def test_every_acknowledged_change_survives_sigkill(bundle_dir, served_index, tm
         stop.set()
         for server in servers:
             server.stop()
-
-
-def children(pid: int) -> set[int]:
-    """The processes pid started (uvicorn's workers: multiprocessing's spawn_main, beside its resource tracker)."""
-    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-
-
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads worker processes from /proc (Linux)")
-def test_workers_share_the_port_and_the_index_and_one_killed_is_replaced(bundle_dir, served_index, tmp_path):
-    """python -m service --workers 2: two processes answer on one port; what one is sent, the other serves; a
-    worker killed is started again by uvicorn while the other goes on answering."""
-    server = Server(bundle_dir, served_index["index"], tmp_path / "server.log",
-                    flags={**served_index["flags"], "workers": 2, "torch-threads": 1})
-    server.start()
-    try:
-        server.wait_ready(180, streak=10)
-        deadline = time.monotonic() + 60
-        while len(workers := {p for p in children(server.pid) if "spawn_main" in _cmdline(p)}) < 2:
-            assert time.monotonic() < deadline, server.log_tail()
-            time.sleep(0.2)
-        image = generated_images(1, seed=5)[0]
-        deadline = time.monotonic() + 60
-        while (added := httpx2.post(f"{server.url}/index/images", files=[("images", ("w.png", image, "image/png"))],
-                                    data={"ids": "workers/w.png"}, timeout=30)).status_code == 503:
-            assert added.json()["type"].endswith("/not-ready") and time.monotonic() < deadline, added.text
-            time.sleep(0.2)  # a worker still loading: retried, as a client does on a 503 with Retry-After
-        assert added.status_code == 200, added.text
-        assert_found_on_every_connection(server.url, "workers/w.png")
-        os.kill(min(workers), signal.SIGKILL)
-        # New connections (the listening socket is shared, its queue not the dead worker's) reach the survivor.
-        assert [httpx2.get(f"{server.url}/healthz", timeout=10).status_code for _ in range(20)] == [200] * 20
-        deadline = time.monotonic() + 120
-        while len({p for p in children(server.pid) if "spawn_main" in _cmdline(p)} - {min(workers)}) < 2:
-            assert time.monotonic() < deadline, "the killed worker was not replaced\n" + server.log_tail()
-            time.sleep(0.5)
-        server.wait_ready(120, streak=10)
-        assert_found_on_every_connection(server.url, "workers/w.png")
-    finally:
-        server.stop()
-
-
-def assert_found_on_every_connection(url: str, image_id: str, connections: int = 20) -> None:
-    """GET the image on `connections` new connections in a row (spread over the workers): every answer has it. A
-    worker may still be loading (the kernel need not have handed it a readiness probe yet): its 503 is retried,
-    while a 404 fails."""
-    found, deadline = 0, time.monotonic() + 60
-    while found < connections:
-        got = httpx2.get(f"{url}/index/images/{image_id}", timeout=30)
-        if got.status_code == 503 and got.json()["type"].endswith("/not-ready"):
-            assert time.monotonic() < deadline, got.text
-            found = 0
-            time.sleep(0.2)
-            continue
-        assert got.status_code == 200, got.text
-        found += 1
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
