@@ -68,20 +68,20 @@ class ServiceMetrics:
                                        "commit and FAISS update)", buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.served = _Served()
         self.registry.register(self.served)
+        # What /metrics shows: this registry, or every worker's files summed beside this worker's model and index.
+        self.exposed = self.registry
+        if self.shared is not None:
+            self.exposed = CollectorRegistry()
+            MultiProcessCollector(self.exposed, path=self.shared)
+            self.exposed.register(self.served)
 
     def watch(self, model: Callable[[], Model | None], index: Callable[[], Index | None]) -> None:
         """Describe the served model and index as they are at each scrape (model() and index() return them)."""
         self.served.model, self.served.index = model, index
 
     def exposition(self) -> bytes:
-        """/metrics' text: this process's registry, or every worker's metrics summed from the shared folder
-        beside this worker's view of the model and index (the same in every worker)."""
-        if self.shared is None:
-            return generate_latest(self.registry)
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=self.shared)
-        registry.register(self.served)
-        return generate_latest(registry)
+        """/metrics' text (with workers, the model and index are the answering worker's: the same in every one)."""
+        return generate_latest(self.exposed)
 
     def close(self) -> None:
         """A worker ending: its queue depth leaves the sum (its counters stay in it)."""

@@ -167,6 +167,7 @@ def test_a_dead_workers_queue_depth_leaves_the_sum(tmp_path, monkeypatch):
         living = subprocess.Popen([sys.executable, "-c", queue + "; sys.stdin.read()", "2"], stdin=subprocess.PIPE)
         try:
             while not any(folder.glob(f"*_{living.pid}.db")):
+                assert living.poll() is None, "the living worker ended"
                 time.sleep(0.05)
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=str(folder))
@@ -176,3 +177,16 @@ def test_a_dead_workers_queue_depth_leaves_the_sum(tmp_path, monkeypatch):
         finally:
             living.communicate(b"")
     assert not folder.exists() and MULTIPROCESS_DIR not in os.environ  # the folder lasts as long as the workers
+
+
+def test_a_named_metrics_folder_is_emptied_of_the_last_runs_files_and_kept(tmp_path, monkeypatch):
+    """PROMETHEUS_MULTIPROC_DIR set by the user: its earlier run's counts must not be summed into this run's."""
+    from service.metrics import MULTIPROCESS_DIR, shared_between_workers
+
+    monkeypatch.setenv(MULTIPROCESS_DIR, str(tmp_path / "metrics"))
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "counter_99999.db").write_bytes(b"old")
+    (tmp_path / "metrics" / "notes.txt").write_text("the user's")
+    with shared_between_workers() as folder:
+        assert folder == tmp_path / "metrics" and sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    assert folder.is_dir() and os.environ[MULTIPROCESS_DIR] == str(folder)
