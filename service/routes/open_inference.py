@@ -5,7 +5,8 @@ One model, the bundle, named as GET /version names it, version "1". Its inputs (
 `images`, UINT8 (N, 3, S, S), the pixels as the model takes them (NCHW, RGB, 0-255, already S x S: no resize),
 or `image_files`, BYTES (N), encoded image files decoded and resized as /embed does. Its outputs: `embedding`
 (the L2-normalised representation), `projection`, `probabilities` (with a classifier), `training_distance` and
-`unlike_training_data` (with familiarity statistics). Tensors come as JSON or as binary data after the JSON (the
+`unlike_training_data` (with familiarity statistics); `probabilities` also as its top k classes (the classification
+extension, tritonclient's class_count). Tensors come as JSON or as binary data after the JSON (the
 binary_tensor_data extension, what tritonclient sends by default). Inference goes through the batcher and its
 admission control as /embed does, and errors are the service's problems, with the protocol's "error" member:
 404 for another model or version, 422 for a tensor the model does not take (name, datatype, shape, data), 400
@@ -63,7 +64,8 @@ def _server_version() -> str:
 @router.get("", response_model=ServerMetadata)
 async def server_metadata() -> ServerMetadata:
     """The server's name, version and the protocol extensions it serves."""
-    return ServerMetadata(name="simclr-cifar", version=_server_version(), extensions=["binary_tensor_data"])
+    return ServerMetadata(name="simclr-cifar", version=_server_version(),
+                          extensions=["binary_tensor_data", "classification"])
 
 
 @router.get("/health/live", response_model=ServerLive)
@@ -297,12 +299,20 @@ def _base64_elements(data: list, count: int) -> list[tuple[str, bytes]]:
     return base64_files(flat, IMAGE_FILES)
 
 
-def _chosen_outputs(payload: InferenceRequest, state: ServiceState) -> list[tuple[Declared, bool]]:
-    """The outputs to answer, each with whether its values go as binary data."""
+@dataclass(frozen=True)
+class Chosen:
+    """An output the request asked for: as binary data or JSON, and as its top `classes` classes or whole."""
+
+    declared: Declared
+    binary: bool
+    classes: int | None = None
+
+
+def _chosen_outputs(payload: InferenceRequest, state: ServiceState) -> list[Chosen]:
     declared = {d.name: d for d in _outputs(state)}
     binary = (payload.parameters or {}).get("binary_data_output") is True
     if not payload.outputs:
-        return [(d, binary) for d in declared.values()]
+        return [Chosen(d, binary) for d in declared.values()]
     chosen = []
     for requested in payload.outputs:
         if requested.name not in declared:
@@ -310,25 +320,43 @@ def _chosen_outputs(payload: InferenceRequest, state: ServiceState) -> list[tupl
             raise Problem(422, f"output {requested.name!r} is not an output of this model{why}: its outputs are "
                           f"{', '.join(declared)}")
         parameters = requested.parameters or {}
-        if parameters.get("classification"):
-            raise Problem(422, "the classification extension is not served: ask for the output 'probabilities' "
-                          "and take its top k (the classes are in the model metadata's parameters)")
-        chosen.append((declared[requested.name], parameters.get("binary_data", binary) is True))
+        classes = parameters.get("classification")
+        if classes is not None:
+            # Triton's classification extension: k is a positive integer, and only class scores have labels.
+            if type(classes) is not int or classes < 1:
+                raise Problem(422, f"output {requested.name!r}: classification {classes!r} is not a number of "
+                              f"classes (a positive integer)")
+            if requested.name != "probabilities":
+                raise Problem(422, f"output {requested.name!r} has no classes: the classification extension "
+                              f"ranks 'probabilities'")
+        chosen.append(Chosen(declared[requested.name], parameters.get("binary_data", binary) is True, classes))
     return chosen
 
 
-def _answer(payload: InferenceRequest, chosen: list[tuple[Declared, bool]], out: Outputs,
-            state: ServiceState) -> Response:
+def _classified(probabilities: Tensor, k: int, classes: list[str]) -> np.ndarray:
+    """The classification extension's BYTES [N, k]: per image its k most probable classes, best first, each
+    "probability:index:label" (the probability as Triton prints it, six decimals); all classes when fewer than k."""
+    top = probabilities.topk(min(k, probabilities.shape[1]), dim=1)
+    return np.array([[f"{p:f}:{c}:{classes[c]}".encode() for p, c in zip(values, ids)]
+                     for values, ids in zip(top.values.tolist(), top.indices.tolist())], dtype=object)
+
+
+def _answer(payload: InferenceRequest, chosen: list[Chosen], out: Outputs, state: ServiceState) -> Response:
     outputs, blobs = [], []
-    for declared, binary in chosen:
-        values = _values(out, declared.name, state.model.familiarity_threshold)
-        array = values.numpy().astype(np.bool_ if declared.datatype == "BOOL" else "<f4")
-        tensor = InferenceOutput(name=declared.name, shape=list(array.shape), datatype=declared.datatype)
-        if binary:
-            blobs.append(array.tobytes())
+    for output in chosen:
+        name, datatype = output.declared.name, output.declared.datatype
+        values = _values(out, name, state.model.familiarity_threshold)
+        if output.classes is not None:
+            array, datatype = _classified(values, output.classes, state.model.bundle.manifest.classes), "BYTES"
+        else:
+            array = values.numpy().astype(np.bool_ if datatype == "BOOL" else "<f4")
+        tensor = InferenceOutput(name=name, shape=list(array.shape), datatype=datatype)
+        if output.binary:
+            blobs.append(_bytes_tensor(array) if datatype == "BYTES" else array.tobytes())
             tensor.parameters = {"binary_data_size": len(blobs[-1])}
         else:
-            tensor.data = array.reshape(-1).tolist()
+            flat = array.reshape(-1)
+            tensor.data = [e.decode() for e in flat] if datatype == "BYTES" else flat.tolist()
         outputs.append(tensor)
     answer = InferenceResponse(model_name=state.model.bundle.name, model_version=VERSION, id=payload.id,
                                outputs=outputs).model_dump_json(exclude_none=True).encode()
@@ -336,3 +364,8 @@ def _answer(payload: InferenceRequest, chosen: list[tuple[Declared, bool]], out:
         return Response(answer, media_type="application/json")
     return Response(answer + b"".join(blobs), media_type="application/octet-stream",
                     headers={HEADER_LENGTH: str(len(answer))})
+
+
+def _bytes_tensor(array: np.ndarray) -> bytes:
+    """BYTES as binary data: each element a little-endian uint32 length, then its bytes (row-major)."""
+    return b"".join(struct.pack("<I", len(e)) + e for e in array.reshape(-1))

@@ -77,7 +77,7 @@ def assert_problem(response, status: int, *words: str, kind: str | None = None) 
 def test_health_and_metadata_as_tritonclient_reads_them(live_server, triton_client, model_name):
     assert triton_client.is_server_live() and triton_client.is_server_ready()
     server = triton_client.get_server_metadata()
-    assert server["name"] == "simclr-cifar" and "binary_tensor_data" in server["extensions"]
+    assert server["name"] == "simclr-cifar" and {"binary_tensor_data", "classification"} <= set(server["extensions"])
     assert triton_client.is_model_ready(model_name) and triton_client.is_model_ready(model_name, "1")
     assert not triton_client.is_model_ready("resnet50") and not triton_client.is_model_ready(model_name, "2")
     metadata = triton_client.get_model_metadata(model_name)
@@ -139,6 +139,36 @@ def test_json_tensors_and_chosen_outputs(triton_client, model_name):
         np.testing.assert_allclose(chosen.as_numpy(name), everything.as_numpy(name), atol=1e-6)
 
 
+def test_top_classes_by_the_classification_extension(http, triton_client, model_name):
+    """tritonclient's class_count: per image "probability:index:label", /classify's top k in its order."""
+    files = [("images", (f"{i}.png", png_bytes(image), "image/png")) for i, image in enumerate(IMAGES)]
+    classified = http.post("/classify", params={"k": 3}, files=files).json()["classifications"]
+    binary = triton_client.infer(model_name, [pixels(NCHW)], outputs=[
+        triton.InferRequestedOutput("probabilities", class_count=3), triton.InferRequestedOutput("embedding")])
+    as_json = triton_client.infer(model_name, [pixels(NCHW)], outputs=[
+        triton.InferRequestedOutput("probabilities", binary_data=False, class_count=3)])
+    (output,) = as_json.get_response()["outputs"]
+    assert output["datatype"] == "BYTES" and output["shape"] == [4, 3]
+    assert len(output["data"]) == 12 and all(isinstance(e, str) for e in output["data"])
+    for result, kind in ((binary, bytes), (as_json, str)):  # tritonclient gives binary BYTES as bytes, JSON as str
+        top = result.as_numpy("probabilities")
+        assert top.shape == (4, 3) and all(type(e) is kind for e in top.reshape(-1))
+        for row, answer in zip(top, classified):
+            fields = [(e.decode() if kind is bytes else e).split(":") for e in row]
+            assert [(int(i), label) for _, i, label in fields] == [
+                (p["class_id"], p["class_name"]) for p in answer["predictions"]]
+            assert all(len(value.split(".")[1]) == 6 for value, _, _ in fields)  # printed as Triton prints it
+            np.testing.assert_allclose([float(v) for v, _, _ in fields],
+                                       [p["probability"] for p in answer["predictions"]], atol=2e-6)
+    assert binary.as_numpy("embedding").shape == (4, 512)  # the other outputs stay tensors
+    # More classes than the model has: all of them, best first.
+    every = triton_client.infer(model_name, [pixels(NCHW[:1])], outputs=[
+        triton.InferRequestedOutput("probabilities", class_count=99)]).as_numpy("probabilities")
+    values = [float(e.decode().split(":")[0]) for e in every[0]]
+    assert every.shape == (1, len(CLASSES)) and values == sorted(values, reverse=True)
+    assert sorted(int(e.decode().split(":")[1]) for e in every[0]) == list(range(len(CLASSES)))
+
+
 def test_encoded_files_as_bytes(http, triton_client, model_name):
     reference = triton_client.infer(model_name, [pixels(NCHW)]).as_numpy("embedding")
     files = triton.InferInput("image_files", [4], "BYTES")
@@ -176,6 +206,10 @@ def test_errors_are_problems_with_the_protocols_error_member(http, triton_client
         (infer, uint8_json(np.zeros((0, 3, SIZE, SIZE), np.uint8)), 422, "no images: the batch dimension is 0", None),
         (infer, {"inputs": [{**uint8_json(one)["inputs"][0], "name": "input__0"}]}, 422, "exactly one input", None),
         (infer, uint8_json(one, outputs=[{"name": "logits"}]), 422, "'logits' is not an output", None),
+        (infer, uint8_json(one, outputs=[{"name": "embedding", "parameters": {"classification": 3}}]), 422,
+         "'embedding' has no classes", None),
+        *[(infer, uint8_json(one, outputs=[{"name": "probabilities", "parameters": {"classification": k}}]), 422,
+           f"classification {k!r} is not a number of classes", None) for k in (0, -2, "3", True, 2.5)],
         (infer, {"inputs": []}, 422, "inputs", None),
         (infer, {"inputs": [{"name": "image_files", "shape": [1], "datatype": "BYTES", "data": ["bm90IGFuIGltYWdl"]}]},
          415, "not an image", "unsupported-image-format"),
