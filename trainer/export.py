@@ -75,9 +75,9 @@ def export(run_dir: str | Path, out: str | Path, checkpoint_file: str | Path | N
     evaluation = run.eval_dir()
     evaluated = _read(EvaluationHead, evaluation / HEAD_FILE) if (evaluation / HEAD_FILE).is_file() else None
     if checkpoint_file is None:
-        checkpoint_file = run.path / evaluated.checkpoint if evaluated else run.latest_checkpoint()
+        checkpoint_file = run.resolve(evaluated.checkpoint) if evaluated else run.latest_checkpoint()
     checkpoint_file = Path(checkpoint_file)
-    if evaluated and (run.path / evaluated.checkpoint).resolve() != checkpoint_file.resolve():
+    if evaluated and run.resolve(evaluated.checkpoint).resolve() != checkpoint_file.resolve():
         raise UserError(f"{evaluation} evaluated {evaluated.checkpoint}, not {checkpoint_file}: evaluate "
                         f"that checkpoint first (python -m trainer.linear_eval --checkpoint ...) or export the "
                         f"evaluated one")

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from contract.files import atomic_write
+from contract.files import atomic_write, recorded_path
 from trainer import checkpoint
 from trainer.config import Config, make_config, recorded_paths
 from trainer.errors import UserError
@@ -99,8 +99,13 @@ class RunDir:
         return model, state
 
     def relative(self, path: Path) -> str:
-        """path as the run's files name it: relative to the run directory when inside it, else absolute."""
+        """path as the run's files name it: relative to the run directory when inside it, else absolute (under the
+        home directory as "~/...", as contract.files.recorded_path writes every path the manifest carries)."""
         try:
             return str(path.resolve().relative_to(self.path.resolve()))
         except ValueError:
-            return str(path.resolve())
+            return recorded_path(path.resolve())
+
+    def resolve(self, named: str) -> Path:
+        """The file a name that relative() wrote stands for."""
+        return self.path / Path(named).expanduser()

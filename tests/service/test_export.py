@@ -10,7 +10,8 @@ import subprocess
 import pytest
 import torch
 import torch.nn.functional as F
-from factories import CLASSES, DATA_NAME, MACHINE, SIZE, TEMPERATURE, colour_images, make_run, write_folder
+from factories import (CLASSES, DATA_NAME, MACHINE, SIZE, TEMPERATURE, colour_images, make_run, write_eval,
+                       write_folder)
 from safetensors.torch import load_file
 
 from contract.bundle import load_bundle
@@ -164,6 +165,25 @@ def test_export_refuses_a_head_of_another_checkpoint(tmp_path, run_and_model):
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "evaluated checkpoints/epoch_0001.pt" in result.stderr
     assert not (tmp_path / "b" / "manifest.json").exists()
+
+
+def test_a_checkpoint_outside_the_run_is_recorded_without_the_home_directory(tmp_path, monkeypatch):
+    """linear_eval --checkpoint ~/elsewhere/...: the evaluation and the manifest name it "~/...", never the user's
+    home, and the export finds the evaluated checkpoint from that name."""
+    from trainer.run_dir import RunDir
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    run, model = make_run(tmp_path / "home" / "run", evaluated=False)
+    elsewhere = tmp_path / "home" / "kept" / "epoch_0001.pt"
+    elsewhere.parent.mkdir()
+    (run / "checkpoints" / "epoch_0001.pt").rename(elsewhere)
+    named = RunDir(run).relative(elsewhere)
+    assert named == "~/kept/epoch_0001.pt" and RunDir(run).resolve(named) == elsewhere
+    assert RunDir(run).relative(run / "checkpoints" / "epoch_0002.pt") == "checkpoints/epoch_0002.pt"
+    write_eval(run, model.feature_dim, [], checkpoint_name=named)
+    manifest = export(run, tmp_path / "bundle", onnx=False)  # the evaluated checkpoint, found from "~/..."
+    assert manifest.training.checkpoint == named and manifest.metrics.checkpoint == named
+    assert str(tmp_path) not in (tmp_path / "bundle" / "manifest.json").read_text()
 
 
 def test_export_refuses_a_head_that_does_not_fit(tmp_path):
