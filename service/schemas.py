@@ -457,7 +457,10 @@ class InferenceRequestedOutput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    parameters: Parameters | None = Field(None, description="binary_data: true for the values as binary data")
+    parameters: Parameters | None = Field(None, description="binary_data: true for the values as binary data; "
+                                          "classification: k, for the top k classes as BYTES "
+                                          "\"probability:index:label\" (on probabilities; the classification "
+                                          "extension)")
 
 
 class InferenceRequest(BaseModel):
@@ -467,7 +470,7 @@ class InferenceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"id": "example",
          "inputs": [{"name": "image_files", "datatype": "BYTES", "shape": [1], "data": [EXAMPLE_IMAGE]}],
-         "outputs": [{"name": "embedding"}, {"name": "probabilities"}]}]})
+         "outputs": [{"name": "embedding"}, {"name": "probabilities", "parameters": {"classification": 3}}]}]})
 
     id: str | None = Field(None, description="echoed in the answer")
     parameters: Parameters | None = Field(None, description="binary_data_output: true for every output as binary "
