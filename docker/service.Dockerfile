@@ -25,7 +25,7 @@ RUN --mount=type=secret,id=pip_ca --mount=type=bind,source=pyproject.toml,target
     python3 -m venv /opt/simclr/venv \
     && pip install --index-url "$TORCH_INDEX_URL" torch torchvision \
     && python -c 'import tomllib; p = tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]; \
-                  o = p["optional-dependencies"]; print("\n".join(p["dependencies"] + o["serve"] + o["milvus"]))' \
+                  o = p["optional-dependencies"]; print("\n".join(p["dependencies"] + o["serve"] + o["milvus"] + o["grpc"]))' \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 
@@ -48,12 +48,14 @@ ENV PATH=/opt/simclr/venv/bin:$PATH \
     HOME=/tmp \
     SIMCLR_HOST=0.0.0.0 \
     SIMCLR_PORT=8000 \
+    SIMCLR_GRPC_PORT=8001 \
     SIMCLR_BUNDLE=/bundle \
     SIMCLR_INDEX_ROOT=/opt/simclr/indexes \
     SIMCLR_DATA_DIR=/opt/simclr/data/cifar10
 # A fixed, unnamed uid: no layer for a user account, and what it writes into volumes has a known owner.
 USER 10001:10001
-EXPOSE 8000
+# HTTP, and the Open Inference Protocol over gRPC: Triton's two ports.
+EXPOSE 8000 8001
 # Alive as soon as it listens: /healthz answers while the model loads; /readyz says what can be served (embeddings
 # and classes first, search once the index, built on first start from SIMCLR_DATA_DIR, is ready).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \

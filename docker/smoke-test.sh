@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The stack for real: build the service image, `docker compose up` with the committed reference bundle
 # (models/reference), wait until /readyz and then search, check /classify (401 without the API key; "cat" in the
-# top 3 of a CIFAR-10 test cat) and /search over HTTP from the host, show that the service runs as a non-root
+# top 3 of a CIFAR-10 test cat) and /search over HTTP from the host, the cat's top 3 over gRPC (where
+# tritonclient[grpc] is installed beside the script), show that the service runs as a non-root
 # user with the bundle read-only, and tear it all down, volumes too. Any failure: non-zero exit.
 #
 #   docker/smoke-test.sh              # a running Docker engine with compose, and BASE_IMAGE pullable or local
@@ -133,8 +134,10 @@ export BUNDLE_DIR=$work/bundle CIFAR10_DIR=$work/data
 # An API key, as a deployment would set one: checks that SIMCLR_* settings reach the service.
 SIMCLR_API_KEY=$("$PYTHON" -c 'import secrets; print(secrets.token_hex(16))')
 export SIMCLR_API_KEY
-PORT=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export PORT
+free_port() { "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+PORT=$(free_port)
+GRPC_PORT=$(free_port)
+export PORT GRPC_PORT
 # Disk first, so that too little is "cannot run here", said plainly, not "no space left on device" halfway.
 # Measured with CUDA torch from PyPI: a build from nothing takes 12 GB with overlay2; a source change rebuilds
 # the final image's 6 GB layer. vfs copies every layer in full, and the image once more for each container.
@@ -212,6 +215,26 @@ print("  /search:", ", ".join(f"{h['id']} {h['metadata'].get('class')} {h['score
 open(f"{work}/first_image_url", "w").write(hits[0]["image_url"])
 EOF
 curl -sf "${key[@]}" -o /dev/null "$base$(cat "$work/first_image_url")" || fail "GET the found image"
+
+# The published gRPC port: the Open Inference Protocol's top 3 of the cat, as tritonclient asks Triton for them.
+if "$PYTHON" -c 'import tritonclient.grpc' 2>/dev/null; then
+    model=$(curl -sf "${key[@]}" "$base/version" | "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["model"])')
+    "$PYTHON" - "127.0.0.1:$GRPC_PORT" "$SIMCLR_API_KEY" "$model" "$cat_image" <<'EOF' || fail "gRPC inference"
+import sys
+import numpy as np
+import tritonclient.grpc as triton
+address, key, model, image = sys.argv[1:]
+client = triton.InferenceServerClient(address)
+files = triton.InferInput("image_files", [1], "BYTES")
+files.set_data_from_numpy(np.array([open(image, "rb").read()], dtype=object))
+top = client.infer(model, [files], headers={"x-api-key": key}, outputs=[
+    triton.InferRequestedOutput("probabilities", class_count=3)]).as_numpy("probabilities")[0]
+print("  gRPC ModelInfer, the test cat's top 3:", ", ".join(e.decode() for e in top))
+assert any(e.decode().endswith(":cat") for e in top), top
+EOF
+else
+    say "gRPC: not checked (tritonclient[grpc] is not installed beside this script)"
+fi
 # An image of the user's own, added, found by its metadata, removed (the index volume is writable).
 curl -sf "${key[@]}" -F "images=@$cat_image" -F ids=smoke/cat -F 'metadata={"owner": "smoke"}' \
     "$base/index/images" >/dev/null || fail "POST /index/images"

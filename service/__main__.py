@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from contextlib import nullcontext
 
@@ -39,11 +40,13 @@ def main() -> int:
             location = location_of(settings.index_uri, fingerprint)
             if exists(location):
                 read_index_info(location, fingerprint)
+        if settings.grpc_port is not None:
+            _check_grpc(settings)
     except ValidationError as e:
         problems = "; ".join(f"--{'-'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         print(f"error: {problems}", file=sys.stderr)
         return 2
-    except (BundleError, SearchIndexError) as e:
+    except (BundleError, SearchIndexError, GrpcUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
@@ -60,6 +63,27 @@ def main() -> int:
         uvicorn.run("service.app:worker_app", factory=True, workers=settings.workers, host=settings.host,
                     port=settings.port, root_path=settings.root_path, log_level="info")
     return 0
+
+
+class GrpcUnavailable(Exception):
+    pass
+
+
+def _check_grpc(settings: Settings) -> None:
+    """--grpc-port's packages are installed and its port is free: said now in one line, not as a start-up
+    traceback."""
+    try:
+        import grpc  # noqa: F401
+        import tritonclient.grpc  # noqa: F401
+    except ImportError as e:
+        raise GrpcUnavailable(f"--grpc-port needs grpcio and tritonclient's gRPC stubs ({e.name} is missing): pip "
+                              f"install '.[grpc]'") from None
+    with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as probe:
+        try:
+            probe.bind((settings.host, settings.grpc_port))
+        except OSError as e:
+            raise GrpcUnavailable(f"--grpc-port {settings.grpc_port}: cannot listen on {settings.host}:"
+                                  f"{settings.grpc_port} ({e.strerror})") from None
 
 
 if __name__ == "__main__":

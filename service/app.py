@@ -36,7 +36,14 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         # Loading runs beside the server: /healthz answers at once, /readyz turns 200 when loading ends.
         loading = asyncio.create_task(state.load(), name="load")
+        grpc_server = None
+        if settings.grpc_port is not None:  # imported only then: grpcio and tritonclient are the [grpc] extra
+            from service import open_inference_grpc
+
+            grpc_server = await open_inference_grpc.start(state, settings)
         yield
+        if grpc_server is not None:
+            await grpc_server.stop(grace=5)
         loading.cancel()
         await asyncio.gather(loading, return_exceptions=True)
         await state.close()

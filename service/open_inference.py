@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.metadata
 import math
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -261,15 +262,18 @@ class Result:
     values: np.ndarray
 
     def raw(self) -> bytes:
-        """The values as binary data: row-major, little-endian; BYTES each a uint32 length, then its bytes."""
-        if self.datatype == "BYTES":
-            return b"".join(struct.pack("<I", len(e)) + e for e in self.values.reshape(-1))
-        return self.values.tobytes()
+        """The values as binary data: row-major, little-endian."""
+        return framed(self.values.reshape(-1)) if self.datatype == "BYTES" else self.values.tobytes()
 
     def data(self) -> list:
         """The values as JSON data: flat, BYTES as text."""
         flat = self.values.reshape(-1)
         return [e.decode() for e in flat] if self.datatype == "BYTES" else flat.tolist()
+
+
+def framed(elements: Iterable[bytes]) -> bytes:
+    """BYTES as binary data: each element a little-endian uint32 length, then its bytes."""
+    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
 
 
 def _result(chosen: Chosen, out: Outputs, state: ServiceState) -> Result:

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     root_path: str = Field("", pattern=r"^(/[^/]+)*$", description="the path prefix a reverse proxy serves the "
                            "service under (e.g. /simclr): the URLs it hands out (image_url, the page's) carry it")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    grpc_port: int | None = Field(None, ge=0, le=65535, description="also serve the Open Inference Protocol over "
+                                  "gRPC (KServe v2, as Triton does on 8001) on this port; needs pip install "
+                                  "'.[grpc]'; off by default")
     workers: int = Field(1, ge=1, le=64, description="service processes, each with its own copy of the model, "
                          "sharing the port and the index (a folder's on this host, or Milvus); each gets "
                          "--torch-threads cores / workers unless that is given")

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXED_BY_THE_IMAGE = {
     "host": "0.0.0.0, so that the published port reaches the service",
     "port": "8000, the container port compose.yaml publishes (PORT chooses the host's)",
+    "grpc_port": "8001, Triton's, published as GRPC_PORT chooses (the image has the [grpc] extra)",
     "bundle": "/bundle, where BUNDLE_DIR is mounted",
     "index_root": "/opt/simclr/indexes, the indexes volume",
     "data_dir": "/opt/simclr/data/cifar10, where CIFAR10_DIR is mounted",
