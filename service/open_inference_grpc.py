@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as rpc
 
@@ -100,7 +101,7 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):
             state = self._ready()
             protocol.check_model(state, request.model_name, request.model_version or None)
             with state.batcher.incoming():
-                payload, binary = _request(request)
+                payload, binary = await run_in_threadpool(_request, request)  # 200,000 typed pixels to list
                 images = await protocol.read_images(payload, binary, state)
             results = await protocol.infer(payload, images, state)
             tensor = pb.ModelInferResponse.InferOutputTensor
