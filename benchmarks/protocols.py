@@ -41,13 +41,13 @@ def timed(call: Callable[[], object], seconds: float) -> list[float]:
     return latencies
 
 
-def protocols(server: Server, grpc_address: str, files: list[bytes], pixels: np.ndarray
+def protocols(server: Server, files: list[bytes], pixels: np.ndarray
               ) -> dict[str, Callable[[], object]]:
     """{name: one request of these images} for each protocol."""
     http = httpx2.Client(base_url=server.url, timeout=60)
     name = http.get("/version").json()["model"]
     triton_http = http_client.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=60)
-    triton_grpc = grpc_client.InferenceServerClient(grpc_address)
+    triton_grpc = grpc_client.InferenceServerClient(server.grpc_address)
     upload = [("images", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(files)]
     openai = {"model": name, "input": [base64.b64encode(data).decode() for data in files]}
 
@@ -87,8 +87,7 @@ def main() -> None:
 
     paths = sorted(Path(args.data_dir, "test").rglob("*.*"))[::37][:max(args.batches)]
     log = Path(tempfile.mkstemp(prefix="protocols-benchmark-", suffix=".log")[1])
-    grpc_port = free_port()
-    server = Server(args.bundle, None, log, flags={"grpc-port": grpc_port, "runtime": args.runtime})
+    server = Server(args.bundle, None, log, flags={"grpc-port": free_port(), "runtime": args.runtime})
     server.start()
     try:
         server.wait_ready()
@@ -98,7 +97,7 @@ def main() -> None:
         for n in args.batches:
             files = [p.read_bytes() for p in paths[:n]]
             pixels = np.stack([np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1) for p in paths[:n]])
-            calls = protocols(server, f"127.0.0.1:{grpc_port}", files, pixels)
+            calls = protocols(server, files, pixels)
             latencies: dict[str, list[float]] = {name: [] for name in calls}
             names = list(calls)
             for round_ in range(args.rounds):

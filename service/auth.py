@@ -35,9 +35,14 @@ class ApiKey:
 
     def _presented(self, scope: Scope) -> bool:
         headers = dict(scope["headers"])
-        candidate = headers.get(b"x-api-key")
-        if candidate is None:
-            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
-            candidate = token.strip() if scheme.lower() == b"bearer" else b""
-        # Constant time: how long a wrong key takes to refuse must not tell how much of it was right.
-        return hmac.compare_digest(candidate, self.key)
+        return carries_key(headers.get(b"x-api-key"), headers.get(b"authorization"), self.key)
+
+
+def carries_key(x_api_key: bytes | None, authorization: bytes | None, key: bytes) -> bool:
+    """Whether a request's X-API-Key, or else its Authorization: Bearer, is the key (HTTP headers, gRPC metadata)."""
+    candidate = x_api_key
+    if candidate is None:
+        scheme, _, token = (authorization or b"").partition(b" ")
+        candidate = token.strip() if scheme.lower() == b"bearer" else b""
+    # Constant time: how long a wrong key takes to refuse must not tell how much of it was right.
+    return hmac.compare_digest(candidate, key)

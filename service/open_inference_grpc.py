@@ -12,7 +12,6 @@ grpc_service.proto, a superset of KServe's.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +25,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as rpc
 
 from service import open_inference as protocol
+from service.auth import carries_key
 from service.batching import BatcherStopped, Overloaded
 from service.problems import Problem, describe
 from service.schemas import InferenceRequest
@@ -36,10 +36,9 @@ log = logging.getLogger("service")
 
 ROUTE = "/inference.GRPCInferenceService/{}"  # the metrics' route label: the RPC's full name
 OPEN = frozenset({"ServerLive", "ServerReady"})  # answered without the API key, as /v2/health/* are
-_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-          404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-          415: grpc.StatusCode.INVALID_ARGUMENT, 422: grpc.StatusCode.INVALID_ARGUMENT,
-          503: grpc.StatusCode.UNAVAILABLE}
+# The service's problems by status; any other (400, 415, 422) is INVALID_ARGUMENT.
+_CODES = {401: grpc.StatusCode.UNAUTHENTICATED, 404: grpc.StatusCode.NOT_FOUND,
+          413: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE}
 # Each content field of InferTensorContents by the datatypes that use it.
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
              "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
@@ -145,13 +144,8 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):
     def _authorize(self, context: grpc.aio.ServicerContext) -> None:
         if self.key is None:
             return
-        metadata = {k.lower(): v for k, v in context.invocation_metadata() or ()}
-        candidate = metadata.get("x-api-key")
-        if candidate is None:
-            scheme, _, token = metadata.get("authorization", "").partition(" ")
-            candidate = token.strip() if scheme.lower() == "bearer" else ""
-        # Constant time, as the HTTP check: how long a wrong key takes to refuse must not tell how much was right.
-        if not hmac.compare_digest(candidate.encode(), self.key):
+        metadata = {k.lower(): v.encode() for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        if not carries_key(metadata.get("x-api-key"), metadata.get("authorization"), self.key):
             raise Problem(401, "this service needs an API key: send it as x-api-key or authorization: Bearer KEY "
                           "metadata")
 

@@ -62,6 +62,8 @@ class Server:
                  flags: dict[str, Any] | None = None, own_session: bool = False):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        grpc_port = (flags or {}).get("grpc-port")
+        self.grpc_address = None if grpc_port is None else f"127.0.0.1:{grpc_port}"  # --grpc-port's, if given
         self.log, self.own_session = Path(log), own_session
         self.command = [sys.executable, "-m", "service", "--bundle", str(bundle), "--host", "127.0.0.1",
                         "--port", str(self.port)] + (["--index", str(index)] if index else ["--data-dir", "null"])

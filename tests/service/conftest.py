@@ -8,11 +8,12 @@ import shutil
 import time
 from pathlib import Path
 
+import httpx2
 import pytest
 from factories import colour_images, make_run, wait_ready, write_folder
 from fastapi.testclient import TestClient
 
-from benchmarks.harness.load import MilvusLite, Server
+from benchmarks.harness.load import MilvusLite, Server, free_port
 from service.app import create_app
 from service.build_index import BuildOptions, build
 from service.settings import Settings
@@ -56,17 +57,29 @@ KEY = "sk-test-key"
 
 @pytest.fixture(scope="session")
 def live_server(bundle_dir, index_dir, tmp_path_factory) -> Server:
-    """`python -m service` over real HTTP, with the API key KEY, for clients that bring their own connection,
-    serving a copy of the index (clients may change it)."""
+    """`python -m service` over real HTTP and gRPC (server.grpc_address), with the API key KEY, for clients that
+    bring their own connection, serving a copy of the index (clients may change it)."""
     root = tmp_path_factory.mktemp("live")
     shutil.copytree(index_dir, root / "index")
-    server = Server(bundle_dir, root / "index", root / "server.log", flags={"api-key": KEY})
+    server = Server(bundle_dir, root / "index", root / "server.log", flags={"api-key": KEY, "grpc-port": free_port()})
     server.start()
     try:
         server.wait_ready()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def http(live_server):
+    """An HTTP client of live_server that sends the key."""
+    with httpx2.Client(base_url=live_server.url, headers={"X-API-Key": KEY}, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def model_name(http) -> str:
+    return http.get("/version").json()["model"]
 
 
 @pytest.fixture(scope="module")

@@ -40,17 +40,6 @@ def triton_client(live_server):
     client.close()
 
 
-@pytest.fixture(scope="module")
-def http(live_server):
-    with httpx2.Client(base_url=live_server.url, headers={"X-API-Key": KEY}, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def model_name(http) -> str:
-    return http.get("/version").json()["model"]
-
-
 def pixels(images: np.ndarray, binary: bool = True) -> triton.InferInput:
     tensor = triton.InferInput("images", list(images.shape), "UINT8")
     tensor.set_data_from_numpy(images, binary_data=binary)

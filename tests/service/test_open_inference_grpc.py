@@ -4,13 +4,11 @@ the service's messages, the API key as metadata, and the RPCs counted in /metric
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import sys
 
 import grpc
-import httpx2
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
@@ -21,7 +19,6 @@ from tritonclient.grpc import service_pb2_grpc as rpc
 from tritonclient.utils import InferenceServerException
 
 from benchmarks.harness.images import png_bytes
-from benchmarks.harness.load import Server, free_port
 
 IMAGES = colour_images(1, seed=7)[0]  # (4, S, S, 3): one image of each class
 NCHW = np.ascontiguousarray(IMAGES.transpose(0, 3, 1, 2))
@@ -29,42 +26,16 @@ HEADERS = {"x-api-key": KEY}
 
 
 @pytest.fixture(scope="module")
-def server(bundle_dir, index_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("grpc")
-    shutil.copytree(index_dir, root / "index")
-    grpc_port = free_port()
-    server = Server(bundle_dir, root / "index", root / "server.log", flags={"api-key": KEY, "grpc-port": grpc_port})
-    server.grpc_address = f"127.0.0.1:{grpc_port}"
-    server.start()
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    client = triton.InferenceServerClient(server.grpc_address)
+def triton_client(live_server):
+    client = triton.InferenceServerClient(live_server.grpc_address)
     yield client
     client.close()
 
 
 @pytest.fixture(scope="module")
-def stub(server):
-    with grpc.insecure_channel(server.grpc_address) as channel:
+def stub(live_server):
+    with grpc.insecure_channel(live_server.grpc_address) as channel:
         yield rpc.GRPCInferenceServiceStub(channel)
-
-
-@pytest.fixture(scope="module")
-def http(server):
-    with httpx2.Client(base_url=server.url, headers={"X-API-Key": KEY}, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def model_name(http) -> str:
-    return http.get("/version").json()["model"]
 
 
 def pixels(images: np.ndarray) -> triton.InferInput:
@@ -73,13 +44,14 @@ def pixels(images: np.ndarray) -> triton.InferInput:
     return tensor
 
 
-def test_health_and_metadata_as_tritonclient_reads_them(client, http, model_name):
-    assert client.is_server_live() and client.is_server_ready()  # the probes need no key
-    server = client.get_server_metadata(headers=HEADERS, as_json=True)
+def test_health_and_metadata_as_tritonclient_reads_them(triton_client, http, model_name):
+    assert triton_client.is_server_live() and triton_client.is_server_ready()  # the probes need no key
+    server = triton_client.get_server_metadata(headers=HEADERS, as_json=True)
     assert server["name"] == "simclr-cifar" and "classification" in server["extensions"]
-    assert client.is_model_ready(model_name, headers=HEADERS) and client.is_model_ready(model_name, "1", HEADERS)
-    assert not client.is_model_ready(model_name, "2", HEADERS)
-    metadata = client.get_model_metadata(model_name, headers=HEADERS, as_json=True)
+    assert triton_client.is_model_ready(model_name, headers=HEADERS)
+    assert triton_client.is_model_ready(model_name, "1", HEADERS)
+    assert not triton_client.is_model_ready(model_name, "2", HEADERS)
+    metadata = triton_client.get_model_metadata(model_name, headers=HEADERS, as_json=True)
     over_http = http.get(f"/v2/models/{model_name}").json()
     assert metadata["name"] == model_name and metadata["versions"] == ["1"] and metadata["platform"] == "pytorch"
     # gRPC's shapes are int64, which protobuf's JSON writes as strings.
@@ -87,15 +59,15 @@ def test_health_and_metadata_as_tritonclient_reads_them(client, http, model_name
         assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in metadata[side]] == [
             (t["name"], t["datatype"], t["shape"]) for t in over_http[side]]
     with pytest.raises(InferenceServerException, match="API key") as caught:
-        client.get_model_metadata(model_name)
+        triton_client.get_model_metadata(model_name)
     assert caught.value.status() == "StatusCode.UNAUTHENTICATED"
     with pytest.raises(InferenceServerException, match="not served here") as caught:
-        client.get_model_metadata("resnet50", headers={"authorization": f"Bearer {KEY}"})
+        triton_client.get_model_metadata("resnet50", headers={"authorization": f"Bearer {KEY}"})
     assert caught.value.status() == "StatusCode.NOT_FOUND"
 
 
-def test_infer_gives_what_http_gives(client, http, model_name):
-    result = client.infer(model_name, [pixels(NCHW)], request_id="request-7", headers=HEADERS, outputs=[
+def test_infer_gives_what_http_gives(triton_client, http, model_name):
+    result = triton_client.infer(model_name, [pixels(NCHW)], request_id="request-7", headers=HEADERS, outputs=[
         triton.InferRequestedOutput(name) for name in ("embedding", "probabilities", "unlike_training_data")])
     answer = result.get_response(as_json=True)
     assert answer["id"] == "request-7" and answer["model_name"] == model_name and answer["model_version"] == "1"
@@ -110,15 +82,15 @@ def test_infer_gives_what_http_gives(client, http, model_name):
 
     files = [("images", (f"{i}.png", png_bytes(image), "image/png")) for i, image in enumerate(IMAGES)]
     classified = http.post("/classify", params={"k": 3}, files=files).json()["classifications"]
-    top = client.infer(model_name, [pixels(NCHW)], headers=HEADERS, outputs=[
+    top = triton_client.infer(model_name, [pixels(NCHW)], headers=HEADERS, outputs=[
         triton.InferRequestedOutput("probabilities", class_count=3)]).as_numpy("probabilities")
     assert top.shape == (4, 3)
     assert [[e.decode().split(":", 1)[1] for e in row] for row in top] == [
         [f"{p['class_id']}:{p['class_name']}" for p in answer["predictions"]] for answer in classified]
 
 
-def test_typed_contents_and_encoded_files(client, stub, model_name):
-    reference = client.infer(model_name, [pixels(NCHW)], headers=HEADERS).as_numpy("embedding")
+def test_typed_contents_and_encoded_files(triton_client, stub, model_name):
+    reference = triton_client.infer(model_name, [pixels(NCHW)], headers=HEADERS).as_numpy("embedding")
     typed = pb.ModelInferRequest(model_name=model_name, inputs=[pb.ModelInferRequest.InferInputTensor(
         name="images", datatype="UINT8", shape=list(NCHW[:2].shape),
         contents=pb.InferTensorContents(uint_contents=NCHW[:2].reshape(-1).tolist()))],
@@ -136,11 +108,11 @@ def test_typed_contents_and_encoded_files(client, stub, model_name):
                                atol=1e-5)
     raw = triton.InferInput("image_files", [1], "BYTES")
     raw.set_data_from_numpy(np.array([png_bytes(IMAGES[1])], dtype=object))
-    np.testing.assert_allclose(client.infer(model_name, [raw], headers=HEADERS).as_numpy("embedding"),
+    np.testing.assert_allclose(triton_client.infer(model_name, [raw], headers=HEADERS).as_numpy("embedding"),
                                reference[1:2], atol=1e-5)
 
 
-def test_errors_are_status_codes_with_the_services_messages(client, stub, model_name):
+def test_errors_are_status_codes_with_the_services_messages(triton_client, stub, model_name):
     one = NCHW[:1]
     wrong_type = triton.InferInput("images", list(one.shape), "FP32")
     wrong_type.set_data_from_numpy(one.astype(np.float32))
@@ -162,10 +134,10 @@ def test_errors_are_status_codes_with_the_services_messages(client, stub, model_
     ]
     for arguments, code, words in cases:
         with pytest.raises(InferenceServerException) as caught:
-            client.infer(headers=HEADERS, **arguments)
+            triton_client.infer(headers=HEADERS, **arguments)
         assert caught.value.status() == f"StatusCode.{code}" and words in caught.value.message(), arguments
     with pytest.raises(InferenceServerException, match="API key") as caught:
-        client.infer(model_name, [pixels(one)], headers={"x-api-key": "wrong"})
+        triton_client.infer(model_name, [pixels(one)], headers={"x-api-key": "wrong"})
     assert caught.value.status() == "StatusCode.UNAUTHENTICATED"
     with pytest.raises(grpc.RpcError) as caught:  # Triton's RPCs this service does not serve
         stub.ModelStatistics(pb.ModelStatisticsRequest(name=model_name), metadata=list(HEADERS.items()))
@@ -173,7 +145,7 @@ def test_errors_are_status_codes_with_the_services_messages(client, stub, model_
     assert len(CLASSES) == 4  # the classes the cases' shapes assume
 
 
-def test_rpcs_are_counted_in_metrics(client, http, model_name):
+def test_rpcs_are_counted_in_metrics(triton_client, http, model_name):
     def counted(code: str) -> float:
         line = f'simclr_http_requests_total{{method="GRPC",route="/inference.GRPCInferenceService/ModelInfer",' \
                f'status="{code}"}}'
@@ -181,9 +153,9 @@ def test_rpcs_are_counted_in_metrics(client, http, model_name):
         return float(found[0].split()[-1]) if found else 0.0
 
     ok, missing = counted("OK"), counted("NOT_FOUND")
-    client.infer(model_name, [pixels(NCHW[:1])], headers=HEADERS)
+    triton_client.infer(model_name, [pixels(NCHW[:1])], headers=HEADERS)
     with pytest.raises(InferenceServerException):
-        client.infer("resnet50", [pixels(NCHW[:1])], headers=HEADERS)
+        triton_client.infer("resnet50", [pixels(NCHW[:1])], headers=HEADERS)
     assert (counted("OK"), counted("NOT_FOUND")) == (ok + 1, missing + 1)
 
 
