@@ -169,3 +169,12 @@ def test_a_grpc_port_in_use_is_one_line_of_error(bundle_dir, index_dir):
                                 timeout=120)
     assert result.returncode == 2 and result.stderr.startswith(f"error: --grpc-port {port}: cannot listen")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_grpc_without_its_packages_says_what_to_install(monkeypatch):
+    from service.__main__ import GrpcUnavailable, _check_grpc
+    from service.settings import Settings
+
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)  # as if tritonclient[grpc] were not installed
+    with pytest.raises(GrpcUnavailable, match=r"tritonclient.grpc is missing\): pip install '.\[grpc\]'"):
+        _check_grpc(Settings(grpc_port=0))
