@@ -9,6 +9,9 @@ HTTP (tritonclient.http, binary tensors) and /v2 over gRPC (tritonclient.grpc), 
 pixels decoded by the client (UINT8 `images`). Prints requests/s, images/s, p50 latency, and requests/s against
 /embed's at the same N. The client runs on the server's cores; the order of the protocols rotates each round so
 that none always runs first.
+
+Then --stream single-image requests over gRPC (UINT8 pixels), sent one after another with ModelInfer and all at
+once in one ModelStreamInfer, in turns each round: images/s, and the mean batch the service ran them in.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import queue
 import tempfile
 import time
 from collections.abc import Callable
@@ -75,6 +79,40 @@ def protocols(server: Server, files: list[bytes], pixels: np.ndarray
     }
 
 
+def unary_and_stream(server: Server, pixels: np.ndarray) -> dict[str, Callable[[], object]]:
+    """{name: send each image of pixels as its own request} over gRPC, one after another and in one stream."""
+    client = grpc_client.InferenceServerClient(server.grpc_address)
+    name = httpx2.get(f"{server.url}/version").json()["model"]
+    inputs = []
+    for image in pixels:
+        tensor = grpc_client.InferInput("images", [1, *image.shape], "UINT8")
+        tensor.set_data_from_numpy(image[None])
+        inputs.append([tensor])
+    outputs = [grpc_client.InferRequestedOutput("embedding")]
+
+    def one_by_one() -> None:
+        for tensors in inputs:
+            client.infer(name, tensors, outputs=outputs)
+
+    def streamed() -> None:
+        errors: queue.Queue = queue.Queue()
+        client.start_stream(callback=lambda result, error: error and errors.put(error))
+        for tensors in inputs:
+            client.async_stream_infer(name, tensors, outputs=outputs)
+        client.stop_stream()  # returns once every answer is in
+        if not errors.empty():
+            raise errors.get()
+
+    return {"ModelInfer, one after another": one_by_one, "ModelStreamInfer, one stream": streamed}
+
+
+def mean_batch(server: Server) -> tuple[float, float]:
+    """The service's inference batches so far: (images, batches), from /metrics."""
+    rows = httpx2.get(f"{server.url}/metrics").text.splitlines()
+    found = {row.split()[0]: float(row.split()[1]) for row in rows if row.startswith("simclr_inference_batch_size_")}
+    return found["simclr_inference_batch_size_sum"], found["simclr_inference_batch_size_count"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", required=True)
@@ -82,10 +120,11 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32], help="images per request")
     parser.add_argument("--seconds", type=float, default=5, help="measuring time per protocol, batch and round")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--stream", type=int, default=32, help="single-image requests per stream (0: none)")
     parser.add_argument("--runtime", default="torch-fp32", help="the server's --runtime (default: torch-fp32)")
     args = parser.parse_args()
 
-    paths = sorted(Path(args.data_dir, "test").rglob("*.*"))[::37][:max(args.batches)]
+    paths = sorted(Path(args.data_dir, "test").rglob("*.*"))[::37][:max(*args.batches, args.stream)]
     log = Path(tempfile.mkstemp(prefix="protocols-benchmark-", suffix=".log")[1])
     server = Server(args.bundle, None, log, flags={"grpc-port": free_port(), "runtime": args.runtime})
     server.start()
@@ -107,6 +146,25 @@ def main() -> None:
             for name in names:
                 print(f"  {name:32s} {n:5d} {rates[name]:8.1f} {n * rates[name]:8.1f} "
                       f"{1000 * np.median(latencies[name]):8.2f} | {rates[name] / rates[names[0]]:6.2f}x")
+        if args.stream:
+            pixels = np.stack([np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1)
+                               for p in paths[:args.stream]])
+            sends = unary_and_stream(server, pixels)
+            seconds: dict[str, list[float]] = {name: [] for name in sends}
+            batches = {name: [0.0, 0.0] for name in sends}
+            for round_ in range(args.rounds):
+                for name in list(sends)[round_ % 2:] + list(sends)[:round_ % 2]:
+                    before = mean_batch(server)
+                    seconds[name] += timed(sends[name], args.seconds)
+                    batches[name] = [total + now - then for total, now, then in
+                                     zip(batches[name], mean_batch(server), before)]
+            print(f"\n{args.stream} single-image requests over gRPC (UINT8 pixels), {args.seconds:g} s x "
+                  f"{args.rounds} rounds each\n  {'sent':32s} {'img/s':>8s} {'mean batch':>11s} | vs one by one")
+            first = None
+            for name in sends:
+                rate = args.stream * len(seconds[name]) / sum(seconds[name])
+                first = first or rate
+                print(f"  {name:32s} {rate:8.1f} {batches[name][0] / batches[name][1]:11.1f} | {rate / first:6.2f}x")
     finally:
         server.stop()
         log.unlink()

@@ -2,9 +2,10 @@
 that tritonclient.grpc, KServe's gRPC client and the tools built on them work unchanged; the protocol itself is
 service/open_inference.py, the same model, tensors and checks as /v2 over HTTP.
 
-Served: ServerLive, ServerReady, ServerMetadata, ModelReady, ModelMetadata and ModelInfer; Triton's other RPCs
-answer UNIMPLEMENTED. Tensors come as typed contents or as raw_input_contents; outputs go back as
-raw_output_contents (what tritonclient reads). The service's problems become gRPC status codes with the same
+Served: ServerLive, ServerReady, ServerMetadata, ModelReady, ModelMetadata, ModelInfer and ModelStreamInfer
+(Triton's streaming: tritonclient's start_stream and async_stream_infer); Triton's other RPCs answer
+UNIMPLEMENTED. Tensors come as typed contents or as raw_input_contents; outputs go back as raw_output_contents
+(what tritonclient reads). The service's problems become gRPC status codes with the same
 message; the API key, when set, comes as `x-api-key` or `authorization: Bearer KEY` metadata (the health RPCs
 are open, as /v2/health/* are). The messages and stubs are those tritonclient ships, compiled from Triton's
 grpc_service.proto, a superset of KServe's.
@@ -12,9 +13,11 @@ grpc_service.proto, a superset of KServe's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import grpc
@@ -96,20 +99,49 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):
         return await self._answer("ModelMetadata", context, metadata)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Message:
-        async def infer() -> Message:
-            state = self._ready()
-            protocol.check_model(state, request.model_name, request.model_version or None)
-            with state.batcher.incoming():
-                payload, binary = await run_in_threadpool(_request, request)  # 200,000 typed pixels to list
-                images = await protocol.read_images(payload, binary, state)
-            results = await protocol.infer(payload, images, state)
-            tensor = pb.ModelInferResponse.InferOutputTensor
-            return pb.ModelInferResponse(
-                model_name=state.model.bundle.name, model_version=protocol.VERSION, id=request.id,
-                outputs=[tensor(name=r.chosen.declared.name, datatype=r.datatype, shape=r.values.shape)
-                         for r in results],
-                raw_output_contents=[r.raw() for r in results])
-        return await self._answer("ModelInfer", context, infer)
+        return await self._answer("ModelInfer", context, partial(self._infer, request))
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest],
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
+        """Each request of the stream answered as ModelInfer answers it, all at once rather than one after the
+        other, so that a stream's requests share the batcher's batches; the responses go back as they are ready
+        (each carries its request's id), and a request's problem is its response's error_message, as Triton's
+        streams say it: the stream goes on."""
+        answers: asyncio.Queue[Message | None] = asyncio.Queue()
+
+        async def answer(request: pb.ModelInferRequest) -> None:
+            answered = await self._respond("ModelStreamInfer", context, partial(self._infer, request))
+            await answers.put(pb.ModelStreamInferResponse(error_message=answered[1]) if isinstance(answered, tuple)
+                              else pb.ModelStreamInferResponse(infer_response=answered))
+
+        async def read() -> None:
+            try:
+                async with asyncio.TaskGroup() as pending:
+                    async for request in requests:
+                        pending.create_task(answer(request))
+            finally:
+                await answers.put(None)  # the client closed its side and every answer is in the queue
+
+        reader = asyncio.create_task(read())
+        try:
+            while (message := await answers.get()) is not None:
+                yield message
+            await reader  # the stream's own failure (the client cancelled it), if any
+        finally:
+            reader.cancel()
+
+    async def _infer(self, request: pb.ModelInferRequest) -> Message:
+        state = self._ready()
+        protocol.check_model(state, request.model_name, request.model_version or None)
+        with state.batcher.incoming():
+            payload, binary = await run_in_threadpool(_request, request)  # 200,000 typed pixels to list
+            images = await protocol.read_images(payload, binary, state)
+        results = await protocol.infer(payload, images, state)
+        tensor = pb.ModelInferResponse.InferOutputTensor
+        return pb.ModelInferResponse(
+            model_name=state.model.bundle.name, model_version=protocol.VERSION, id=request.id,
+            outputs=[tensor(name=r.chosen.declared.name, datatype=r.datatype, shape=r.values.shape) for r in results],
+            raw_output_contents=[r.raw() for r in results])
 
     def _ready(self) -> ServiceState:
         if not self.state.ready:
@@ -118,8 +150,16 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):
 
     async def _answer(self, method: str, context: grpc.aio.ServicerContext,
                       answer: Callable[[], Message | Awaitable[Message]]) -> Message:
-        """answer()'s message; or the service's problem as a gRPC status, counted in /metrics as HTTP requests are
-        (route: the RPC's full name, method GRPC, status: the gRPC code)."""
+        """answer()'s message; or the service's problem as the RPC's gRPC status."""
+        answered = await self._respond(method, context, answer)
+        if isinstance(answered, tuple):
+            await context.abort(*answered)
+        return answered
+
+    async def _respond(self, method: str, context: grpc.aio.ServicerContext,
+                       answer: Callable[[], Message | Awaitable[Message]]) -> Message | tuple[grpc.StatusCode, str]:
+        """answer()'s message, or the service's problem as a gRPC status code and message; counted in /metrics as
+        HTTP requests are (route: the RPC's full name, method GRPC, status: the gRPC code)."""
         started, code, detail = time.perf_counter(), grpc.StatusCode.OK, ""
         try:
             if method not in OPEN:
@@ -139,7 +179,7 @@ class InferenceService(rpc.GRPCInferenceServiceServicer):
             metrics = self.state.metrics
             metrics.requests.labels(ROUTE.format(method), "GRPC", code.name).inc()
             metrics.latency.labels(ROUTE.format(method)).observe(time.perf_counter() - started)
-        await context.abort(code, detail)
+        return code, detail
 
     def _authorize(self, context: grpc.aio.ServicerContext) -> None:
         if self.key is None:

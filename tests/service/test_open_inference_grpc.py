@@ -4,6 +4,7 @@ the service's messages, the API key as metadata, and the RPCs counted in /metric
 
 from __future__ import annotations
 
+import queue
 import socket
 import subprocess
 import sys
@@ -110,6 +111,44 @@ def test_typed_contents_and_encoded_files(triton_client, stub, model_name):
     raw.set_data_from_numpy(np.array([png_bytes(IMAGES[1])], dtype=object))
     np.testing.assert_allclose(triton_client.infer(model_name, [raw], headers=HEADERS).as_numpy("embedding"),
                                reference[1:2], atol=1e-5)
+
+
+def test_a_stream_answers_each_request_and_goes_on_after_a_bad_one(live_server, triton_client, http, model_name):
+    def counted(code: str) -> float:
+        line = f'simclr_http_requests_total{{method="GRPC",route="/inference.GRPCInferenceService/ModelStreamInfer",' \
+               f'status="{code}"}}'
+        found = [row for row in http.get("/metrics").text.splitlines() if row.startswith(line)]
+        return float(found[0].split()[-1]) if found else 0.0
+
+    def streamed(headers: dict[str, str], requests: list[dict]) -> dict[str, tuple]:
+        answers: queue.Queue = queue.Queue()
+        client = triton.InferenceServerClient(live_server.grpc_address)
+        client.start_stream(callback=lambda result, error: answers.put((result, error)), headers=headers)
+        for request in requests:
+            client.async_stream_infer(**request)
+        client.stop_stream()  # closes the stream's sending side and waits for every answer
+        client.close()
+        found = [answers.get_nowait() for _ in range(answers.qsize())]
+        assert len(found) == len(requests)
+        return {(r.get_response().id if r is not None else str(e)): (r, e) for r, e in found}
+
+    ok, missing = counted("OK"), counted("NOT_FOUND")
+    wanted = [triton.InferRequestedOutput("embedding"), triton.InferRequestedOutput("probabilities", class_count=2)]
+    requests = [dict(model_name=model_name, inputs=[pixels(NCHW[i:i + 1])], request_id=f"image-{i}", outputs=wanted)
+                for i in range(4)]
+    requests.insert(2, dict(model_name="resnet50", inputs=[pixels(NCHW[:1])], request_id="elsewhere"))
+    answers = streamed(HEADERS, requests)
+    (error,) = [e for r, e in answers.values() if e is not None]
+    assert isinstance(error, InferenceServerException) and "not served here" in error.message()
+    alone = triton_client.infer(model_name, [pixels(NCHW)], headers=HEADERS, outputs=wanted)
+    for i in range(4):  # each answer is its own request's, whichever batch it shared
+        result, _ = answers[f"image-{i}"]
+        np.testing.assert_allclose(result.as_numpy("embedding")[0], alone.as_numpy("embedding")[i], atol=1e-5)
+        assert result.as_numpy("probabilities")[0].tolist() == alone.as_numpy("probabilities")[i].tolist()
+    assert (counted("OK"), counted("NOT_FOUND")) == (ok + 4, missing + 1)
+
+    (keyless,) = streamed({}, requests[:1]).values()
+    assert keyless[0] is None and "API key" in keyless[1].message()
 
 
 def test_errors_are_status_codes_with_the_services_messages(triton_client, stub, model_name):
