@@ -39,6 +39,12 @@ def model_card(manifest: Manifest, fingerprint: str) -> str:
              "included).", "",
              "## Use", "", "```bash", "python -m service --bundle BUNDLE_DIR   # this folder; models/reference is "
              "the default", f"curl -F images=@cat.png http://127.0.0.1:8000/{route}", "```", "",
+             "Or in Python, an `nn.Module` through torch.hub (the project's `hubconf.py`; SIMCLR: a clone of it):",
+             "", "```python", "import torch",
+             "model = torch.hub.load(SIMCLR, \"bundle\", BUNDLE_DIR, source=\"local\")"
+             + ("  # classifier=True: class logits" if arch.classifier else ""),
+             f"features = model(images)  # uint8 RGB (N, 3, {size}, {size}) -> (N, {arch.representation_dim})",
+             "```", "",
              f"Inputs: any image, resized (shorter side, bicubic) and centre-cropped to {size} x {size} px. Outputs: "
              f"a {arch.representation_dim}-d representation (`/embed`, similar-image search), its "
              f"{arch.projection.out_dim}-d SimCLR projection"
