@@ -23,14 +23,17 @@ async def list_models(state: Ready) -> ModelList:
     return ModelList(data=[_card(state)])
 
 
+@router.get("/models/{model}", response_model=ModelCard, responses={404: PROBLEMS[422]})
+async def retrieve_model(model: str, state: Ready) -> ModelCard:
+    """The served model by its id (OpenAI's client.models.retrieve); another id is 404 model_not_found."""
+    return _served(model, state)
+
+
 @router.post("/embeddings", response_model=EmbeddingsResponse, responses=PROBLEMS | {404: PROBLEMS[422]},
              dependencies=[TO_MODEL])
 async def create_embeddings(body: EmbeddingsRequest, state: Ready) -> EmbeddingsResponse:
     """The L2-normalised representation of each input image, as OpenAI's embeddings endpoint answers."""
-    card = _card(state)
-    if body.model != card.id:
-        raise Problem(404, f"model {body.model!r} is not served here: GET /v1/models lists {card.id!r}",
-                      "model-not-found", code="model_not_found")
+    card = _served(body.model, state)
     dim = state.model.bundle.manifest.architecture.representation_dim
     if body.dimensions is not None and body.dimensions != dim:
         raise Problem(422, f"dimensions {body.dimensions}: this model's embeddings have {dim} (they cannot be "
@@ -47,6 +50,14 @@ async def create_embeddings(body: EmbeddingsRequest, state: Ready) -> Embeddings
                             "base64" else v.tolist(), **familiar)
             for i, (v, familiar) in enumerate(zip(vectors, out.familiar(state.model.familiarity_threshold)))]
     return EmbeddingsResponse(data=data, model=card.id, usage=Usage(prompt_tokens=len(data), total_tokens=len(data)))
+
+
+def _served(model: str, state: ServiceState) -> ModelCard:
+    card = _card(state)
+    if model != card.id:
+        raise Problem(404, f"model {model!r} is not served here: GET /v1/models lists {card.id!r}",
+                      "model-not-found", code="model_not_found")
+    return card
 
 
 def _card(state: ServiceState) -> ModelCard:

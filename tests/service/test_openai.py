@@ -1,4 +1,4 @@
-"""/v1/embeddings and /v1/models with the official openai package as the client, against a real server."""
+"""/v1/embeddings, /v1/models and /v1/models/{model} with the official openai package as the client, against a real server."""
 
 from __future__ import annotations
 
@@ -51,6 +51,10 @@ def test_problems_arrive_as_the_packages_exceptions(server, client):
     image = base64.b64encode(png_bytes(IMAGES[2])).decode()
     with pytest.raises(openai.NotFoundError, match="not served here"):
         client.embeddings.create(model="text-embedding-3-small", input=image)
+    assert client.models.retrieve(model) == client.models.list().data[0]
+    with pytest.raises(openai.NotFoundError, match="not served here") as caught:
+        client.models.retrieve("text-embedding-3-small")
+    assert caught.value.code == "model_not_found"
     with pytest.raises(openai.UnprocessableEntityError, match=r"input\[1\] is not valid base64"):
         client.embeddings.create(model=model, input=[image, "not base64!"])
     with pytest.raises(openai.UnprocessableEntityError, match="cannot be shortened"):
