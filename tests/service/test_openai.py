@@ -1,4 +1,5 @@
-"""/v1/embeddings, /v1/models and /v1/models/{model} with the official openai package as the client, against a real server."""
+"""/v1/embeddings, /v1/models and /v1/models/{model} with the official openai package as the client, against a
+real server."""
 
 from __future__ import annotations
 
