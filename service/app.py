@@ -19,6 +19,7 @@ from service import openapi, problems
 from service.auth import ApiKey
 from service.limits import Admission, BodyLimit
 from service.metrics import MetricsMiddleware, ServiceMetrics
+from service.request_ids import HEADER, RequestIds
 from service.routes import classify, embed, index, open_inference, openai, ops, page, search
 from service.routes.page import STATIC
 from service.settings import Settings
@@ -69,7 +70,9 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.cors_origins:  # outside the key check: preflight requests carry no credentials
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "PATCH", "DELETE"],
-                           allow_headers=["Content-Type", "X-API-Key", "Authorization"])
+                           allow_headers=["Content-Type", "X-API-Key", "Authorization", HEADER],
+                           expose_headers=[HEADER, "Retry-After"])
+    app.add_middleware(RequestIds)  # outside the checks: their refusals carry the id too
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # added last: outermost, so it sees every answer
     return app
 

@@ -46,12 +46,13 @@ SYMBOLS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
 class ServiceError(Exception):
-    """An answer other than 2xx: status, the problem's detail, and Retry-After (seconds) where the service sent
-    one (503 while the model loads or the index builds)."""
+    """An answer other than 2xx: status, the problem's detail, Retry-After (seconds) where the service sent one
+    (503 while the model loads or the index builds), and the request's id (X-Request-ID: the server's log names
+    it)."""
 
-    def __init__(self, status: int, detail: str, retry_after: float | None = None):
+    def __init__(self, status: int, detail: str, retry_after: float | None = None, request_id: str | None = None):
         super().__init__(f"{status}: {detail}")
-        self.status, self.detail, self.retry_after = status, detail, retry_after
+        self.status, self.detail, self.retry_after, self.request_id = status, detail, retry_after, request_id
 
 
 class Client:
@@ -182,7 +183,8 @@ def _check(response: httpx2.Response) -> None:
     except (ValueError, KeyError, TypeError):
         detail = response.text[:300] or response.reason_phrase
     retry = response.headers.get("retry-after")
-    raise ServiceError(response.status_code, detail, float(retry) if retry else None)
+    raise ServiceError(response.status_code, detail, float(retry) if retry else None,
+                       response.headers.get("x-request-id"))
 
 
 def _filter(filter: Filter | None) -> list[str] | None:

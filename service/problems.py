@@ -22,6 +22,7 @@ from starlette.types import Scope
 from contract.bundle import describe
 from service.batching import BatcherStopped, Overloaded
 from service.index import IndexUnavailable, SearchIndexError
+from service.request_ids import HEADER, request_id
 
 MEDIA_TYPE = "application/problem+json"
 # Each kind of problem has its own type URI, /problems/<kind> (GET it for the description), so that a client
@@ -101,10 +102,15 @@ def problem_response(status: int, detail: str, instance: str | None = None, kind
 
 
 def scope_problem(status: int, detail: str, scope: Scope, kind: str | None = None, **extensions: Any) -> JSONResponse:
-    """problem_response for the request whose ASGI scope (or Starlette request.scope) this is."""
+    """problem_response for the request whose ASGI scope (or Starlette request.scope) this is, with its id."""
     root = scope.get("root_path", "")
     path = root + scope.get("path", "").removeprefix(root)  # uvicorn's path holds the root path, TestClient's not
-    return problem_response(status, detail, path, kind, root, **extensions)
+    rid = request_id(scope)
+    response = problem_response(status, detail, path, kind, root, **({"request_id": rid} if rid else {}),
+                                **extensions)
+    if rid:
+        response.headers[HEADER] = rid
+    return response
 
 
 def overloaded_response(exc: Overloaded, scope: Scope) -> JSONResponse:
@@ -135,7 +141,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(SearchIndexError)
     async def _refused(request: Request, exc: SearchIndexError) -> JSONResponse:
         if isinstance(exc, IndexUnavailable):
-            log.warning("index backend: %s", exc)
+            log.warning("index backend: %s (request %s)", exc, request_id(request.scope))
             response = scope_problem(503, f"{exc}: retry shortly", request.scope, "index-unavailable")
             response.headers["Retry-After"] = str(INDEX_RETRY_AFTER_S)
             return response
@@ -159,7 +165,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        log.exception("unexpected error on %s %s (request %s)", request.method, request.url.path,
+                      request_id(request.scope))
         return scope_problem(500, "internal error: the server logged it", request.scope)
 
 

@@ -259,6 +259,7 @@ class ProblemDetail(BaseModel):
     status: int
     detail: str
     instance: str | None = None
+    request_id: str | None = Field(None, description="the request's X-Request-ID, which the server's log names")
 
 
 # -- OpenAI-compatible embeddings (/v1): the shapes the openai package sends and reads -----------------------
