@@ -13,7 +13,6 @@ are kept in one folder that /metrics sums (service.metrics).
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import sys
@@ -23,9 +22,10 @@ import uvicorn
 from pydantic import ValidationError
 
 from contract.bundle import BundleError, read_manifest
-from service.app import LOG_FORMAT, WORKER_SETTINGS, create_app, worker_settings
+from service.app import WORKER_SETTINGS, create_app, worker_settings
 from service.index import SearchIndexError, read_info
 from service.indexes import exists, location_of, read_index_info
+from service.logs import configure, uvicorn_config
 from service.metrics import MULTIPROCESS_DIR, shared_between_workers
 from service.settings import Settings
 
@@ -49,19 +49,20 @@ def main() -> int:
     except (BundleError, SearchIndexError, GrpcUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    configure(settings.log_format)
+    log_config = uvicorn_config(settings.log_format)
     if settings.workers == 1:
         # prometheus_client keeps its values in files whenever this is set: emptied of the last run's, as below.
         with shared_between_workers() if os.environ.get(MULTIPROCESS_DIR) else nullcontext():
             uvicorn.run(create_app(settings), host=settings.host, port=settings.port, root_path=settings.root_path,
-                        log_level="info")
+                        log_level="info", log_config=log_config)
         return 0
     if "torch_threads" not in settings.model_fields_set:  # the cores are shared out, not each taken by all
         settings.torch_threads = max(1, settings.torch_threads // settings.workers)
     os.environ[WORKER_SETTINGS] = worker_settings(settings)
     with shared_between_workers():  # /metrics sums every worker's counts, whichever worker answers it
         uvicorn.run("service.app:worker_app", factory=True, workers=settings.workers, host=settings.host,
-                    port=settings.port, root_path=settings.root_path, log_level="info")
+                    port=settings.port, root_path=settings.root_path, log_level="info", log_config=log_config)
     return 0
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 from contextlib import asynccontextmanager
 
@@ -18,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from service import openapi, problems
 from service.auth import ApiKey
 from service.limits import Admission, BodyLimit
+from service.logs import configure
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.request_ids import HEADER, RequestIds
 from service.routes import classify, embed, index, open_inference, openai, ops, page, search
@@ -26,7 +26,6 @@ from service.settings import Settings
 from service.state import ServiceState
 
 WORKER_SETTINGS = "SIMCLR_WORKER_SETTINGS"  # the checked settings, as JSON, for each worker process
-LOG_FORMAT = "%(levelname)s:     %(message)s"  # as uvicorn's own lines
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -87,5 +86,6 @@ def worker_settings(settings: Settings) -> str:
 def worker_app() -> FastAPI:
     """The app of one of several worker processes (python -m service --workers N), from the settings the parent
     checked: read as they are, not again from flags and environment variables."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    return create_app(Settings.model_validate_json(os.environ[WORKER_SETTINGS]))
+    settings = Settings.model_validate_json(os.environ[WORKER_SETTINGS])
+    configure(settings.log_format)
+    return create_app(settings)

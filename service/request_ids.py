@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from contextvars import ContextVar
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -13,6 +14,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 HEADER = "X-Request-ID"
 # What is taken from a caller: nothing that could forge a log line, break a header or fill the log.
 _USABLE = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
+# The id for log lines (service.logs): each request is answered in a task of its own, whose context this is.
+_current: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def current_request_id() -> str | None:
+    """The id of the request being answered in this task, if any."""
+    return _current.get()
 
 
 def request_id(scope: Scope) -> str | None:
@@ -32,6 +40,7 @@ class RequestIds:
         given = dict(scope["headers"]).get(HEADER.lower().encode())
         rid = given.decode() if given is not None and _USABLE.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid  # a copy per request, as servers make it
+        _current.set(rid)  # never reset: the 500 and uvicorn's access line come after this middleware returns
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # models/reference beside the packages: there in a clone (an editable install), not in a wheel.
 REFERENCE_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "reference"
+LogFormat = Literal["text", "json"]
 
 
 class Settings(BaseSettings):
@@ -84,6 +85,9 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, min_length=1, description="when set, every route but /healthz, "
                                       "/readyz and /metrics needs it as the X-API-Key header or Authorization: "
                                       "Bearer (prefer SIMCLR_API_KEY to the flag: flags show in the process list)")
+    log_format: LogFormat = Field("text", description="text lines as uvicorn writes them, or json: one JSON "
+                                  "object a line (time, level, logger, message, request_id; access lines also "
+                                  "method, path, status) for log pipelines")
     # Closed by default: browsers may only call the API from the page it serves itself.
     cors_origins: list[str] = Field([], description="origins allowed to call the API from a browser (CORS); "
                                     "none by default")
