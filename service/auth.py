@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 
+from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.problems import scope_problem
@@ -25,8 +26,7 @@ class ApiKey:
         self.app, self.key = app, key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or self._presented(scope):
+        if scope["type"] != "http" or _open(scope) or self._presented(scope):
             return await self.app(scope, receive, send)
         response = scope_problem(401, "this service needs an API key: send it as the X-API-Key header or as "
                                  "Authorization: Bearer KEY", scope)
@@ -36,6 +36,11 @@ class ApiKey:
     def _presented(self, scope: Scope) -> bool:
         headers = dict(scope["headers"])
         return carries_key(headers.get(b"x-api-key"), headers.get(b"authorization"), self.key)
+
+
+def _open(scope: Scope) -> bool:
+    path = get_route_path(scope) or "/"  # the route's own: behind --root-path, uvicorn's path holds the prefix
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 def carries_key(x_api_key: bytes | None, authorization: bytes | None, key: bytes) -> bool:

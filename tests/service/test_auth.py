@@ -1,15 +1,17 @@
-"""The optional API key and CORS, through the ASGI test client."""
+"""The optional API key and CORS, through the ASGI test client (and uvicorn where paths differ)."""
 
 from __future__ import annotations
 
 import hmac
 
+import httpx2
 import pytest
 from factories import colour_images, wait_ready
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from benchmarks.harness.images import png_bytes
+from benchmarks.harness.load import Server
 from service.app import create_app
 import service.auth
 from service.settings import Settings
@@ -74,6 +76,21 @@ def test_health_readiness_metrics_and_the_page_stay_open(keyed):
     assert keyed.get("/healthz").json() == {"status": "ok"}
     assert keyed.get("/readyz").json()["ready"] is True
     assert "simclr_http_requests_total" in keyed.get("/metrics").text
+
+
+def test_behind_a_proxy_prefix_the_probes_and_the_page_stay_open(bundle_dir, index_dir, tmp_path):
+    """With --root-path, uvicorn's scope path holds the prefix (/simclr/healthz): the open paths are the routes'
+    own. The ASGI test client leaves the prefix out, so this runs the real server."""
+    server = Server(bundle_dir, index_dir, tmp_path / "server.log", flags={"api-key": KEY, "root-path": "/simclr"})
+    server.start()
+    try:
+        server.wait_ready(timeout=120)  # polls /readyz without the key
+        for path in ("/healthz", "/readyz", "/metrics", "/v2/health/ready", "/", "/static/app.js"):
+            assert httpx2.get(f"{server.url}{path}").status_code == 200, path
+        assert_unauthorized(httpx2.get(f"{server.url}/version"))
+        assert httpx2.get(f"{server.url}/version", headers={"X-API-Key": KEY}).status_code == 200
+    finally:
+        server.stop()
 
 
 def test_a_request_without_the_key_is_refused_before_its_body_is_read(keyed):
