@@ -162,7 +162,7 @@ class SearchIndex:
     def page(self, after: str | None, limit: int, where: Where | None = None) -> tuple[list[Record], str | None]:
         """Up to limit records in the order they were added, from the cursor `after` (a page's `next`) on, only
         those matching where; and the next page's cursor (None after the last page)."""
-        if after is not None and not after.isdecimal():
+        if after is not None and not (after.isascii() and after.isdecimal() and int(after) < 2**63):
             raise SearchIndexError(f"after={after!r} is not a cursor of this index: give a page's `next`")
         records = self.catalog.page(int(after or 0), limit, where)
         return records, str(records[-1].vid) if len(records) == limit else None

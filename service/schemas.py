@@ -23,7 +23,10 @@ def _finite(value: float) -> float:
     return value
 
 
-MetadataValue = Annotated[str, StringConstraints(max_length=1024)] | StrictInt | \
+# Integers as SQLite stores them; a larger one goes on to the float branches (a double, as JSON numbers often
+# are) rather than overflowing in the index, a 500.
+Int64 = Annotated[StrictInt, Field(ge=-2**63, le=2**63 - 1)]
+MetadataValue = Annotated[str, StringConstraints(max_length=1024)] | Int64 | \
     Annotated[StrictFloat, AfterValidator(_finite)]
 Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_KEYS)]
 # A 2 x 2 red PNG: the request bodies' examples in /openapi.json, small enough to paste into /docs and send.
@@ -48,10 +51,10 @@ class Condition(BaseModel):
 
     in_: list[MetadataValue] | None = Field(None, alias="in", min_length=1)
     not_: list[MetadataValue] | None = Field(None, alias="not", min_length=1)
-    gt: StrictFloat | StrictInt | None = None
-    gte: StrictFloat | StrictInt | None = None
-    lt: StrictFloat | StrictInt | None = None
-    lte: StrictFloat | StrictInt | None = None
+    gt: StrictFloat | Int64 | None = None
+    gte: StrictFloat | Int64 | None = None
+    lt: StrictFloat | Int64 | None = None
+    lte: StrictFloat | Int64 | None = None
 
     @model_validator(mode="after")
     def _some(self) -> Condition:
@@ -117,7 +120,7 @@ class IndexVector(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: ImageId = Field(description="the caller's id; an indexed id is replaced")
-    vector: list[Annotated[StrictFloat | StrictInt, AfterValidator(_finite)]] = Field(
+    vector: list[Annotated[StrictFloat | Int64, AfterValidator(_finite)]] = Field(
         description="a representation as /embed returns it (any length-preserving scale: it is normalised)")
     metadata: Metadata = Field({}, description="strings and numbers to filter on and to get back with hits")
 

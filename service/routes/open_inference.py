@@ -117,7 +117,7 @@ def _request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, 
     if header_length is None:
         header, binary = body, b""
     else:
-        if not header_length.strip().isdigit() or int(header_length) > len(body):
+        if not (header_length.isascii() and header_length.strip().isdigit()) or int(header_length) > len(body):
             raise Problem(400, f"{HEADER_LENGTH} {header_length!r} is not the length of the JSON at the start of "
                           f"the body ({len(body)} bytes)")
         header, binary = body[:int(header_length)], body[int(header_length):]

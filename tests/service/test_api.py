@@ -342,10 +342,28 @@ def chunks(data: bytes, size: int = 10_000):
     (lambda c: c.get("/static/../service/app.py"), 404, []),
     (lambda c: c.get("/no/such/route"), 404, ["not found"]),
     (lambda c: c.delete("/embed"), 405, ["method not allowed"]),
+    (lambda c: c.post("/index/vectors", json={"vectors": [{"id": "big", "vector": [10**400] + [1.0] * 511}]}), 422,
+     ["vector"]),
+    (lambda c: c.get("/index/images?after=99999999999999999999"), 422, ["not a cursor"]),
+    (lambda c: c.get("/index/images?after=\u00b2"), 422, ["not a cursor"]),
 ])
 def test_bad_input_is_a_problem_and_the_server_keeps_serving(client, send, status, words):
     assert_problem(send(client), status, *words)
     assert client.post("/classify", files=files(png_bytes(IMAGES[0]))).status_code == 200
+
+
+def test_integers_past_64_bits_are_kept_as_the_doubles_json_numbers_are(client):
+    """SQLite stores 64-bit integers: a larger one is taken as a float rather than overflowing there (a 500)."""
+    added = client.post("/index/vectors", json={"vectors": [{"id": "huge", "vector": [1.0] * 512,
+                                                             "metadata": {"n": 2**64, "m": 2**63 - 1}}]})
+    assert added.status_code == 200, added.text
+    assert client.get("/index/images/huge").json()["metadata"] == {"n": float(2**64), "m": 2**63 - 1}
+    patched = client.patch("/index/images/huge", json={"metadata": {"m": -2**63 - 1}})
+    assert patched.status_code == 200 and patched.json()["metadata"]["m"] == float(-2**63 - 1)
+    for bound in ({"gt": 10**20}, {"lte": -10**20}, 2**70):
+        found = client.post("/search", json={"embeddings": [[1.0] * 512], "filter": {"n": bound}, "k": 1})
+        assert found.status_code == 200 and found.json()["results"][0]["neighbours"] == [], bound
+    assert client.post("/index/delete", json={"filter": {"n": 2**64}}).json()["removed"] == 1
 
 
 def test_validation_problems_list_the_errors(client):
