@@ -208,6 +208,8 @@ def test_errors_are_problems_with_the_protocols_error_member(http, triton_client
     assert_problem(http.post(infer, content=b"{not json"), 422, "invalid inference request")
     assert_problem(http.post(infer, content=b"{}", headers={"Inference-Header-Content-Length": "99"}), 400,
                    "Inference-Header-Content-Length")
+    assert_problem(http.post(infer, content=b"{}", headers={"Inference-Header-Content-Length": b"\xb2"}), 400,
+                   "Inference-Header-Content-Length")  # "²": a digit to str.isdigit, not to int()
     assert_problem(http.post(infer, content=b"{}", headers={"Content-Encoding": "gzip"}), 415, "uncompressed")
     assert_problem(http.get("/v2/models/resnet50"), 404, "not served here", kind="model-not-found")
     assert_problem(http.get("/v2/models/resnet50/ready"), 404, "not served here")
