@@ -5,12 +5,13 @@ chunked upload declares no length), and admission while the model is overloaded.
 from __future__ import annotations
 
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.batching import Overloaded
 from service.dependencies import model_marker
-from service.problems import Problem, overloaded_response, scope_problem
+from service.problems import overloaded_response, scope_problem
 from service.state import ServiceState
 
 
@@ -36,8 +37,9 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:  # raised inside the route reading the body; its handler answers 413
-                raise Problem(413, self._detail(f"at least {seen}"))
+            if seen > self.max_bytes:  # raised inside the route reading the body, whose handler answers 413: an
+                # HTTPException, the one error FastAPI lets through when it parses a body itself (others are 400s)
+                raise HTTPException(413, self._detail(f"at least {seen}"))
             return message
 
         await self.app(scope, counting_receive, send)

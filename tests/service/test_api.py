@@ -300,6 +300,11 @@ def chunks(data: bytes, size: int = 10_000):
         yield data[start:start + size]
 
 
+def streamed_json(client, method: str, route: str):
+    """300 KB sent chunked as JSON: no Content-Length to refuse it by."""
+    return client.request(method, route, content=chunks(b"x" * 300_000), headers={"content-type": "application/json"})
+
+
 @pytest.mark.parametrize("send, status, words", [
     (lambda c: c.post("/embed", files=files(b"not an image at all")), 415, ["images[0] (0.png)", "supported format"]),
     (lambda c: c.post("/embed", files=files(png_bytes(Image.new("RGB", (8, 8)), "PCX"))), 415, ["supported format"]),
@@ -314,6 +319,10 @@ def chunks(data: bytes, size: int = 10_000):
     (lambda c: c.post("/embed", content=chunks(b"x" * 300_000), headers={"content-type": "application/json"}),
      413, ["over the limit"]),
     (lambda c: c.post("/embed", files=files(b"x" * 300_000)), 413, ["over the limit"]),
+    # Streamed past the limit to routes whose JSON FastAPI reads itself: 413 too, not its "error parsing the body".
+    *[(lambda c, method=method, route=route: streamed_json(c, method, route), 413, ["over the limit"])
+      for method, route in (("POST", "/index/vectors"), ("POST", "/index/delete"), ("POST", "/v1/embeddings"),
+                            ("PATCH", "/index/images/any"))],
     (lambda c: c.post("/embed", json={"images": ["%%%not base64%%%"]}), 422, ["images[0]", "base64"]),
     (lambda c: c.post("/embed", content=b"{not json", headers={"content-type": "application/json"}), 422,
      ["invalid JSON"]),
