@@ -106,6 +106,19 @@ class Catalog:
                 added.append(vid)
         return added, replaced
 
+    def update_metadata(self, id: str, metadata: MetadataValues) -> Record | None:
+        """Replace the metadata of the record with this id, keeping its vid (its place in the listing), vector,
+        thumbnail and time added; None when no record has the id."""
+        with self._transaction():
+            row = self.db.execute("UPDATE images SET metadata = ? WHERE id = ? RETURNING vid, added",
+                                  (json.dumps(metadata), id)).fetchone()
+            if row is None:
+                return None
+            self.db.execute("DELETE FROM tags WHERE vid = ?", (row[0],))
+            self.db.executemany("INSERT INTO tags (key, value, vid) VALUES (?, ?, ?)",
+                                [(key, value, row[0]) for key, value in metadata.items()])
+        return Record(id, metadata, row[1], row[0])
+
     def remove(self, ids: Iterable[str]) -> list[int]:
         """Remove the records with these ids (unknown ids are skipped); returns the vids removed."""
         with self._transaction():

@@ -186,6 +186,12 @@ class SearchIndex:
         self._changed(len(items))
         return len(items) - len(replaced), len(replaced)
 
+    def update_metadata(self, id: str, metadata: MetadataValues) -> Record | None:
+        """Replace an image's metadata (its vector, thumbnail, time added and place in the listing stay); durable
+        when it returns. None when no image has the id."""
+        self._check_writable()
+        return self.catalog.update_metadata(id, metadata)  # FAISS holds no metadata: nothing to do there
+
     def remove(self, ids: list[str]) -> int:
         """Remove the images with these ids (unknown ones are skipped); durable when it returns. Returns how
         many were removed."""

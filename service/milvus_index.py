@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
-from service.catalog import RANGES, Item, Record, Where
+from service.catalog import RANGES, Item, MetadataValues, Record, Where
 from service.index import Hit, IndexInfo, IndexUnavailable, SearchIndexError, checked_info
 
 SCHEMES = {"milvus": "http", "milvus+https": "https", "milvus-lite": None}
@@ -229,6 +229,18 @@ class MilvusIndex:
             if len(rows) >= SEAL_AT:
                 self.client.flush(self.location.collection)
         return len(items) - replaced, replaced
+
+    def update_metadata(self, id: str, metadata: MetadataValues) -> Record | None:
+        """Replace an image's metadata, its row written again whole (Milvus has no partial update) with the same
+        vector, thumbnail and time added. None when no image has the id."""
+        rows = self._get([id], ["vector", "thumbnail", "added"])
+        if not rows:
+            return None
+        row = {"id": id, "vector": rows[0]["vector"], "metadata": metadata, "thumbnail": rows[0]["thumbnail"],
+               "added": rows[0]["added"]}
+        with self._calls():
+            self.client.upsert(self.location.collection, [row])
+        return Record(id, metadata, row["added"])
 
     def remove(self, ids: list[str]) -> int:
         """Remove the images with these ids (unknown ones are skipped). Returns how many were removed."""

@@ -129,21 +129,21 @@ def _indexed(record: Record, root_path: str) -> IndexedImage:
 async def update_metadata(request: Request, id: IdPath, body: MetadataPatch, state: Ready,
                           index: Index) -> IndexedImage:
     """Change an indexed image's metadata without sending the image again: each key given is set, or removed
-    when null (a JSON merge patch); its vector and thumbnail stay. Durable when answered."""
+    when null (a JSON merge patch); its vector, thumbnail, time added and place in the listing stay. Durable
+    when answered."""
     if index.read_only:
         raise _read_only()
 
     def patch() -> Record | None:
-        record, vector = index.get(id), index.vector(id)
-        if record is None or vector is None:
+        record = index.get(id)
+        if record is None:
             return None
         merged = {k: v for k, v in {**record.metadata, **body.metadata}.items() if v is not None}
         try:
             merged = _METADATA.validate_python(merged)
         except ValidationError as e:
             raise Problem(422, f"the metadata after the patch: {describe(e)}") from None
-        index.add([Item(id, vector, merged, index.thumbnail(id))])
-        return index.get(id)
+        return index.update_metadata(id, merged)
 
     with state.metrics.index_changes.time():
         record = await state.run_search(patch)

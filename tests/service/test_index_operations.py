@@ -73,11 +73,22 @@ def test_many_images_are_removed_at_once_by_id_or_by_filter(client):
         assert_problem(client.post("/index/delete", json=body), 422, words)
 
 
+def listing(client) -> list[str]:
+    return [image["id"] for image in client.get("/index/images", params={"limit": 1000}).json()["images"]]
+
+
 def test_metadata_changes_without_the_image(client):
-    before = client.get(f"/index/images/{IDS[0]}").json()["metadata"]
+    record, order = client.get(f"/index/images/{IDS[0]}").json(), listing(client)
+    before, thumbnail = record["metadata"], client.get(f"/thumbnails/{IDS[0]}").content
     patched = client.patch(f"/index/images/{IDS[0]}", json={"metadata": {"album": "holidays", "split": None}})
     assert patched.status_code == 200, patched.text
     assert patched.json()["metadata"] == {**{k: v for k, v in before.items() if k != "split"}, "album": "holidays"}
+    # Only the metadata changed: when it was added, its place in the listing (a client paging through it sees it
+    # once) and its thumbnail stay, and the tag removed no longer matches.
+    assert patched.json()["added"] == record["added"] and listing(client) == order
+    assert client.get(f"/thumbnails/{IDS[0]}").content == thumbnail
+    split = client.get("/index/images", params={"filter": f"split:{before['split']}", "limit": 1000}).json()
+    assert split["images"] and IDS[0] not in [image["id"] for image in split["images"]]
     hits = client.post("/search", json={"embeddings": [embedding(client, IMAGES[0])], "k": 1,
                                         "filter": {"album": "holidays"}}).json()["results"][0]["neighbours"]
     assert [h["id"] for h in hits] == [IDS[0]]  # the same vector, found by the new metadata
