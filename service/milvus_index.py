@@ -240,6 +240,7 @@ class MilvusIndex:
                "added": rows[0]["added"]}
         with self._calls():
             self.client.upsert(self.location.collection, [row])
+        self._classes = None  # its class may have changed, the count (what the cache is checked by) not
         return Record(id, metadata, row["added"])
 
     def remove(self, ids: list[str]) -> int:

@@ -89,6 +89,9 @@ def test_metadata_changes_without_the_image(client):
     assert client.get(f"/thumbnails/{IDS[0]}").content == thumbnail
     split = client.get("/index/images", params={"filter": f"split:{before['split']}", "limit": 1000}).json()
     assert split["images"] and IDS[0] not in [image["id"] for image in split["images"]]
+    assert "mauve" not in client.get("/index").json()["classes"]  # the classes read (Milvus caches them)
+    renamed = client.patch(f"/index/images/{IDS[0]}", json={"metadata": {"class": "mauve"}})
+    assert renamed.status_code == 200 and "mauve" in client.get("/index").json()["classes"]
     hits = client.post("/search", json={"embeddings": [embedding(client, IMAGES[0])], "k": 1,
                                         "filter": {"album": "holidays"}}).json()["results"][0]["neighbours"]
     assert [h["id"] for h in hits] == [IDS[0]]  # the same vector, found by the new metadata
