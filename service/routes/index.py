@@ -4,7 +4,8 @@ and their thumbnails. Every change is durable when it is answered (service.catal
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 
@@ -19,9 +20,11 @@ from service.routes import NOT_FOUND, PROBLEMS, QueryFilter, describe_index, ima
 from service.schemas import (ImageId, IndexChange, IndexDeleteJSON, IndexedImage, IndexImagesJSON, IndexPage,
                              IndexSummary, IndexVectorsJSON, MetadataPatch,
                              Metadata)
+from service.state import ServiceState
 from service.uploads import base64_files, decode_for_index, read_multipart, request_kind
 
 router = APIRouter(tags=["index"])
+R = TypeVar("R")
 IdPath = Annotated[str, Path(description="the image's id (slashes allowed)")]
 ADD_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["images"], "properties": {
@@ -53,9 +56,8 @@ async def add_images(request: Request, state: Ready, index: Index) -> IndexChang
         images, thumbnails = await decode_for_index(files, state, index.info.thumbnail_size)
     vectors = (await state.batcher.submit(images)).unit.numpy()
     items = [Item(*fields) for fields in zip(ids, vectors, metadata, thumbnails)]
-    with state.metrics.index_changes.time():
-        added, replaced = await state.run_search(index.add, items)
-    return IndexChange(added=added, replaced=replaced, ids=ids, count=index.count)
+    (added, replaced), count = await _change(state, index, index.add, items)
+    return IndexChange(added=added, replaced=replaced, ids=ids, count=count)
 
 
 @router.post("/index/vectors", response_model=IndexChange, responses={409: PROBLEMS[422]})
@@ -76,9 +78,8 @@ async def add_vectors(body: IndexVectorsJSON, state: Ready, index: Index) -> Ind
     if not np.all(np.isfinite(norms) & (norms > 0)):
         raise Problem(422, "a vector is zero or too large: it has no direction to search by")
     items = [Item(v.id, vector, v.metadata) for v, vector in zip(body.vectors, vectors / norms)]
-    with state.metrics.index_changes.time():
-        added, replaced = await state.run_search(index.add, items)
-    return IndexChange(added=added, replaced=replaced, ids=ids, count=index.count)
+    (added, replaced), count = await _change(state, index, index.add, items)
+    return IndexChange(added=added, replaced=replaced, ids=ids, count=count)
 
 
 @router.post("/index/delete", response_model=IndexChange, responses={409: PROBLEMS[422]})
@@ -95,9 +96,8 @@ async def delete_images(body: IndexDeleteJSON, state: Ready, index: Index) -> In
             return ids, len(ids)
         return body.ids, index.remove(body.ids)
 
-    with state.metrics.index_changes.time():
-        ids, removed = await state.run_search(delete)
-    return IndexChange(added=0, replaced=0, removed=removed, ids=ids, count=index.count)
+    (ids, removed), count = await _change(state, index, delete)
+    return IndexChange(added=0, replaced=0, removed=removed, ids=ids, count=count)
 
 
 @router.get("/index/images", response_model=IndexPage)
@@ -157,11 +157,20 @@ async def remove_image(id: IdPath, state: Ready, index: Index) -> IndexChange:
     """Remove an image from the index. Durable when answered."""
     if index.read_only:
         raise _read_only()
-    with state.metrics.index_changes.time():
-        removed = await state.run_search(index.remove, [id])
+    removed, count = await _change(state, index, index.remove, [id])
     if not removed:
         raise Problem(404, f"no indexed image has id {id!r}")
-    return IndexChange(added=0, replaced=0, removed=removed, ids=[id], count=index.count)
+    return IndexChange(added=0, replaced=0, removed=removed, ids=[id], count=count)
+
+
+async def _change(state: ServiceState, index: Index, change: Callable[..., R], *args: Any) -> tuple[R, int]:
+    """change(*args), timed, and then the index's size, both in the search thread: on Milvus the size is a call
+    to the server, which must not hold up the event loop."""
+    def counted() -> tuple[R, int]:
+        with state.metrics.index_changes.time():
+            done = change(*args)
+        return done, index.count
+    return await state.run_search(counted)
 
 
 @router.get("/thumbnails/{id:path}", response_class=Response, responses={

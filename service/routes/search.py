@@ -109,9 +109,13 @@ async def _check_class(state: Ready, index: Index, where: Where | None) -> None:
 async def _search(state: Ready, index: Index, queries: np.ndarray, k: int, where: Where | None,
                   exclude: list[str] | None = None, offset: int = 0, min_score: float | None = None,
                   root_path: str = "") -> SearchResponse:
-    with state.metrics.search.time():
-        results = await state.run_search(index.search, queries, k, where, exclude, offset, min_score)
-    return SearchResponse(model=state.model.bundle.name, index_size=index.count,
+    def search() -> tuple[list[list[Hit]], int]:  # the size too in the search thread: on Milvus a server call
+        with state.metrics.search.time():
+            results = index.search(queries, k, where, exclude, offset, min_score)
+        return results, index.count
+
+    results, size = await state.run_search(search)
+    return SearchResponse(model=state.model.bundle.name, index_size=size,
                           results=[SearchResult(neighbours=[_neighbour(h, root_path) for h in hits])
                                    for hits in results])
 

@@ -4,6 +4,8 @@ both backends: the local folder, and Milvus (Milvus Lite, the collection made an
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from factories import CLASSES, colour_images
@@ -134,3 +136,24 @@ def test_filters_beyond_equality_on_search_listing_and_removal(client):
     assert_problem(client.post("/search", json={"embeddings": [query], "filter": {"n": {"about": 3}}}), 422,
                    "Extra inputs")
     assert_problem(client.post("/search", json={"embeddings": [query], "filter": {"n": {}}}), 422, "at least one")
+
+
+def test_the_index_size_in_answers_is_read_off_the_event_loop(client, monkeypatch):
+    """On Milvus the size is a call to the server: read where the index's other calls are, in the search thread,
+    never on the event loop that every request shares."""
+    index = client.app.state.service.index
+    size = type(index).count
+    threads = []
+
+    def recorded(self) -> int:
+        threads.append(threading.current_thread().name)
+        return size.fget(self)
+
+    monkeypatch.setattr(type(index), "count", property(recorded))
+    vector = embedding(client, IMAGES[1])
+    searched = client.post("/search", json={"embeddings": [vector], "k": 1})
+    added = client.post("/index/vectors", json={"vectors": [{"id": "off-the-loop", "vector": vector}]})
+    deleted = client.post("/index/delete", json={"ids": ["off-the-loop"]})
+    assert [r.status_code for r in (searched, added, deleted)] == [200, 200, 200]
+    assert added.json()["count"] == searched.json()["index_size"] + 1 == deleted.json()["count"] + 1
+    assert len(threads) >= 3 and all(name.startswith("search") for name in threads), threads
