@@ -83,11 +83,12 @@ class ServiceState:
         loop = asyncio.get_running_loop()
         try:
             model, index = await loop.run_in_executor(self._inference, self._load)
-        except (BundleError, SearchIndexError) as e:
+        except Exception as e:  # said in /readyz whatever it is, never left "loading" for good
+            expected = isinstance(e, (BundleError, SearchIndexError))  # a bad bundle or index: its message says it
             self._inference.shutdown(wait=False)
-            self.error = str(e)
+            self.error = str(e) if expected else f"{type(e).__name__}: {e} (the log has the details)"
             self.search, self.search_detail = "off", "the model could not be loaded"
-            log.error("error: %s", e)
+            log.error("error: %s", self.error, exc_info=not expected)
             return
         self.model, self.index = model, index
         batcher = Batcher(model.infer, self.batch_size, self.settings.max_wait_ms / 1000, self.metrics,
@@ -144,6 +145,10 @@ class ServiceState:
             self.index = await self.run_search(open_index, location, fingerprint)
         except SearchIndexError as e:
             self._search_off(str(e))
+            return
+        except Exception as e:  # not a bad index but a bug or the system (a full disk): its traceback logged
+            log.exception("the index could not be opened")
+            self._search_off(f"the index could not be opened ({type(e).__name__}: {e}); the log has the details")
             return
         self.search, self.search_detail = "ready", None
         log.info("search: ready, index %s of %d images", location, self.index.count)

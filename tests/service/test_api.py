@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import time
 
 import numpy as np
@@ -525,6 +526,36 @@ def test_a_gpu_asked_for_where_there_is_none_is_a_clear_error(bundle_dir):
     with TestClient(create_app(Settings(bundle=bundle_dir, device="cuda", data_dir=None))) as client:
         assert "--device cuda was asked for but torch sees no CUDA GPU" in wait_ready(client)["error"]
         assert_problem(client.post("/embed", files=files(png_bytes(IMAGES[0]))), 500, "no CUDA GPU")
+
+
+def test_an_unexpected_failure_while_loading_is_said_not_left_loading(bundle_dir, index_dir, monkeypatch, caplog):
+    def out_of_memory(self):
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr("service.state.ServiceState._load", out_of_memory)
+    with caplog.at_level(logging.ERROR, logger="service"), \
+            TestClient(create_app(Settings(bundle=bundle_dir, index=index_dir))) as client:
+        readiness = wait_ready(client, timeout=20)
+        assert not readiness["ready"] and readiness["search"] == "off"
+        assert readiness["error"].startswith("RuntimeError: CUDA error: out of memory")
+        assert_problem(client.post("/embed", files=files(png_bytes(IMAGES[0]))), 500, "out of memory")
+    assert any(r.exc_info and "CUDA error" in r.getMessage() for r in caplog.records)  # with its traceback
+
+
+def test_an_index_that_cannot_be_opened_turns_search_off_and_says_why(bundle_dir, monkeypatch, tmp_path):
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "catalog.sqlite")
+
+    monkeypatch.setattr("service.state.open_index", unreadable)
+    settings = Settings(bundle=bundle_dir, index_root=tmp_path, data_dir=None)
+    with TestClient(create_app(settings)) as client:
+        readiness = wait_ready(client, timeout=20)
+        deadline = time.monotonic() + 20
+        while readiness["search"] not in ("off", "ready") and time.monotonic() < deadline:
+            time.sleep(0.05)
+            readiness = client.get("/readyz").json()
+        assert readiness["ready"] and readiness["search"] == "off"
+        assert "could not be opened (PermissionError" in readiness["search_detail"]
 
 
 def test_unevaluated_bundle_embeds_but_does_not_classify(tmp_path):
