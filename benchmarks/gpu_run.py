@@ -1,7 +1,8 @@
 """One GPU session's run, prepared and rehearsed here: checks, measures, trains, evaluates and exports in one
 command well inside the device machine's 10 minutes, and packs what comes back into at most 8 files.
 
-On the H200 (the device tool's command; benchmarks/gpu_prepare.sh first puts the data and wheels in place):
+On the H200 or the H100 (the device tool's command, either kind; benchmarks/gpu_prepare.sh first puts the data
+and wheels in place):
 
     bash benchmarks/gpu_run.sh
 
@@ -63,7 +64,9 @@ import torch
 from torch import Tensor, nn
 
 REPO = Path(__file__).resolve().parents[1]
-PEAK_BF16_FLOPS = 790e12  # an H200's dense bf16 matrix rate, measured on this workplace's machines (KINDS.md)
+# The dense bf16 matrix rate of an H200 (788 TFLOP/s) and of an H100 (798): the same compute, measured on this
+# workplace's machines (KINDS.md); the H100 has less memory (78 GiB), far more than this run needs.
+PEAK_BF16_FLOPS = 790e12
 PART_BYTES = 15 * 2 ** 20
 MAX_RESULT_FILES = 8  # what the device tool brings back, log.txt and summary.json included
 DATA_NAME = "CIFAR-10 (JPEG q75 copy)"
