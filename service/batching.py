@@ -96,15 +96,17 @@ class Batcher(Generic[T]):
             self._incoming -= 1
 
     def check_capacity(self, rows: int = 1) -> None:
-        """Raise Overloaded if rows more images would overfill the queue, or would wait past ADMIT_SHARE of
-        max_queue_wait_s at the pace the queue has drained: a request is refused at once, before it is read and
-        decoded, rather than after waiting out its deadline."""
+        """Raise Overloaded if rows more images would overfill the queue, or, behind images already waiting,
+        would wait past ADMIT_SHARE of max_queue_wait_s at the pace the queue has drained: a request is refused at
+        once, before it is read and decoded, rather than after waiting out its deadline."""
         if self.max_queue is not None and self._rows + rows > self.max_queue:
             self._shed("queue full")
             raise Overloaded(f"the service is overloaded: {self._rows} images are waiting (at most "
                              f"{self.max_queue})", self._retry_after())
         wait = (self._rows + rows) * self._seconds_per_image
-        if self.max_queue_wait_s is not None and wait > ADMIT_SHARE * self.max_queue_wait_s:
+        # Only behind others: a request alone is taken however slow the pace, or on a slow or busy machine every
+        # request would be refused for good (the pace is measured on the batches that run).
+        if self._rows and self.max_queue_wait_s is not None and wait > ADMIT_SHARE * self.max_queue_wait_s:
             self._shed("expected wait")
             raise Overloaded(f"the service is overloaded: the images waiting would take {wait:.1f} s, too close to "
                              f"the {self.max_queue_wait_s:g} s a request may wait", self._retry_after())

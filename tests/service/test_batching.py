@@ -227,6 +227,23 @@ def test_a_request_that_would_wait_past_its_deadline_is_refused_at_once():
     assert [float(r) for r in results[:taken]] == [10.0 * i for i in range(taken)]
 
 
+def test_a_request_alone_is_taken_however_slow_the_pace():
+    """On a slow or busy machine the pace can pass the wait a request may have: a request with nothing queued
+    before it is still answered (a CI run was refused three times in a row, and nothing ran to update the pace)."""
+    async def scenario():
+        batcher = Batcher(Slow(0.2), max_batch_size=4, max_wait_s=0, max_queue_wait_s=0.1)
+        async with running(batcher):
+            first = await batcher.submit(torch.full((3,), 1.0))
+            second = await batcher.submit(torch.full((3,), 2.0))  # 0.2 s an image: 0.6 s expected, alone
+            burst = await asyncio.gather(*(batcher.submit(torch.full((1,), 3.0)) for _ in range(3)),
+                                         return_exceptions=True)
+            return batcher._seconds_per_image, first, second, burst
+
+    pace, first, second, burst = run(scenario())
+    assert pace * 3 > ADMIT_SHARE * 0.1 and first.tolist() == [10.0] * 3 and second.tolist() == [20.0] * 3
+    assert isinstance(burst[0], torch.Tensor) and all(isinstance(r, Overloaded) for r in burst[1:])  # behind it
+
+
 def test_the_pace_counts_the_time_between_batches_not_only_the_model():
     """Admission's pace is how fast the queue drains: here each request also waits 0.05 s for one still being
     read (a busy event loop or another process on the core costs the same), while the model takes 0.01 s."""
