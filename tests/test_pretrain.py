@@ -113,6 +113,22 @@ def test_resume_ends_with_the_same_weights_as_an_unbroken_run(tmp_path, pattern_
     assert (tmp_path / "broken" / "curves.png").stat().st_size > 0
 
 
+def test_flags_given_with_resume_hold_from_there_on(tmp_path, pattern_folder, capsys):
+    """More --epochs, another --lr: the resumed run follows the config it records, not the schedule its checkpoint
+    saved (which ended at the old epoch count, so the added epochs trained at lr 0)."""
+    out = tmp_path / "run"
+    assert main(tiny_args(pattern_folder, out, "--epochs", "2", "--lr", "0.1")) == 0
+    assert main(["--out", str(out), "--resume", "--epochs", "4", "--lr", "0.2"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    config = json.loads((out / "config.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and (config["epochs"], config["lr"]) == (4, 0.2)
+    assert rows[2]["lr"] > 0 and rows[3]["lr"] < rows[2]["lr"]  # on a cosine to 0 at epoch 4, not at 0 already
+    state = checkpoint.load(RunDir(out).latest_checkpoint())
+    assert state["scheduler"]["base_lrs"][0] == 0.2  # --lr is the peak itself
+    assert main(["--out", str(out), "--resume", "--epochs", "5", "--optimizer", "lars"]) == 2
+    assert "trained with --optimizer sgd" in error_line(capsys)
+
+
 def test_resume_refuses_a_checkpoint_of_another_backbone(tmp_path, pattern_folder, capsys):
     assert main(tiny_args(pattern_folder, tmp_path / "run", "--epochs", "1")) == 0
     assert main(["--out", str(tmp_path / "run"), "--resume", "--backbone", "resnet34", "--epochs", "2"]) == 2

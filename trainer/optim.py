@@ -101,3 +101,16 @@ def replan(scheduler: torch.optim.lr_scheduler.LambdaLR, total_steps: int) -> No
     schedule = scheduler.lr_lambdas[0]
     schedule.total_steps = total_steps
     schedule.warmup_steps = min(schedule.warmup_steps, total_steps // 2)
+
+
+def follow_config(scheduler: torch.optim.lr_scheduler.LambdaLR, planned: list[dict], total_steps: int) -> None:
+    """After a checkpoint is loaded into a run: the schedule ends at total_steps (its warm-up kept, cut to half
+    the run where longer, as replan does) and each group takes the peak lr and weight decay in planned (the
+    groups' as build_optimizer and build_scheduler set them from the config), so that flags given with --resume
+    (more --epochs, another --lr or --wd) hold from there on; the progress is the checkpoint's."""
+    replan(scheduler, total_steps)
+    scheduler.base_lrs = [group["initial_lr"] for group in planned]
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group, fresh in zip(scheduler.optimizer.param_groups, planned):
+        group.update(initial_lr=fresh["initial_lr"], weight_decay=fresh["weight_decay"],
+                     lr=fresh["initial_lr"] * factor)

@@ -40,7 +40,7 @@ from trainer.features import extract_features
 from trainer.knn import knn_predict, topk_accuracy
 from trainer.loss import nt_xent
 from trainer.models import SimCLR, count_parameters, flops_per_image
-from trainer.optim import build_optimizer, build_scheduler, loss_scale, replan
+from trainer.optim import build_optimizer, build_scheduler, follow_config, loss_scale, replan
 from trainer.plots import read_metrics, save_curves
 from trainer.resolution import ResolutionSchedule
 from trainer.run_dir import RunDir
@@ -240,7 +240,13 @@ class Pretraining:
         if resume:
             path = run.latest_checkpoint()
             state = checkpoint.load(path, map_location=device)
+            saved = state.get("config", {}).get("optimizer", config.optimizer)
+            if saved != config.optimizer:  # its state (momentum, moments) is another optimizer's
+                raise UserError(f"{path} was trained with --optimizer {saved}: a resumed run keeps it (not "
+                                f"{config.optimizer})")
+            planned = [{k: group[k] for k in ("initial_lr", "weight_decay")} for group in self.optimizer.param_groups]
             self.training.load_state_dict(state, path)
+            follow_config(self.scheduler, planned, self.total_steps)
             self.step, self.partial = state["step"], state.get("partial")
             if proc.is_main:
                 print(f"resuming {run} from {path.name} (step {self.step} of "
