@@ -129,3 +129,18 @@ def test_epochs_given_as_a_flag_set_aside_a_budget_from_the_recipe_file(tmp_path
     assert (config.time_budget, config.epochs) == (None, 65.0)  # how models/reference was trained
     config, _ = resolve_config({"config": str(recipe), "time_budget": "30m"})
     assert config.time_budget == "30m"
+
+
+def test_a_run_stopped_in_its_first_epoch_resumes_keeping_its_history(tmp_path, pattern_folder, monkeypatch):
+    """Stopped inside epoch 1 (a CPU epoch takes minutes), with a metrics line torn by the kill: the resume keeps
+    the first start's row in starts.jsonl (it wrote the file afresh, as a new run does) and reads past the torn
+    line (a JSONDecodeError before)."""
+    out = tmp_path / "run"
+    code, _ = run_on_fake_clock(monkeypatch, tiny_args(pattern_folder, out, "--epochs", "2"), stop_at=1)
+    assert code == 130 and checkpoint.load(RunDir(out).latest_checkpoint())["step"] == 1
+    with open(out / "metrics.jsonl", "a") as metrics:
+        metrics.write('{"epoch": 1, "lo')  # an append the kill cut short
+    assert run_on_fake_clock(monkeypatch, ["--out", str(out), "--resume"])[0] == 0
+    starts = [json.loads(line) for line in (out / "starts.jsonl").read_text().splitlines()]
+    assert [s["epoch"] for s in starts] == [0, 0]  # the start, then the resume inside epoch 1
+    assert [r["epoch"] for r in rows(out)] == [1, 2]

@@ -26,7 +26,17 @@ from trainer.errors import UserError  # noqa: E402
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The rows of a run's metrics.jsonl. A last line cut short (the run killed, or the disk full, while it was
+    appended) is left out: a resume logs that epoch again."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if n < len(lines):
+                raise UserError(f"{path}, line {n}, is not JSON ({e.msg}): the run's log is damaged") from None
+    return rows
 
 
 def save_curves(rows: list[dict], out: Path) -> None:

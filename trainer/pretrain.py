@@ -266,7 +266,7 @@ class Pretraining:
         if proc.is_main:
             run.write_config(config)
             _truncate_metrics(run.metrics, self.step // self.steps_per_epoch if self.step else None)
-            provenance.record_start(run, self.step // self.steps_per_epoch, device)
+            provenance.record_start(run, self.step // self.steps_per_epoch, device, resumed=resume)
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(run.tensorboard), purge_step=self.step // self.steps_per_epoch + 1

@@ -49,11 +49,12 @@ def commit() -> str | None:
         return None
 
 
-def record_start(run: RunDir, epoch: int, device: torch.device) -> None:
-    """Append this start (epoch 0) or resume (from epoch) to the run's starts; a fresh start begins the file."""
+def record_start(run: RunDir, epoch: int, device: torch.device, resumed: bool) -> None:
+    """Append this start (epoch 0) or resume (from epoch: 0 too when it resumes inside the first epoch) to the
+    run's starts; a fresh start begins the file."""
     row = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "epoch": epoch, "machine": machine(device),
            "commit": commit()}
-    with open(run.starts, "a" if epoch else "w") as f:
+    with open(run.starts, "a" if resumed else "w") as f:
         f.write(json.dumps(row) + "\n")
 
 
