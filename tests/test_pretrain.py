@@ -59,11 +59,27 @@ def test_bad_inputs_give_one_line_errors(tmp_path, pattern_folder, capsys):
         (["--out", str(tmp_path / "nowhere"), "--resume"], "cannot resume"),
         (tiny_args(pattern_folder, out, "--epochs", "-1"), "--epochs must be positive"),
         (tiny_args(pattern_folder, out, "--config", str(tmp_path / "none.toml")), "does not exist"),
+        (tiny_args(pattern_folder, out, "--config", str(tmp_path)), "cannot be read"),
+        (tiny_args(pattern_folder, out, "--epochs", "inf"), "--epochs must be positive"),
+        (tiny_args(pattern_folder, out, "--warmup-epochs", "nan"), "--warmup-epochs must be 0 or more"),
+        (tiny_args(pattern_folder, out, "--lr", "-1"), "--lr must be positive"),
+        (tiny_args(pattern_folder, out, "--weight-decay", "-0.1"), "--weight-decay must be 0 or more"),
+        (tiny_args(pattern_folder, out, "--knn-k", "-1"), "--knn-k must be at least 1"),
     ]
     for argv, message in cases:
         assert exit_code(argv) == 2, argv
         line = error_line(capsys)
         assert re.search(message, line), line
+
+
+def test_a_damaged_image_cache_is_decoded_again(tmp_path, pattern_folder):
+    out = tmp_path / "run"
+    assert main(tiny_args(pattern_folder, out, "--epochs", "1")) == 0
+    caches = list((tmp_path / "cache").glob("*.npz"))  # the splits' decoded images
+    for cache in caches:
+        cache.write_bytes(cache.read_bytes()[:100])  # a BadZipFile traceback before
+    assert main(tiny_args(pattern_folder, tmp_path / "again", "--epochs", "1")) == 0
+    assert caches and all(cache.stat().st_size > 100 for cache in caches)  # written anew
 
 
 def test_module_entry_point_reports_errors_without_traceback(tmp_path):

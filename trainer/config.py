@@ -8,6 +8,7 @@ benchmarks (ResNet-18, batch 512, lr 0.06 x batch/128, wd 5e-4, temperature 0.5)
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ class Config:
         if self.precision is None:  # config.json of runs from before `auto`
             self.precision = "auto"
         checks = [
-            (self.epochs > 0, "--epochs must be positive"),
+            (0 < self.epochs < math.inf, "--epochs must be positive"),
             (self.batch_size >= 2, "--batch-size must be at least 2"),
             (self.image_size >= 8, "--image-size must be at least 8"),
             (self.width >= 1, "--width must be at least 1"),
@@ -91,7 +92,10 @@ class Config:
             (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
             (self.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1"),
             (self.knn_every >= 0, "--knn-every must be 0 or more"),
-            (self.warmup_epochs >= 0, "--warmup-epochs must be 0 or more"),
+            (0 <= self.warmup_epochs < math.inf, "--warmup-epochs must be 0 or more"),
+            (self.lr is None or 0 < self.lr < math.inf, "--lr must be positive"),
+            (self.weight_decay is None or 0 <= self.weight_decay < math.inf, "--weight-decay must be 0 or more"),
+            (self.knn_k >= 1, "--knn-k must be at least 1"),
             (self.limit_train is None or self.limit_train >= 2, "--limit-train must be at least 2"),
             (self.limit_eval is None or self.limit_eval >= 1, "--limit-eval must be at least 1"),
             (self.val_split >= 0, "--val-split must be 0 or more"),
@@ -150,6 +154,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raw = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist") from None
+    except OSError as e:  # a folder, no permission
+        raise UserError(f"config file {path} cannot be read: {e.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"config file {path} is not valid TOML: {e}") from None
     return {k.replace("-", "_"): v for k, v in raw.items()}

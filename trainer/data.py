@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,9 +105,12 @@ def _cached(root: Path, image_size: int, cache_dir: str | Path | None, decode) -
         (str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]).encode()).hexdigest()[:24]
     cache = Path(cache_dir).expanduser() / f"{key}.npz" if cache_dir else None
     if cache and cache.exists():
-        with np.load(cache, allow_pickle=False) as z:
-            return ImageSet(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]),
-                            [str(c) for c in z["classes"]])
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                return ImageSet(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]),
+                                [str(c) for c in z["classes"]])
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # damaged: decoded again and written anew
+            pass
     images, labels, classes = decode(files)
     array = np.stack(decode_all(images, lambda f: _decode(f, image_size), desc=f"decoding {root}"))
     data = ImageSet(torch.from_numpy(array).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels), classes)
