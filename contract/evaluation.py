@@ -107,6 +107,10 @@ class EvaluationHead(EvaluationFile):
     hidden_dims: list[int] = Field(max_length=1)
     classes: list[str] = Field(min_length=1)
     checkpoint: str = Field(description="the weights evaluated, as metrics.json names them")
+    encoder_sha256: str | None = Field(None, description="sha256 of the evaluated encoder's weights: a checkpoint "
+                                       "saved again under its name since (a stop inside an epoch, then the "
+                                       "epoch's end) holds others, which the export refuses; evaluations from "
+                                       "before it: none")
     temperature: float = Field(1.0, gt=0, description="fitted on the calibration images (evaluations from before "
                                "it: 1)")
     input: str = "the encoder's raw representation (feature standardisation is folded into the first layer)"

@@ -13,6 +13,7 @@ from tests.conftest import PATTERNS, pattern_images, write_image_folder
 from trainer import checkpoint, linear_eval
 from trainer.classifier import train_head
 from trainer.data import load_split
+from trainer.errors import UserError
 from trainer.features import extract_features
 from trainer.linear_eval import main, retrieval_examples, split_indices
 from trainer.models import SimCLR
@@ -300,3 +301,20 @@ def test_a_bundle_is_evaluated_then_exported_again_keeping_its_training_record(t
     assert export_main(["--bundle", str(tmp_path / "second"), "--evaluation", str(tmp_path / "eval"), "--out",
                         str(tmp_path / "third")]) == 2  # that evaluation was of the first bundle, not this one
     assert "evaluated simclr-" in capsys.readouterr().err
+
+
+def test_the_export_refuses_a_head_evaluated_on_other_weights_of_the_same_name(tiny_run, tmp_path, capsys):
+    """A stop inside epoch 1 saves epoch_0001.pt; evaluated, then saved again at the epoch's end by the resume, the
+    name holds other weights: the export must not bundle the step-1 head, metrics and familiarity with them."""
+    from trainer.export import export
+
+    assert main(eval_args(tiny_run)) == 0
+    path = RunDir(tiny_run).latest_checkpoint()
+    state = checkpoint.load(path)
+    name = next(k for k in state["model"] if k.startswith("encoder.") and k.endswith("weight"))
+    state["model"][name] = state["model"][name] + 0.01  # as if trained further, then saved under the same name
+    checkpoint.save(path, state)
+    with pytest.raises(UserError, match="holds other weights than .* evaluated under that name"):
+        export(tiny_run, tmp_path / "bundle", onnx=False)
+    assert main(eval_args(tiny_run)) == 0  # evaluated again: exported
+    assert export(tiny_run, tmp_path / "bundle", onnx=False).metrics is not None

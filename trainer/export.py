@@ -42,6 +42,7 @@ from trainer.cli import OneLineErrorParser
 from trainer.config import recorded_paths
 from trainer.data import ImageSet, balanced_subset, load_split
 from trainer.errors import UserError
+from trainer.features import weights_digest
 from trainer.knn import knn_predict, topk_accuracy
 from trainer.model_card import RELIABILITY, model_card
 from trainer.onnx_export import OPSET, InferenceGraph, export_graph, quantize_int8, run_graph
@@ -82,6 +83,10 @@ def export(run_dir: str | Path, out: str | Path, checkpoint_file: str | Path | N
                         f"that checkpoint first (python -m trainer.linear_eval --checkpoint ...) or export the "
                         f"evaluated one")
     model, state = run.load_model(config, checkpoint_file)
+    if evaluated and evaluated.encoder_sha256 not in (None, weights_digest(model.encoder)):
+        raise UserError(f"{checkpoint_file} holds other weights than {evaluation} evaluated under that name (it was "
+                        f"saved again since: a stop inside an epoch, then the epoch's end): evaluate it again "
+                        f"(python -m trainer.linear_eval --run {run_dir})")
     projection = model.projector
     source = Source(
         model.encoder, model.projector,

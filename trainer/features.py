@@ -38,16 +38,21 @@ def extract_features(encoder: nn.Module, images: Tensor, batch_size: int = 512,
     return torch.cat(chunks)
 
 
+def weights_digest(network: nn.Module) -> str:
+    """sha256 of a network's exact weights (its state's bytes, wherever and in whatever layout they are held)."""
+    weights = hashlib.sha256()
+    for tensor in network.state_dict().values():
+        weights.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return weights.hexdigest()
+
+
 def cached_features(folder: Path, name: str, encoder: nn.Module, images: Tensor, flip_average: bool = False,
                     desc: str = "features") -> Tensor:
     """Raw (un-normalised) representations of images, optionally averaged with their mirror images', read from
     folder when this encoder (its exact weights) has already seen these exact images, else extracted and kept
     there as NAME-KEY.npz."""
-    weights = hashlib.sha256()
-    for tensor in encoder.state_dict().values():
-        weights.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     pixels = hashlib.sha256(images.cpu().numpy().tobytes()).hexdigest()
-    key = hashlib.sha256(f"{weights.hexdigest()} {pixels} {flip_average}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{weights_digest(encoder)} {pixels} {flip_average}".encode()).hexdigest()[:24]
     path = folder / f"{name}-{key}.npz"
     device = next(encoder.parameters()).device
     if path.is_file():

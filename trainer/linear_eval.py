@@ -50,7 +50,7 @@ from trainer.classifier import finetune, train_head
 from trainer.cli import build_parser, option
 from trainer.data import ImageSet, balanced_indices, load_split
 from trainer.errors import UserError
-from trainer.features import cached_features, extract_features
+from trainer.features import cached_features, extract_features, weights_digest
 from trainer.knn import knn_predict, topk_accuracy
 from trainer.models import SimCLR
 from trainer.plots import save_confusion, save_head_curves, save_reliability, save_retrieval_grid
@@ -256,7 +256,7 @@ def evaluate(opts: EvalOptions) -> tuple[EvaluationMetrics, str]:
               + format_report(metrics.model_dump(by_alias=True)) + _held_out_report(calibration, familiar))
     out = opts.out_dir()
     _write_outputs(out, metrics, report, chosen, train.classes, None if opts.finetune else train_x.shape[1], opts,
-                   temperature)
+                   temperature, weights_digest(source.encoder))
     if calibration:
         save_reliability(calibration["reliability"], out / "reliability.png",
                          title=f"{data_name} test set, temperature {temperature:.2f}")
@@ -406,7 +406,7 @@ def _load_data(root: str, opts: EvalOptions, image_size: int) -> tuple[ImageSet,
 
 
 def _write_outputs(out: Path, metrics: EvaluationMetrics, report: str, chosen: dict[str, Any], classes: list[str],
-                   feature_dim: int | None, opts: EvalOptions, temperature: float) -> None:
+                   feature_dim: int | None, opts: EvalOptions, temperature: float, encoder_sha256: str) -> None:
     from contract.evaluation import HEAD_FILE, METRICS_FILE, EvaluationHead
 
     out.mkdir(parents=True, exist_ok=True)
@@ -417,7 +417,8 @@ def _write_outputs(out: Path, metrics: EvaluationMetrics, report: str, chosen: d
         state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
         atomic_write(out / "classifier.safetensors", save_safetensors(state))
         EvaluationHead(input_dim=feature_dim, hidden_dims=[opts.hidden_dim] if opts.head == "mlp" else [],
-                       classes=classes, checkpoint=metrics.checkpoint, temperature=temperature).write(out / HEAD_FILE)
+                       classes=classes, checkpoint=metrics.checkpoint, encoder_sha256=encoder_sha256,
+                       temperature=temperature).write(out / HEAD_FILE)
     metrics.write(out / METRICS_FILE)
     atomic_write(out / "report.txt", report)
     save_confusion(metrics.confusion, classes, out / "confusion.png",
