@@ -18,7 +18,7 @@ def test_a_service_with_workers_writes_json_lines_with_request_ids(bundle_dir, i
     server = Server(bundle_dir, index_dir, log, flags={"log-format": "json", "workers": 2})
     server.start()
     try:
-        server.wait_ready()
+        server.wait_ready(180, streak=10)  # ten answers in a row: both workers loaded, not only the first
         assert httpx2.get(f"{server.url}/healthz", headers={"X-Request-ID": "trace-json"}).status_code == 200
         missing = httpx2.get(f"{server.url}/index/images/no-such-id")
         assert missing.status_code == 404
